@@ -1,0 +1,51 @@
+# ModelFleet: `make run` serves the example fleet, `make test` runs everything.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The virtual environment is cached outside the clone (see scripts/venv.sh);
+# evaluated in each recipe so that a fresh machine creates it on first use.
+PYTHON = "$$(bash scripts/venv.sh)/bin/python"
+export PYTHONPATH := $(CURDIR):$(CURDIR)/runtime:$(CURDIR)/operator
+export MODELFLEET_CACHE ?= $(HOME)/.cache/modelfleet
+
+.PHONY: help venv run test lint unit bench bench-peers example-models clean
+
+help:
+	@echo "make run        serve the example fleet locally (no cluster needed)"
+	@echo "make test       lint, type-check and run the whole test suite"
+	@echo "make bench      runtime and gateway benchmarks (table + PNG in bench-results/)"
+	@echo "make cluster-up / cluster-down   a local Kubernetes control plane to poke at"
+
+venv:
+	@bash scripts/venv.sh >/dev/null
+
+example-models: venv
+	@$(PYTHON) -m modelfleet example-models --out var/models
+
+run: venv example-models
+	@$(PYTHON) -m modelfleet serve --config examples/fleet.yaml
+
+lint: venv
+	@echo "==> ruff"
+	@$(PYTHON) -m ruff check runtime operator tests bench
+	@$(PYTHON) -m ruff format --check runtime operator tests bench
+	@echo "==> mypy (strict)"
+	@$(PYTHON) -m mypy -p modelfleet
+	@echo "==> import contracts (operator and gateway never import torch)"
+	@cd runtime && "$$(bash ../scripts/venv.sh)/bin/lint-imports" --config ../pyproject.toml
+
+unit: venv
+	@$(PYTHON) -m pytest tests -m "not cluster and not integration"
+
+test: venv lint cluster-build
+	@echo "==> pytest (unit, integration, cluster)"
+	@$(PYTHON) -m pytest tests
+
+bench: venv
+	@$(PYTHON) -m bench.runtime_bench --out bench-results
+	@$(PYTHON) -m bench.gateway_bench --out bench-results
+
+clean:
+	rm -rf var bench-results .mypy_cache .ruff_cache
+
+-include tests/cluster/cluster.mk

@@ -1,0 +1,144 @@
+"""The runtime's admin API: OIP repository extension, desired state, drain.
+
+Served on its own port and only when a bearer token is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+from modelfleet.runtime.auth import bearer_auth
+from modelfleet.runtime.config import ConfigError, ModelConfig, parse_document
+from modelfleet.runtime.errors import BadRequest
+from modelfleet.runtime.hosted import HostedModel
+from modelfleet.runtime.runtime import Runtime
+from modelfleet.runtime.server import RUNTIME, errors_as_json
+
+SHUTDOWN = web.AppKey("shutdown", asyncio.Event)
+
+
+def describe(model: HostedModel) -> dict[str, Any]:
+    return {
+        "name": model.config.name,
+        "version": model.config.version,
+        "state": str(model.state),
+        "reason": model.reason or "",
+        "memory_mb": round(model.memory_bytes / (1024 * 1024), 3),
+        "queue_depth": len(model.queue),
+        "inflight": model.inflight,
+        "served": model.served,
+        "errors": model.errors,
+    }
+
+
+def actual_state(runtime: Runtime) -> dict[str, Any]:
+    repo = runtime.repository
+    return {
+        "ready": runtime.is_ready(),
+        "draining": runtime.draining,
+        "device": str(runtime.worker.device),
+        "memory_budget_mb": runtime.config.memory_budget_mb,
+        "memory_in_use_mb": round(repo.memory_in_use() / (1024 * 1024), 3),
+        "models": [describe(m) for m in repo.all_models()],
+    }
+
+
+async def _json(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+async def get_state(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    desired = [m.model_dump(mode="json") for m in runtime.repository.desired]
+    return web.json_response({"desired": {"models": desired}, "actual": actual_state(runtime)})
+
+
+async def put_state(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    body = await _json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("the desired-state document must be an object")
+    try:
+        document = parse_document({"models": body.get("models", [])})
+    except ConfigError as exc:
+        raise BadRequest(f"invalid desired state: {exc}") from None
+    await runtime.repository.apply(document.models)
+    return web.json_response(actual_state(runtime), status=202)
+
+
+async def repository_index(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return web.json_response(
+        [
+            {
+                "name": m.config.name,
+                "version": m.config.version,
+                "state": str(m.state).upper(),
+                "reason": m.reason or "",
+            }
+            for m in runtime.repository.all_models()
+        ]
+    )
+
+
+async def repository_load(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    name = request.match_info["model"]
+    body = await _json(request) if request.can_read_body else {}
+    config_data = ((body or {}).get("parameters") or {}).get("config")
+    configs: list[ModelConfig]
+    if config_data is not None:
+        if isinstance(config_data, str):
+            try:
+                config_data = json.loads(config_data)
+            except json.JSONDecodeError as exc:
+                raise BadRequest(f"parameters.config is not JSON: {exc}") from None
+        try:
+            configs = list(parse_document({"models": [config_data]}).models)
+        except ConfigError as exc:
+            raise BadRequest(f"invalid model config: {exc}") from None
+        if configs[0].name != name:
+            raise BadRequest(f"config names model '{configs[0].name}', the path '{name}'")
+    else:
+        configs = [m for m in runtime.repository.desired if m.name == name]
+        configs += [m.config for m in runtime.repository.failed.values() if m.config.name == name]
+        if not configs:
+            raise BadRequest(
+                f"model '{name}' is not in the desired state; pass parameters.config to load it"
+            )
+    results = [await runtime.repository.load_one(c) for c in configs]
+    failed = [m for m in results if m.reason]
+    if failed:
+        raise BadRequest(f"failed to load model '{name}': {failed[0].reason}")
+    return web.json_response({"name": name, "loaded": [m.config.version for m in results]})
+
+
+async def repository_unload(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    name = request.match_info["model"]
+    versions = await runtime.repository.unload_name(name)
+    return web.json_response({"name": name, "unloaded": versions})
+
+
+async def drain(request: web.Request) -> web.Response:
+    request.app[SHUTDOWN].set()
+    return web.json_response({"draining": True}, status=202)
+
+
+def build_admin_app(runtime: Runtime, token: str, shutdown: asyncio.Event) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json, bearer_auth(token)])
+    app[RUNTIME] = runtime
+    app[SHUTDOWN] = shutdown
+    app.router.add_get("/admin/state", get_state)
+    app.router.add_put("/admin/state", put_state)
+    app.router.add_post("/admin/drain", drain)
+    app.router.add_post("/v2/repository/index", repository_index)
+    app.router.add_post("/v2/repository/models/{model}/load", repository_load)
+    app.router.add_post("/v2/repository/models/{model}/unload", repository_unload)
+    return app

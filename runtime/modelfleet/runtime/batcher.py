@@ -1,0 +1,133 @@
+"""One model version's bounded request queue and its dynamic-batching rule.
+
+Pure logic on an injected clock: no event loop, no torch. The device worker
+asks ``ready_at`` when the next batch may go and ``take_batch`` for it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelfleet.runtime.config import Batching
+from modelfleet.runtime.errors import Unavailable
+
+QUEUED, RUNNING, DONE, EXPIRED = "queued", "running", "done", "expired"
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    """A request waiting in a model's queue."""
+
+    payload: Any
+    """The request's input arrays (opaque here)."""
+    rows: int
+    """Its share of the batch dimension."""
+    level: int
+    """Request priority level: 1 is the highest."""
+    enqueued_at: float
+    deadline: float
+    future: Any = None
+    """Where the worker puts the result (an asyncio future in production)."""
+    state: str = QUEUED
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class ModelQueue:
+    """A bounded priority queue (level, then arrival) of one model version."""
+
+    name: str
+    version: str
+    priority: int
+    batching: Batching
+    max_size: int
+    _heap: list[tuple[int, int, Pending]] = field(default_factory=list)
+    _fifo: deque[Pending] = field(default_factory=deque)
+    _counter: itertools.count[int] = field(default_factory=itertools.count)
+    _live: int = 0
+    _rows: int = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def push(self, item: Pending) -> None:
+        """Enqueues, or raises 503 at once when full; earlier requests are unaffected."""
+        if self._live >= self.max_size:
+            raise Unavailable(
+                f"queue of model '{self.name}' version '{self.version}' is full "
+                f"({self.max_size} requests waiting)",
+                retry_after_s=1,
+            )
+        item.seq = next(self._counter)
+        heapq.heappush(self._heap, (item.level, item.seq, item))
+        self._fifo.append(item)
+        self._live += 1
+        self._rows += item.rows
+
+    def _leave(self, item: Pending, state: str) -> None:
+        item.state = state
+        self._live -= 1
+        self._rows -= item.rows
+
+    def expire(self, item: Pending) -> bool:
+        """Marks a queued request expired (its deadline passed); False if already taken."""
+        if item.state != QUEUED:
+            return False
+        self._leave(item, EXPIRED)
+        return True
+
+    def head(self) -> Pending | None:
+        """The request that goes first (highest level, then oldest)."""
+        while self._heap and self._heap[0][2].state != QUEUED:
+            heapq.heappop(self._heap)
+        return self._heap[0][2] if self._heap else None
+
+    def oldest(self) -> Pending | None:
+        """The request that has waited longest, whatever its level."""
+        while self._fifo and self._fifo[0].state != QUEUED:
+            self._fifo.popleft()
+        return self._fifo[0] if self._fifo else None
+
+    def ready_at(self, now: float) -> float | None:
+        """When a batch may be dispatched: at once when full, else when the oldest
+        request has waited ``max_queue_delay_ms``; ``None`` when empty."""
+        oldest = self.oldest()
+        if oldest is None:
+            return None
+        if self._rows >= self.batching.max_batch_size:
+            return now
+        return oldest.enqueued_at + self.batching.max_queue_delay_ms / 1000.0
+
+    def take_batch(self, now: float) -> tuple[list[Pending], list[Pending]]:
+        """Pops requests in order (level, then arrival) until the batch is full.
+
+        Returns the batch and the requests found past their deadline: those are
+        marked expired and never executed.
+        """
+        batch: list[Pending] = []
+        expired: list[Pending] = []
+        rows = 0
+        limit = self.batching.max_batch_size
+        while self._heap:
+            item = self._heap[0][2]
+            if item.state != QUEUED:
+                heapq.heappop(self._heap)
+                continue
+            if item.deadline <= now:
+                heapq.heappop(self._heap)
+                self._leave(item, EXPIRED)
+                expired.append(item)
+                continue
+            if batch and rows + item.rows > limit:
+                break  # does not fit: it leads the next batch
+            heapq.heappop(self._heap)
+            self._leave(item, RUNNING)
+            batch.append(item)
+            rows += item.rows
+            if rows >= limit:
+                break
+        return batch, expired

@@ -1,0 +1,212 @@
+"""The runtime's desired-state document: the server settings and the models it hosts.
+
+The same document is read from a YAML file at start (``modelfleet serve
+--config``), mounted from a ConfigMap by the operator, and replaced at run time
+through the admin API (``PUT /admin/state``). Parsed once at the edge into
+these typed models; nothing downstream sees raw dicts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DATATYPES = (
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64",
+    "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+)  # fmt: skip
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str = Field(min_length=1)
+    """Tensor name as clients send it in ``inputs[].name``."""
+    datatype: Literal[
+        "BOOL", "UINT8", "UINT16", "UINT32", "UINT64",
+        "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+    ]  # fmt: skip
+    """OIP datatype."""
+    shape: tuple[int, ...]
+    """Shape including the batch dimension; -1 marks a variable dimension."""
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape:
+            raise ValueError("shape needs at least the batch dimension")
+        if any(d < -1 or d == 0 for d in shape):
+            raise ValueError(f"dimensions must be positive or -1, got {list(shape)}")
+        return shape
+
+
+class Batching(_Strict):
+    max_batch_size: int = Field(default=16, ge=1, le=4096)
+    """Largest batch (sum of the requests' dim 0) sent to one forward pass."""
+    max_queue_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
+    """How long the oldest queued request may wait for the batch to fill."""
+
+
+class Queue(_Strict):
+    max_size: int = Field(default=256, ge=1)
+    """Requests waiting for this model beyond this number are refused with 503."""
+    timeout_ms: float = Field(default=30_000, gt=0)
+    """Default deadline of a request; Triton's ``timeout`` parameter can only shorten it."""
+
+
+class RateLimit(_Strict):
+    requests_per_second: float = Field(gt=0)
+    """Sustained rate admitted for this model (token bucket refill)."""
+    burst: int = Field(default=0, ge=0)
+    """Bucket size; 0 means one second's worth of requests."""
+
+
+class Cache(_Strict):
+    enabled: bool = False
+    """Serve repeated identical inputs from an LRU cache, skipping the queue."""
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    """Upper bound on the bytes of cached outputs."""
+
+
+class Warmup(_Strict):
+    enabled: bool = True
+    """Run warm-up batches before the model reports ready."""
+    batch_sizes: tuple[int, ...] = ()
+    """Batch sizes to run; empty means powers of two up to max_batch_size, and it."""
+    data: Literal["zero", "random"] = "zero"
+    """Input data of the warm-up batches."""
+    iterations: int = Field(default=1, ge=1, le=100)
+    """Passes per batch size."""
+
+
+class ModelConfig(_Strict):
+    """One model version hosted by the runtime."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$", max_length=63)
+    """Model name as it appears in ``/v2/models/{name}``."""
+    version: str = Field(default="1", pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    """Version label; several versions of one model may be hosted at once."""
+    source: str
+    """Path of the model file (or directory of it) in the model store."""
+    format: Literal["auto", "safetensors", "state_dict", "export", "torchscript"] = "auto"
+    """File format; ``auto`` decides by extension."""
+    architecture: str | None = None
+    """``package.module:factory`` building the module for safetensors and state dicts."""
+    architecture_kwargs: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    """Keyword arguments passed to the architecture factory."""
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """When given, the file's digest must match before anything is loaded."""
+    trusted: bool = False
+    """TorchScript runs arbitrary code: it is only loaded when this is true."""
+    priority: int = 0
+    """Model priority (Kubernetes PriorityClass meaning: higher is more important)."""
+    inputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    outputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    batching: Batching = Batching()
+    queue: Queue = Queue()
+    rate_limit: RateLimit | None = None
+    cache: Cache = Cache()
+    warmup: Warmup = Warmup()
+    memory_mb: float | None = Field(default=None, gt=0)
+    """Device memory the model needs; measured after loading when not given."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.version)
+
+    @model_validator(mode="after")
+    def _architecture_needed(self) -> ModelConfig:
+        fmt = self.resolved_format
+        if fmt in ("safetensors", "state_dict") and not self.architecture:
+            raise ValueError(f"model {self.name!r}: format {fmt} needs 'architecture'")
+        names = [t.name for t in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model {self.name!r}: input names must be unique")
+        return self
+
+    @property
+    def resolved_format(self) -> str:
+        if self.format != "auto":
+            return self.format
+        suffix = Path(self.source).suffix
+        return {
+            ".safetensors": "safetensors",
+            ".pt2": "export",
+            ".ts": "torchscript",
+            ".pt": "state_dict",
+            ".pth": "state_dict",
+        }.get(suffix, "safetensors")
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    """Address the data and admin ports bind to."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """Data port: the OIP API and /metrics."""
+    admin_port: int = Field(default=8081, ge=0, le=65535)
+    """Admin port (repository extension, desired state, drain)."""
+    admin_token_file: str | None = None
+    """File holding the admin bearer token; the admin API is off without it."""
+    device: str = "auto"
+    """``auto`` picks CUDA when present, else CPU; or ``cpu``, ``cuda:0``..."""
+    memory_budget_mb: float = Field(default=8192, gt=0)
+    """Device memory all hosted models together may use; a load past it fails."""
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Request bodies larger than this are refused with 413."""
+    drain_grace_s: float = Field(default=30, ge=0)
+    """On SIGTERM, how long queued and in-flight requests get to finish."""
+    default_priority_level: int = Field(default=5, ge=1)
+    """Level of requests without a priority (Triton's ``priority: 0``); 1 is the highest."""
+    aging_ms: float = Field(default=100, gt=0)
+    """Scheduler aging: each this much waiting raises a batch's rank by one level."""
+    torch_threads: int | None = Field(default=None, ge=1)
+    """``torch.set_num_threads``; default leaves torch's choice."""
+    model_store: str = "."
+    """Relative model sources are resolved against this directory."""
+
+
+class RuntimeDocument(_Strict):
+    """The whole desired state of one runtime process."""
+
+    server: ServerConfig = ServerConfig()
+    models: tuple[ModelConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> RuntimeDocument:
+        keys = [m.key for m in self.models]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"models listed twice: {', '.join(f'{n}:{v}' for n, v in dupes)}")
+        return self
+
+
+class ConfigError(Exception):
+    """The document could not be read or does not validate; the message says where."""
+
+
+def parse_document(data: object) -> RuntimeDocument:
+    try:
+        return RuntimeDocument.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+
+
+def load_document(path: str | Path) -> RuntimeDocument:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    return parse_document(data or {})
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,90 @@
+"""Errors that carry their HTTP status, so handlers never map them by hand."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+class ServingError(Exception):
+    """Base class: an error a client sees as ``{"error": message}``."""
+
+    status: int = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def to_response(self) -> web.Response:
+        return web.json_response({"error": self.message}, status=self.status, headers=self.headers)
+
+
+class BadRequest(ServingError):
+    """The request is malformed or does not match the model's declared inputs."""
+
+    status = 400
+
+
+class Unauthorized(ServingError):
+    """The admin API was called without the right bearer token."""
+
+    status = 401
+
+
+class NotFound(ServingError):
+    """Unknown model or version."""
+
+    status = 404
+
+
+class PayloadTooLarge(ServingError):
+    """The body is larger than the configured limit."""
+
+    status = 413
+
+
+class RateLimited(ServingError):
+    """The model's token bucket is empty; ``Retry-After`` says when to come back."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        seconds = max(1, int(retry_after_s + 0.999))
+        super().__init__(message, headers={"Retry-After": str(seconds)})
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(ServingError):
+    """Queue full, not ready, draining, or the deadline expired while queued."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        headers = {"Retry-After": str(max(1, int(retry_after_s)))} if retry_after_s else None
+        super().__init__(message, headers=headers)
+
+
+def expired_error(model_key: tuple[str, str], waited_s: float) -> Unavailable:
+    """The 503 of a request whose deadline passed while it waited in a queue."""
+    name, version = model_key
+    return Unavailable(
+        f"deadline expired after {waited_s * 1000:.0f} ms in the queue of model '{name}' "
+        f"version '{version}'; the request was not executed",
+        retry_after_s=1,
+    )
+
+
+class GatewayTimeout(ServingError):
+    """The gateway gave up waiting for a runtime."""
+
+    status = 504
+
+
+class BadGateway(ServingError):
+    """No runtime endpoint could be reached."""
+
+    status = 502
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded: bad file, checksum mismatch, memory budget."""

@@ -1,0 +1,57 @@
+"""The example models that ``make run`` serves and the tests and benchmarks use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def mlp(in_features: int = 16, hidden: int = 64, out_features: int = 4) -> nn.Module:
+    """A tiny MLP: input ``input`` FP32 [-1, 16] -> output ``output`` FP32 [-1, 4]."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
+
+
+class SmallCNN(nn.Module):
+    """A LeNet-sized CNN: ``image`` FP32 [-1, 1, 28, 28] -> ``logits`` FP32 [-1, 10]."""
+
+    def __init__(self, channels: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(channels, channels * 2, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Linear(channels * 2 * 7 * 7, 10)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(image).flatten(1))  # type: ignore[no-any-return]
+
+
+def cnn(channels: int = 16) -> nn.Module:
+    return SmallCNN(channels)
+
+
+def write_examples(out: str | Path) -> list[str]:
+    """Writes ``mlp.safetensors`` and ``cnn.safetensors`` (fixed seeds) unless present."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, factory in (("mlp", mlp), ("cnn", cnn)):
+        path = out / f"{name}.safetensors"
+        if path.exists():
+            lines.append(f"{path} (kept)")
+            continue
+        torch.manual_seed(0)
+        module = factory()
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+        lines.append(f"{path} (written)")
+    return lines

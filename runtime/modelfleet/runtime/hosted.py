@@ -1,0 +1,185 @@
+"""One hosted model version: its module, queue, admission rules and state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from modelfleet.runtime.batcher import ModelQueue, Pending
+from modelfleet.runtime.cache import ResultCache, cache_key
+from modelfleet.runtime.config import ModelConfig, Warmup
+from modelfleet.runtime.errors import RateLimited, Unavailable, expired_error
+from modelfleet.runtime.protocol import NP_DTYPES, Array, InferRequest
+from modelfleet.runtime.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from modelfleet.runtime.device import DeviceWorker
+
+log = logging.getLogger("modelfleet.runtime")
+
+# Settings that need a fresh load when they change; the rest apply in place.
+RELOAD_FIELDS = (
+    "source", "format", "architecture", "architecture_kwargs", "sha256", "trusted",
+    "inputs", "outputs",
+)  # fmt: skip
+
+
+class State(StrEnum):
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    FAILED = "failed"
+    DRAINING = "draining"
+
+
+class HostedModel:
+    def __init__(self, config: ModelConfig, worker: DeviceWorker, *, default_level: int) -> None:
+        self.config = config
+        self.worker = worker
+        self.default_level = default_level
+        self.state = State.LOADING
+        self.reason: str | None = None
+        self.module: torch.nn.Module | None = None
+        self.memory_bytes = 0
+        self.queue = ModelQueue(
+            name=config.name,
+            version=config.version,
+            priority=config.priority,
+            batching=config.batching,
+            max_size=config.queue.max_size,
+        )
+        self.limiter: TokenBucket | None = None
+        self.cache: ResultCache | None = None
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.served = 0
+        self.errors = 0
+        self.apply_settings(config)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.config.key
+
+    def apply_settings(self, config: ModelConfig) -> None:
+        """Applies the settings that need no reload: batching, queue, limits, cache."""
+        old = self.config
+        self.config = config
+        self.queue.priority = config.priority
+        self.queue.batching = config.batching
+        self.queue.max_size = config.queue.max_size
+        if self.limiter is None or old.rate_limit != config.rate_limit:
+            self.limiter = (
+                TokenBucket(config.rate_limit, time.monotonic()) if config.rate_limit else None
+            )
+        if self.cache is None or old.cache != config.cache:
+            self.cache = ResultCache(config.cache.max_bytes) if config.cache.enabled else None
+
+    def needs_reload(self, config: ModelConfig) -> bool:
+        return any(getattr(self.config, f) != getattr(config, f) for f in RELOAD_FIELDS)
+
+    # -- serving ---------------------------------------------------------------
+
+    def check_admission(self, now: float) -> None:
+        if self.state is not State.READY:
+            raise Unavailable(
+                f"model '{self.config.name}' version '{self.config.version}' is {self.state}",
+                retry_after_s=1,
+            )
+        if self.limiter is not None:
+            wait = self.limiter.try_take(now)
+            if wait > 0:
+                raise RateLimited(
+                    f"model '{self.config.name}' is limited to "
+                    f"{self.limiter.rate:g} requests/s; retry in {wait:.2f} s",
+                    retry_after_s=wait,
+                )
+
+    async def infer(
+        self, request: InferRequest, *, timeout_us: int | None = None
+    ) -> tuple[list[Array], bool]:
+        """Queues the request and waits for its slice of a batch.
+
+        Returns the outputs and whether they came from the cache.
+        """
+        now = time.monotonic()
+        self.check_admission(now)
+        key = None
+        if self.cache is not None:
+            key = cache_key(self.config.name, self.config.version, request.arrays)
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit, True
+        budget_s = self.config.queue.timeout_ms / 1000.0
+        for us in (request.timeout_us, timeout_us):
+            if us:  # Triton's timeout can only shorten the model's default
+                budget_s = min(budget_s, us / 1e6)
+        level = request.priority or self.default_level
+        future: asyncio.Future[list[Array]] = asyncio.get_running_loop().create_future()
+        item = Pending(
+            payload=request.arrays,
+            rows=request.rows,
+            level=level,
+            enqueued_at=now,
+            deadline=now + budget_s,
+            future=future,
+        )
+        self.queue.push(item)  # 503 at once when full
+        self._enter()
+        try:
+            self.worker.notify()
+            done, _ = await asyncio.wait({future}, timeout=budget_s)
+            if not done and self.queue.expire(item):
+                future.cancel()
+                raise expired_error(self.key, time.monotonic() - now)
+            outputs = await future
+        finally:
+            self._leave()
+        if key is not None and self.cache is not None:
+            self.cache.put(key, outputs)
+        return outputs, False
+
+    def fail_expired(self, item: Pending) -> None:
+        """Answers a request the worker found past its deadline in the queue."""
+        if not item.future.done():
+            item.future.set_exception(expired_error(self.key, time.monotonic() - item.enqueued_at))
+
+    def _enter(self) -> None:
+        self.inflight += 1
+        self.idle.clear()
+
+    def _leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
+
+    # -- warm-up ---------------------------------------------------------------
+
+    def warmup_batches(self) -> list[list[Array]]:
+        """The warm-up inputs: each batch-size bucket up to the maximum."""
+        warm: Warmup = self.config.warmup
+        if not warm.enabled:
+            return []
+        limit = self.config.batching.max_batch_size
+        sizes = list(warm.batch_sizes) or sorted(
+            {2**i for i in range(int(math.log2(limit)) + 1)} | {limit}
+        )
+        rng = np.random.default_rng(0)
+        batches = []
+        for size in sizes:
+            arrays = []
+            for spec in self.config.inputs:
+                shape = (size, *(d if d > 0 else 1 for d in spec.shape[1:]))
+                dtype = NP_DTYPES[spec.datatype]
+                if warm.data == "random" and dtype.kind == "f":
+                    arrays.append(rng.standard_normal(shape).astype(dtype))
+                else:
+                    arrays.append(np.zeros(shape, dtype=dtype))
+            batches.extend([arrays] * warm.iterations)
+        return batches

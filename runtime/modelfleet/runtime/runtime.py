@@ -1,0 +1,65 @@
+"""The runtime process's state: device worker, repository, drain flag."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import torch
+from modelfleet.runtime.config import RuntimeDocument, ServerConfig
+from modelfleet.runtime.device import DeviceWorker, pick_device
+from modelfleet.runtime.metrics import RuntimeMetrics
+from modelfleet.runtime.repository import Repository
+
+log = logging.getLogger("modelfleet.runtime")
+
+
+class Runtime:
+    VERSION = "0.1.0"
+
+    def __init__(self, document: RuntimeDocument) -> None:
+        self.config: ServerConfig = document.server
+        self.initial = document
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
+        self.metrics = RuntimeMetrics()
+        self.worker = DeviceWorker(
+            pick_device(self.config.device), self.metrics, aging_ms=self.config.aging_ms
+        )
+        self.repository = Repository(self.config, self.worker, self.metrics)
+        self.draining = False
+        self.started = False
+
+    async def start(self) -> None:
+        """Starts the worker and loads the initial models (warm-up included)."""
+        self.worker.start()
+        log.info("runtime on %s; loading %d model(s)", self.worker.device, len(self.initial.models))
+        await self.repository.apply(self.initial.models, wait=True)
+        self.started = True
+
+    def is_ready(self) -> bool:
+        return self.started and not self.draining and not self.repository.loading()
+
+    async def drain(self, grace_s: float | None = None) -> bool:
+        """Readiness false, new requests refused, queued and in-flight ones finish.
+
+        Returns True when everything finished within the grace period.
+        """
+        grace = self.config.drain_grace_s if grace_s is None else grace_s
+        self.draining = True
+        models = list(self.repository.all_models())
+        log.info("draining: %d request(s) in flight", sum(m.inflight for m in models))
+        deadline = time.monotonic() + grace
+        try:
+            await asyncio.wait_for(asyncio.gather(*(m.idle.wait() for m in models)), timeout=grace)
+        except TimeoutError:
+            left = sum(m.inflight for m in models)
+            log.warning("drain grace of %.1f s ran out with %d request(s) in flight", grace, left)
+            return False
+        log.info("drained in %.2f s", grace - (deadline - time.monotonic()))
+        return True
+
+    async def close(self) -> None:
+        await self.repository.close()
+        await self.worker.stop()

@@ -1,0 +1,167 @@
+"""The data-plane HTTP API: Open Inference Protocol REST and /metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from modelfleet.runtime.errors import NotFound, PayloadTooLarge, ServingError, Unavailable
+from modelfleet.runtime.hosted import HostedModel, State
+from modelfleet.runtime.protocol import (
+    HEADER_LENGTH,
+    decode_request,
+    encode_response,
+    tensor_metadata,
+)
+from modelfleet.runtime.runtime import Runtime
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger("modelfleet.runtime")
+RUNTIME = web.AppKey("runtime", Runtime)
+QUEUE_DEPTH_HEADER = "X-ModelFleet-Queue-Depth"
+TIMEOUT_HEADER = "X-ModelFleet-Timeout-Us"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as ``{"error": "..."}`` with its status; nothing crashes the server."""
+    try:
+        return await handler(request)
+    except ServingError as exc:
+        return exc.to_response()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[RUNTIME].config.max_body_bytes
+        return PayloadTooLarge(
+            f"request body is larger than the limit of {limit} bytes"
+        ).to_response()
+    except web.HTTPException as exc:
+        if exc.empty_body:
+            raise
+        return web.json_response({"error": exc.reason}, status=exc.status, headers=exc.headers)
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return web.json_response({"error": "internal server error"}, status=500)
+
+
+def _runtime(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"live": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    ok = _runtime(request).is_ready()
+    return web.json_response({"ready": ok}, status=200 if ok else 503)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "name": "modelfleet",
+            "version": Runtime.VERSION,
+            "extensions": ["model_repository", "binary_tensor_data"],
+        }
+    )
+
+
+def _model(request: web.Request, *, ready_only: bool = False) -> HostedModel:
+    name = request.match_info["model"]
+    version = request.match_info.get("version")
+    return _runtime(request).repository.resolve(name, version)
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    model = _model(request)
+    config = model.config
+    return web.json_response(
+        {
+            "name": config.name,
+            "versions": _runtime(request).repository.versions_of(config.name),
+            "platform": f"pytorch_{config.resolved_format}",
+            "inputs": tensor_metadata(config.inputs),
+            "outputs": tensor_metadata(config.outputs),
+        }
+    )
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    model = _model(request)
+    ok = model.state is State.READY and not _runtime(request).draining
+    return web.json_response(
+        {"name": model.config.name, "version": model.config.version, "ready": ok},
+        status=200 if ok else 503,
+    )
+
+
+async def infer(request: web.Request) -> web.Response:
+    runtime = _runtime(request)
+    started = time.perf_counter()
+    if runtime.draining:
+        raise Unavailable("the server is shutting down", retry_after_s=1)
+    model = _model(request)
+    name, version = model.key
+    try:
+        body = await request.read()
+        decoded = decode_request(
+            body, model.config.inputs, header_length=request.headers.get(HEADER_LENGTH)
+        )
+        timeout_header = request.headers.get(TIMEOUT_HEADER)
+        outputs, cached = await model.infer(
+            decoded, timeout_us=int(timeout_header) if timeout_header else None
+        )
+        payload, headers = encode_response(
+            model=name, version=version, request=decoded,
+            specs=model.config.outputs, arrays=outputs,
+        )  # fmt: skip
+    except ServingError as exc:
+        runtime.metrics.requests.labels(name, version, str(exc.status)).inc()
+        model.errors += 1
+        raise
+    except web.HTTPRequestEntityTooLarge:
+        runtime.metrics.requests.labels(name, version, "413").inc()
+        raise
+    metrics = runtime.metrics
+    metrics.requests.labels(name, version, "ok").inc()
+    metrics.latency.labels(name, version).observe(time.perf_counter() - started)
+    if cached:
+        metrics.cache_hits.labels(name, version).inc()
+    model.served += 1
+    headers[QUEUE_DEPTH_HEADER] = str(len(model.queue))
+    return web.Response(body=payload, headers=headers)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    runtime = _runtime(request)
+    for model in runtime.repository.models.values():
+        runtime.metrics.queue_depth.labels(*model.key).set(len(model.queue))
+    return web.Response(
+        body=generate_latest(runtime.metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+def _not_found(request: web.Request) -> web.Response:
+    raise NotFound(f"no such endpoint: {request.method} {request.path}")
+
+
+def build_data_app(runtime: Runtime) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_as_json], client_max_size=runtime.config.max_body_bytes
+    )
+    app[RUNTIME] = runtime
+    base = "/v2/models/{model}"
+    versioned = base + "/versions/{version}"
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2", server_metadata)
+    app.router.add_get("/metrics", metrics)
+    for prefix in (base, versioned):
+        app.router.add_get(prefix, model_metadata)
+        app.router.add_get(prefix + "/ready", model_ready)
+        app.router.add_post(prefix + "/infer", infer)
+    return app
