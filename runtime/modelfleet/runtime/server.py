@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from modelfleet.runtime.errors import NotFound, PayloadTooLarge, ServingError, Unavailable
+from modelfleet.runtime.errors import PayloadTooLarge, ServingError, Unavailable
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.protocol import (
     HEADER_LENGTH,
@@ -40,7 +40,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.empty_body:
             raise
-        return web.json_response({"error": exc.reason}, status=exc.status, headers=exc.headers)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+        message = f"{exc.reason}: {request.method} {request.path}"
+        return web.json_response({"error": message}, status=exc.status, headers=headers)
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return web.json_response({"error": "internal server error"}, status=500)
@@ -143,10 +145,6 @@ async def metrics(request: web.Request) -> web.Response:
         body=generate_latest(runtime.metrics.registry),
         headers={"Content-Type": CONTENT_TYPE_LATEST},
     )
-
-
-def _not_found(request: web.Request) -> web.Response:
-    raise NotFound(f"no such endpoint: {request.method} {request.path}")
 
 
 def build_data_app(runtime: Runtime) -> web.Application:

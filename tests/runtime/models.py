@@ -1,0 +1,60 @@
+"""Architectures used by the runtime tests (importable as ``tests.runtime.models:...``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+from torch import nn
+
+FORWARD_BATCHES: list[int] = []
+"""Batch sizes seen by ``recorder`` models, in order (tests reset it)."""
+_lock = threading.Lock()
+
+
+class Slow(nn.Module):
+    """Doubles its input after sleeping: makes queues fill up and deadlines pass."""
+
+    def __init__(self, delay_ms: float) -> None:
+        super().__init__()
+        self.delay_s = delay_ms / 1000.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay_s)
+        return x * 2
+
+
+class Recorder(nn.Module):
+    """Identity that records each batch size it runs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _lock:
+            FORWARD_BATCHES.append(int(x.shape[0]))
+        return x
+
+
+class Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Broken(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this model always fails")
+
+
+def slow(delay_ms: float = 50) -> nn.Module:
+    return Slow(delay_ms)
+
+
+def recorder() -> nn.Module:
+    return Recorder()
+
+
+def identity() -> nn.Module:
+    return Identity()
+
+
+def broken() -> nn.Module:
+    return Broken()
