@@ -7,7 +7,6 @@ input, what was sent and what is expected.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 from modelfleet.runtime.config import TensorSpec
 from modelfleet.runtime.errors import BadRequest
 
@@ -87,9 +87,12 @@ def decode_request(
     """Parses and validates an infer request against the declared inputs."""
     head, binary = split_body(body, header_length)
     try:
-        doc = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        hint = ""
+        if b"NaN" in head or b"Infinity" in head:
+            hint = " (NaN and Infinity are not JSON numbers)"
+        raise BadRequest(f"request body is not valid JSON{hint}: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object with an 'inputs' list")
     raw_inputs = doc.get("inputs")
@@ -257,12 +260,13 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            entry["data"] = array.reshape(-1).tolist()
+            entry["data"] = np.ascontiguousarray(array).reshape(-1)
         outputs.append(entry)
     doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
     if request.id is not None:
         doc["id"] = request.id
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    # orjson writes numpy arrays natively; non-finite floats become null.
+    head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return head, {"Content-Type": "application/json"}
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
