@@ -9,12 +9,11 @@ from typing import Any
 import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
-from safetensors.torch import save_file
-
 from modelfleet.runtime.config import parse_document
 from modelfleet.runtime.examples import write_examples
 from modelfleet.runtime.runtime import Runtime
 from modelfleet.runtime.server import build_data_app
+from safetensors.torch import save_file
 
 MLP_INPUTS = [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}]
 MLP_OUTPUTS = [{"name": "output", "datatype": "FP32", "shape": [-1, 4]}]
@@ -83,5 +82,10 @@ async def start_runtime(model_store: Path) -> AsyncIterator[StartRuntime]:
         await runtime.close()
 
 
-def infer_body(name: str, values: Any, shape: list[int], datatype: str = "FP32", **extra: Any) -> dict[str, Any]:
-    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": values}], **extra}
+def infer_body(
+    name: str, values: Any, shape: list[int], datatype: str = "FP32", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": values}],
+        **extra,
+    }

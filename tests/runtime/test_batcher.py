@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import pytest
-
 from modelfleet.runtime.batcher import EXPIRED, QUEUED, RUNNING, ModelQueue, Pending
 from modelfleet.runtime.config import Batching
 from modelfleet.runtime.errors import Unavailable
 
 
-def make_queue(max_batch: int = 4, delay_ms: float = 10, max_size: int = 8) -> ModelQueue:
+def make_queue(
+    max_batch: int = 4, delay_ms: float = 10, max_size: int = 8, eager: bool = False
+) -> ModelQueue:
     return ModelQueue(
         name="m",
         version="1",
         priority=0,
-        batching=Batching(max_batch_size=max_batch, max_queue_delay_ms=delay_ms),
+        batching=Batching(max_batch_size=max_batch, max_queue_delay_ms=delay_ms, eager=eager),
         max_size=max_size,
     )
 
 
-def item(t: float, *, rows: int = 1, level: int = 5, deadline: float = 100.0, tag: str = "") -> Pending:
+def item(
+    t: float, *, rows: int = 1, level: int = 5, deadline: float = 100.0, tag: str = ""
+) -> Pending:
     return Pending(payload=tag, rows=rows, level=level, enqueued_at=t, deadline=deadline)
 
 
@@ -32,6 +35,14 @@ def test_partial_batch_waits_max_queue_delay_from_the_oldest_request() -> None:
     q.push(item(1.000))
     q.push(item(1.005))
     assert q.ready_at(1.006) == pytest.approx(1.010)
+
+
+def test_eager_batching_runs_at_once_unless_more_requests_are_arriving() -> None:
+    q = make_queue(delay_ms=10, eager=True)
+    q.push(item(1.000))
+    assert q.ready_at(1.001) == 1.001
+    q.arriving = 1  # another request for this model is being received
+    assert q.ready_at(1.001) == pytest.approx(1.010)
 
 
 def test_full_batch_is_ready_at_once() -> None:

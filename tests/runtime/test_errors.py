@@ -57,9 +57,14 @@ async def test_malformed_json_is_a_400(start_runtime: StartRuntime) -> None:
 
 async def test_unknown_model_and_version_are_404(start_runtime: StartRuntime) -> None:
     client, _ = await start_runtime([mlp_config()])
-    await expect_error(await client.post("/v2/models/nope/infer", json=GOOD), 404, "unknown model 'nope'")
     await expect_error(
-        await client.post("/v2/models/mlp/versions/9/infer", json=GOOD), 404, "no version '9'", "known: 1"
+        await client.post("/v2/models/nope/infer", json=GOOD), 404, "unknown model 'nope'"
+    )
+    await expect_error(
+        await client.post("/v2/models/mlp/versions/9/infer", json=GOOD),
+        404,
+        "no version '9'",
+        "known: 1",
     )
     await expect_error(await client.get("/v2/models/nope"), 404)
     await expect_error(await client.get("/v3/whatever"), 404)
@@ -85,7 +90,9 @@ async def test_full_queue_rejects_with_503_and_earlier_requests_complete(
     body = infer_body("x", [[1.0, 2.0, 3.0, 4.0]], [1, 4])
     first = asyncio.ensure_future(client.post("/v2/models/slow/infer", json=body))
     await asyncio.sleep(0.05)  # the first is running; the next two wait in the queue
-    queued = [asyncio.ensure_future(client.post("/v2/models/slow/infer", json=body)) for _ in range(2)]
+    queued = [
+        asyncio.ensure_future(client.post("/v2/models/slow/infer", json=body)) for _ in range(2)
+    ]
     await asyncio.sleep(0.05)
     refused = await client.post("/v2/models/slow/infer", json=body)
     await expect_error(refused, 503, "queue of model 'slow'", "full")
@@ -95,7 +102,9 @@ async def test_full_queue_rejects_with_503_and_earlier_requests_complete(
         assert (await resp.json())["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
 
 
-async def test_deadline_expired_in_queue_is_503_and_never_executed(start_runtime: StartRuntime) -> None:
+async def test_deadline_expired_in_queue_is_503_and_never_executed(
+    start_runtime: StartRuntime,
+) -> None:
     slow = tiny_model(
         "slow", "slow", architecture_kwargs={"delay_ms": 300},
         batching={"max_batch_size": 1, "max_queue_delay_ms": 0}, warmup={"enabled": False},
@@ -135,7 +144,9 @@ async def test_rate_limit_is_429_with_retry_after(start_runtime: StartRuntime) -
     await expect_error(resp, 429, "limited to 1 requests/s")
 
 
-async def test_a_failing_model_answers_500_and_the_server_keeps_serving(start_runtime: StartRuntime) -> None:
+async def test_a_failing_model_answers_500_and_the_server_keeps_serving(
+    start_runtime: StartRuntime,
+) -> None:
     client, _ = await start_runtime(
         [mlp_config(), tiny_model("bad", "broken", warmup={"enabled": False})]
     )
@@ -144,13 +155,17 @@ async def test_a_failing_model_answers_500_and_the_server_keeps_serving(start_ru
     assert (await client.post("/v2/models/mlp/infer", json=GOOD)).status == 200
 
 
-async def test_many_concurrent_bad_requests_mixed_with_good_ones(start_runtime: StartRuntime) -> None:
+async def test_many_concurrent_bad_requests_mixed_with_good_ones(
+    start_runtime: StartRuntime,
+) -> None:
     client, _ = await start_runtime([mlp_config()])
     bad_bodies: list[bytes] = [
         b"{oops",
         json.dumps(infer_body("input", [[0.5] * 3], [1, 3])).encode(),
         json.dumps(infer_body("input", [[1] * 16], [1, 16], "INT64")).encode(),
-        json.dumps({"inputs": [{"name": "input", "shape": "x", "datatype": "FP32", "data": 1}]}).encode(),
+        json.dumps(
+            {"inputs": [{"name": "input", "shape": "x", "datatype": "FP32", "data": 1}]}
+        ).encode(),
         json.dumps(infer_body("input", [[float("inf")] * 16], [1, 16])).encode(),
     ]
     good = json.dumps(GOOD).encode()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
-
 from modelfleet.runtime.admin import build_admin_app
 from modelfleet.runtime.examples import mlp
+
 from tests.runtime import models as test_models
 from tests.runtime.conftest import StartRuntime, infer_body, mlp_config, tiny_model
 
@@ -56,7 +56,9 @@ async def test_all_formats_give_the_same_answer(
             extra["architecture"] = None
         models.append(mlp_config(name=f"mlp-{fmt.replace('_', '-')}", source=str(path), **extra))
     client, runtime = await start_runtime(models)
-    assert all(state == "ready" for state, _ in (await states(runtime)).values()), await states(runtime)
+    assert all(state == "ready" for state, _ in (await states(runtime)).values()), await states(
+        runtime
+    )
     answers = []
     for m in models:
         resp = await client.post(f"/v2/models/{m['name']}/infer", json=GOOD)
@@ -79,7 +81,9 @@ async def test_torchscript_is_refused_unless_trusted(
     assert (await client.post("/v2/models/mlp/infer", json=GOOD)).status == 200
 
 
-async def test_sha256_is_verified_before_loading(start_runtime: StartRuntime, model_store: Path) -> None:
+async def test_sha256_is_verified_before_loading(
+    start_runtime: StartRuntime, model_store: Path
+) -> None:
     good = hashlib.sha256((model_store / "mlp.safetensors").read_bytes()).hexdigest()
     _, runtime = await start_runtime(
         [mlp_config(sha256=good), mlp_config(name="tampered", sha256="0" * 64)]
@@ -89,7 +93,9 @@ async def test_sha256_is_verified_before_loading(start_runtime: StartRuntime, mo
     assert found["tampered:1"][0] == "failed" and "checksum mismatch" in found["tampered:1"][1]
 
 
-async def test_missing_file_and_bad_architecture_fail_with_clear_reasons(start_runtime: StartRuntime) -> None:
+async def test_missing_file_and_bad_architecture_fail_with_clear_reasons(
+    start_runtime: StartRuntime,
+) -> None:
     _, runtime = await start_runtime(
         [
             mlp_config(name="missing", source="nope.safetensors"),
@@ -112,14 +118,14 @@ async def test_warmup_runs_each_batch_bucket_before_ready(start_runtime: StartRu
     assert runtime.is_ready()
 
 
-async def test_memory_budget_refuses_a_load_and_unloading_frees_it(start_runtime: StartRuntime) -> None:
+async def test_memory_budget_refuses_a_load_and_unloading_frees_it(
+    start_runtime: StartRuntime,
+) -> None:
     # The MLP holds (16*64 + 64 + 64*4 + 4) * 4 bytes = 5,392 bytes.
     _, runtime = await start_runtime([mlp_config()], memory_budget_mb=0.008)
     repo = runtime.repository
     assert repo.memory_in_use() == 5392
-    second = await repo.load_one(
-        parse_model(mlp_config(name="second"))
-    )
+    second = await repo.load_one(parse_model(mlp_config(name="second")))
     assert second.reason and "memory budget exceeded" in second.reason and "second" in second.reason
     await repo.unload_name("mlp")
     assert repo.memory_in_use() == 0
@@ -135,7 +141,7 @@ def parse_model(data: dict[str, Any]) -> Any:
 
 async def test_cache_hit_skips_the_queue(start_runtime: StartRuntime) -> None:
     test_models.FORWARD_BATCHES.clear()
-    client, runtime = await start_runtime(
+    client, _ = await start_runtime(
         [tiny_model("rec", "recorder", cache={"enabled": True}, warmup={"enabled": False})]
     )
     body = infer_body("x", [[1.0, 2.0, 3.0, 4.0]], [1, 4])
@@ -147,7 +153,9 @@ async def test_cache_hit_skips_the_queue(start_runtime: StartRuntime) -> None:
     assert 'modelfleet_cache_hits_total{model="rec",version="1"} 1.0' in metrics
 
 
-async def test_metrics_report_requests_latency_batches_queue_and_memory(start_runtime: StartRuntime) -> None:
+async def test_metrics_report_requests_latency_batches_queue_and_memory(
+    start_runtime: StartRuntime,
+) -> None:
     client, _ = await start_runtime([mlp_config()])
     await client.post("/v2/models/mlp/infer", json=GOOD)
     await client.post("/v2/models/mlp/infer", json=infer_body("input", [[1]], [1, 1]))
@@ -167,7 +175,9 @@ async def test_metrics_report_requests_latency_batches_queue_and_memory(start_ru
 
 @pytest.fixture
 async def admin(start_runtime: StartRuntime) -> Any:
-    async def start(models: list[dict[str, Any]]) -> tuple[TestClient[Any, Any], TestClient[Any, Any], Any]:
+    async def start(
+        models: list[dict[str, Any]],
+    ) -> tuple[TestClient[Any, Any], TestClient[Any, Any], Any]:
         client, runtime = await start_runtime(models)
         admin_client: TestClient[Any, Any] = TestClient(
             TestServer(build_admin_app(runtime, "s3cret", asyncio.Event()))
@@ -218,7 +228,9 @@ async def test_put_state_converges_while_other_models_keep_serving(admin: Any) -
     stop.set()
     await load
     resp = await admin_client.put("/admin/state", json={"models": changed}, headers=AUTH)
-    await wait_until(lambda: ("mlp", "1") not in runtime.repository.models and not runtime.repository.draining)
+    await wait_until(
+        lambda: ("mlp", "1") not in runtime.repository.models and not runtime.repository.draining
+    )
     assert runtime.repository.models[("cnn", "1")].queue.batching.max_batch_size == 4
     assert set(statuses) == {200}, "traffic to the MLP failed while the CNN loaded"
     assert (await client.post("/v2/models/mlp/infer", json=GOOD)).status == 404
@@ -244,7 +256,9 @@ async def test_repository_extension_index_load_unload(admin: Any) -> None:
     assert resp.status == 200
     assert (await client.post("/v2/models/mlp/infer", json=GOOD)).status == 404
     resp = await admin_client.post(
-        "/v2/repository/models/mlp/load", json={"parameters": {"config": mlp_config()}}, headers=AUTH
+        "/v2/repository/models/mlp/load",
+        json={"parameters": {"config": mlp_config()}},
+        headers=AUTH,
     )
     assert resp.status == 200, await resp.text()
     assert (await client.post("/v2/models/mlp/infer", json=GOOD)).status == 200
@@ -252,8 +266,8 @@ async def test_repository_extension_index_load_unload(admin: Any) -> None:
     assert resp.status == 400 and "not in the desired state" in (await resp.json())["error"]
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_until(predicate: Any, within_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")

@@ -14,7 +14,7 @@ def queue(name: str, priority: int = 0, delay_ms: float = 0) -> ModelQueue:
         name=name,
         version="1",
         priority=priority,
-        batching=Batching(max_batch_size=4, max_queue_delay_ms=delay_ms),
+        batching=Batching(max_batch_size=4, max_queue_delay_ms=delay_ms, eager=False),
         max_size=1000,
     )
 

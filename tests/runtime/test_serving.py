@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from modelfleet.runtime.examples import mlp
 from safetensors.torch import load_file
 
-from modelfleet.runtime.examples import mlp
 from tests.runtime import models as test_models
 from tests.runtime.conftest import StartRuntime, infer_body, mlp_config, tiny_model
 
@@ -54,7 +54,9 @@ async def test_infer_matches_the_forward_pass_with_and_without_version(
         assert body["id"] == "req-7" and body["model_version"] == "1"
         out = body["outputs"][0]
         assert out["name"] == "output" and out["shape"] == [3, 4]
-        np.testing.assert_allclose(np.array(out["data"]).reshape(3, 4), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.array(out["data"]).reshape(3, 4), expected, rtol=1e-5, atol=1e-6
+        )
         assert resp.headers["X-ModelFleet-Queue-Depth"] == "0"
     flat = infer_body("input", x.reshape(-1).tolist(), [3, 16])
     body = await (await client.post("/v2/models/mlp/infer", json=flat)).json()
@@ -71,7 +73,9 @@ async def test_batched_outputs_equal_unbatched_forward_under_concurrency(
     )
     reference = reference_mlp(model_store)
     rng = np.random.default_rng(2)
-    inputs = [rng.standard_normal((int(rng.integers(1, 4)), 16)).astype(np.float32) for _ in range(96)]
+    inputs = [
+        rng.standard_normal((int(rng.integers(1, 4)), 16)).astype(np.float32) for _ in range(96)
+    ]
 
     async def call(x: np.ndarray) -> np.ndarray:
         resp = await client.post(
@@ -83,7 +87,9 @@ async def test_batched_outputs_equal_unbatched_forward_under_concurrency(
 
     outputs = await asyncio.gather(*(call(x) for x in inputs))
     for x, y in zip(inputs, outputs, strict=True):
-        np.testing.assert_allclose(y, reference(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            y, reference(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6
+        )
     batches, rows = batch_stats(runtime, "mlp")
     assert rows == sum(x.shape[0] for x in inputs)  # warm-up batches are not counted
     assert batches < len(inputs), "concurrent requests should have been batched together"
@@ -100,13 +106,24 @@ def batch_stats(runtime: Any, model: str) -> tuple[float, float]:
     return values["modelfleet_batch_size_count"], values["modelfleet_batch_size_sum"]
 
 
-async def test_batches_keep_collecting_while_the_device_is_busy(start_runtime: StartRuntime) -> None:
+async def test_batches_keep_collecting_while_the_device_is_busy(
+    start_runtime: StartRuntime,
+) -> None:
     client, _ = await start_runtime(
-        [tiny_model("rec", "recorder", batching={"max_batch_size": 64, "max_queue_delay_ms": 0}, warmup={"enabled": False})]
+        [
+            tiny_model(
+                "rec",
+                "recorder",
+                batching={"max_batch_size": 64, "max_queue_delay_ms": 0},
+                warmup={"enabled": False},
+            )
+        ]
     )
     test_models.FORWARD_BATCHES.clear()
     body = infer_body("x", [[1, 2, 3, 4]], [1, 4])
-    results = await asyncio.gather(*(client.post("/v2/models/rec/infer", json=body) for _ in range(40)))
+    results = await asyncio.gather(
+        *(client.post("/v2/models/rec/infer", json=body) for _ in range(40))
+    )
     assert all(r.status == 200 for r in results)
     assert sum(test_models.FORWARD_BATCHES) == 40
     assert max(test_models.FORWARD_BATCHES) > 1
@@ -133,7 +150,9 @@ async def test_every_oip_datatype_round_trips(
     start_runtime: StartRuntime, datatype: str, values: list[list[Any]]
 ) -> None:
     client, _ = await start_runtime([tiny_model("ident", "identity", datatype)])
-    resp = await client.post("/v2/models/ident/infer", json=infer_body("x", values, [1, 4], datatype))
+    resp = await client.post(
+        "/v2/models/ident/infer", json=infer_body("x", values, [1, 4], datatype)
+    )
     body = await resp.json()
     assert resp.status == 200, body
     out = body["outputs"][0]

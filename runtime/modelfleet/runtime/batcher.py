@@ -50,6 +50,8 @@ class ModelQueue:
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _live: int = 0
     _rows: int = 0
+    arriving: int = 0
+    """Requests for this model being received and decoded right now (set by the server)."""
 
     def __len__(self) -> int:
         return self._live
@@ -93,13 +95,19 @@ class ModelQueue:
         return self._fifo[0] if self._fifo else None
 
     def ready_at(self, now: float) -> float | None:
-        """When a batch may be dispatched: at once when full, else when the oldest
-        request has waited ``max_queue_delay_ms``; ``None`` when empty."""
+        """When a batch may be dispatched; ``None`` when empty.
+
+        At once when the batch is full, or (eager batching) when no further
+        request for this model is being received; otherwise when the oldest
+        request has waited ``max_queue_delay_ms``.
+        """
         oldest = self.oldest()
         if oldest is None:
             return None
         if self._rows >= self.batching.max_batch_size:
             return now
+        if self.batching.eager and self.arriving == 0:
+            return now  # nothing more is on its way: waiting would only add latency
         return oldest.enqueued_at + self.batching.max_queue_delay_ms / 1000.0
 
     def take_batch(self, now: float) -> tuple[list[Pending], list[Pending]]:

@@ -50,6 +50,11 @@ class Batching(_Strict):
     """Largest batch (sum of the requests' dim 0) sent to one forward pass."""
     max_queue_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
     """How long the oldest queued request may wait for the batch to fill."""
+    eager: bool = True
+    """When the device is free and no further request for this model is being
+    received, run what is queued at once instead of waiting out
+    ``max_queue_delay_ms`` (requests still batch up while the device is busy).
+    False waits like Triton's dynamic batcher."""
 
 
 class Queue(_Strict):
@@ -166,6 +171,10 @@ class ServerConfig(_Strict):
     """Scheduler aging: each this much waiting raises a batch's rank by one level."""
     torch_threads: int | None = Field(default=None, ge=1)
     """``torch.set_num_threads``; default leaves torch's choice."""
+    gil_switch_interval_us: float = Field(default=100, gt=0)
+    """``sys.setswitchinterval``: how soon the forward thread gets the GIL back
+    from the event loop between operators. Python's 5 ms default makes a forward
+    pass that shares the process with a busy event loop up to 5x slower."""
     model_store: str = "."
     """Relative model sources are resolved against this directory."""
 

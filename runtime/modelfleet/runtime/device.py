@@ -85,7 +85,7 @@ class DeviceWorker:
         self.models: list[HostedModel] = []
         self.busy = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="modelfleet-device")
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def add(self, model: HostedModel) -> None:
@@ -96,7 +96,23 @@ class DeviceWorker:
             self.models.remove(model)
 
     def notify(self) -> None:
-        self._wake.set()
+        """Something was queued (or stopped arriving): look at the queues again."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _sleep(self, delay: float | None) -> None:
+        """Waits for ``notify`` or the timeout, whichever comes first (no task per wait)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(delay, _resolve, waiter) if delay is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def run_on_device(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` on the device thread, between batches (warm-up uses it)."""
@@ -118,10 +134,7 @@ class DeviceWorker:
             queues = [m.queue for m in self.models if len(m.queue)]
             chosen, wake = pick(queues, now, self.aging_s) if queues else (None, None)
             if chosen is None:
-                self._wake.clear()
-                timeout = None if wake is None else max(0.0, wake - self.clock())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                await self._sleep(None if wake is None else max(0.0, wake - self.clock()))
                 continue
             model = next(m for m in self.models if m.queue is chosen)
             batch, expired = chosen.take_batch(now)
@@ -135,6 +148,7 @@ class DeviceWorker:
 
     async def _execute(self, model: HostedModel, batch: list[Pending], now: float) -> None:
         name, version = model.key
+        metrics = model.metrics
         module = model.module
         assert module is not None
         specs = model.config.outputs
@@ -147,9 +161,9 @@ class DeviceWorker:
             ]
         rows = sum(p.rows for p in batch)
         for p in batch:
-            self.metrics.queue_time.labels(name, version).observe(now - p.enqueued_at)
-        self.metrics.batch_size.labels(name, version).observe(rows)
-        self.metrics.queue_depth.labels(name, version).set(len(model.queue))
+            metrics.queue_time.observe(now - p.enqueued_at)
+        metrics.batch_size.observe(rows)
+        metrics.queue_depth.set(len(model.queue))
         started = time.perf_counter()
         self.busy = True
         try:
@@ -177,9 +191,14 @@ class DeviceWorker:
             return
         finally:
             self.busy = False
-            self.metrics.compute_time.labels(name, version).observe(time.perf_counter() - started)
+            metrics.compute_time.observe(time.perf_counter() - started)
         offset = 0
         for p in batch:
             if not p.future.done():
                 p.future.set_result([o[offset : offset + p.rows] for o in outputs])
             offset += p.rows
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

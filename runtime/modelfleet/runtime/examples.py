@@ -16,7 +16,7 @@ def mlp(in_features: int = 16, hidden: int = 64, out_features: int = 4) -> nn.Mo
 class SmallCNN(nn.Module):
     """A LeNet-sized CNN: ``image`` FP32 [-1, 1, 28, 28] -> ``logits`` FP32 [-1, 10]."""
 
-    def __init__(self, channels: int = 16) -> None:
+    def __init__(self, channels: int = 32) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, channels, 3, padding=1),
@@ -32,7 +32,7 @@ class SmallCNN(nn.Module):
         return self.head(self.features(image).flatten(1))  # type: ignore[no-any-return]
 
 
-def cnn(channels: int = 16) -> nn.Module:
+def cnn(channels: int = 32) -> nn.Module:
     return SmallCNN(channels)
 
 

@@ -61,6 +61,7 @@ class HostedModel:
         self.idle.set()
         self.served = 0
         self.errors = 0
+        self.metrics = worker.metrics.for_model(*config.key)
         self.apply_settings(config)
 
     @property
@@ -121,7 +122,8 @@ class HostedModel:
             if us:  # Triton's timeout can only shorten the model's default
                 budget_s = min(budget_s, us / 1e6)
         level = request.priority or self.default_level
-        future: asyncio.Future[list[Array]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Array]] = loop.create_future()
         item = Pending(
             payload=request.arrays,
             rows=request.rows,
@@ -132,18 +134,21 @@ class HostedModel:
         )
         self.queue.push(item)  # 503 at once when full
         self._enter()
+        timer = loop.call_later(budget_s, self._on_deadline, item)
         try:
             self.worker.notify()
-            done, _ = await asyncio.wait({future}, timeout=budget_s)
-            if not done and self.queue.expire(item):
-                future.cancel()
-                raise expired_error(self.key, time.monotonic() - now)
             outputs = await future
         finally:
+            timer.cancel()
             self._leave()
         if key is not None and self.cache is not None:
             self.cache.put(key, outputs)
         return outputs, False
+
+    def _on_deadline(self, item: Pending) -> None:
+        """The deadline passed: a request still queued is answered 503, never run."""
+        if self.queue.expire(item):
+            self.fail_expired(item)
 
     def fail_expired(self, item: Pending) -> None:
         """Answers a request the worker found past its deadline in the queue."""

@@ -75,6 +75,10 @@ class RuntimeMetrics:
             registry=self.registry,
         )
 
+    def for_model(self, model: str, version: str) -> ModelMetrics:
+        """The label children of one model version, looked up once (hot path)."""
+        return ModelMetrics(self, model, version)
+
     def forget(self, model: str, version: str) -> None:
         """Drops the per-model series of an unloaded model."""
         for metric in (
@@ -83,3 +87,21 @@ class RuntimeMetrics:
         ):  # fmt: skip
             with contextlib.suppress(KeyError):
                 metric.remove(model, version)
+
+
+class ModelMetrics:
+    """Pre-bound series of one model version, so requests skip label lookups."""
+
+    def __init__(self, metrics: RuntimeMetrics, model: str, version: str) -> None:
+        self._metrics = metrics
+        self._labels = (model, version)
+        self.ok = metrics.requests.labels(model, version, "ok")
+        self.latency = metrics.latency.labels(model, version)
+        self.queue_time = metrics.queue_time.labels(model, version)
+        self.compute_time = metrics.compute_time.labels(model, version)
+        self.batch_size = metrics.batch_size.labels(model, version)
+        self.queue_depth = metrics.queue_depth.labels(model, version)
+        self.cache_hits = metrics.cache_hits.labels(model, version)
+
+    def failed(self, status: int) -> None:
+        self._metrics.requests.labels(*self._labels, str(status)).inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 
 import torch
@@ -21,6 +22,7 @@ class Runtime:
     def __init__(self, document: RuntimeDocument) -> None:
         self.config: ServerConfig = document.server
         self.initial = document
+        sys.setswitchinterval(self.config.gil_switch_interval_us / 1e6)
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
         self.metrics = RuntimeMetrics()

@@ -107,11 +107,19 @@ async def infer(request: web.Request) -> web.Response:
         raise Unavailable("the server is shutting down", retry_after_s=1)
     model = _model(request)
     name, version = model.key
+    metrics = model.metrics
+    queue = model.queue
     try:
-        body = await request.read()
-        decoded = decode_request(
-            body, model.config.inputs, header_length=request.headers.get(HEADER_LENGTH)
-        )
+        queue.arriving += 1  # tells eager batching that more work is on its way
+        try:
+            body = await request.read()
+            decoded = decode_request(
+                body, model.config.inputs, header_length=request.headers.get(HEADER_LENGTH)
+            )
+        finally:
+            queue.arriving -= 1
+            if queue.arriving == 0:
+                model.worker.notify()
         timeout_header = request.headers.get(TIMEOUT_HEADER)
         outputs, cached = await model.infer(
             decoded, timeout_us=int(timeout_header) if timeout_header else None
@@ -121,17 +129,16 @@ async def infer(request: web.Request) -> web.Response:
             specs=model.config.outputs, arrays=outputs,
         )  # fmt: skip
     except ServingError as exc:
-        runtime.metrics.requests.labels(name, version, str(exc.status)).inc()
+        metrics.failed(exc.status)
         model.errors += 1
         raise
     except web.HTTPRequestEntityTooLarge:
-        runtime.metrics.requests.labels(name, version, "413").inc()
+        metrics.failed(413)
         raise
-    metrics = runtime.metrics
-    metrics.requests.labels(name, version, "ok").inc()
-    metrics.latency.labels(name, version).observe(time.perf_counter() - started)
+    metrics.ok.inc()
+    metrics.latency.observe(time.perf_counter() - started)
     if cached:
-        metrics.cache_hits.labels(name, version).inc()
+        metrics.cache_hits.inc()
     model.served += 1
     headers[QUEUE_DEPTH_HEADER] = str(len(model.queue))
     return web.Response(body=payload, headers=headers)

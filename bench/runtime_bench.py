@@ -1,0 +1,295 @@
+"""``make bench`` (runtime part): served throughput and latency against the raw forward pass.
+
+The raw forward pass is measured first, in this process, with one torch
+thread: that is the physical limit (the "ceiling") the served numbers are
+divided by, measured in the same run. The runtime then serves the same model
+files with one torch thread, and a closed-loop load generator sweeps the
+concurrency. By default the runtime's event loop and the load generator share
+the machine's CPUs with the forward thread, as HTTP handling shares a GPU
+host's CPUs; ``--pin`` confines the runtime to CPU 0 and the load to CPU 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from modelfleet.runtime.config import ModelConfig
+from modelfleet.runtime.examples import write_examples
+from modelfleet.runtime.loader import load_module
+
+from bench.loadgen import Point, closed_loop, table
+
+MODELS: dict[str, dict[str, Any]] = {
+    "mlp": {
+        "architecture": "modelfleet.runtime.examples:mlp",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 4]}],
+        "batching": {"max_batch_size": 32, "max_queue_delay_ms": 0.5},
+    },
+    "cnn": {
+        "architecture": "modelfleet.runtime.examples:cnn",
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+        "batching": {"max_batch_size": 16, "max_queue_delay_ms": 1},
+    },
+}
+
+
+def model_config(name: str) -> dict[str, Any]:
+    spec = MODELS[name]
+    return {
+        "name": name, "version": "1", "source": f"{name}.safetensors",
+        "queue": {"max_size": 1024, "timeout_ms": 30000}, **spec,
+    }  # fmt: skip
+
+
+def pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
+        os.sched_setaffinity(0, {cpu})
+
+
+def raw_forward(store: Path, name: str, seconds: float = 0.7) -> dict[int, float]:
+    """Rows per second of the bare forward pass, per batch size (1 thread, CPU 0)."""
+    config = ModelConfig.model_validate(model_config(name))
+    module = load_module(config, store, torch.device("cpu"))
+    shape = [d if d > 0 else 1 for d in config.inputs[0].shape[1:]]
+    results = {}
+    bs = 1
+    while bs <= config.batching.max_batch_size:
+        x = torch.randn(bs, *shape)
+        with torch.inference_mode():
+            for _ in range(5):
+                module(x)
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                module(x)
+                n += 1
+            results[bs] = bs * n / (time.perf_counter() - t0)
+        bs *= 2
+    return results
+
+
+def request_body(
+    name: str, encoding: str, rng: np.random.Generator
+) -> tuple[bytes, dict[str, str], np.ndarray]:
+    spec = MODELS[name]["inputs"][0]
+    shape = [1, *(d for d in spec["shape"][1:])]
+    x = rng.standard_normal(shape).astype(np.float32)
+    entry: dict[str, Any] = {"name": spec["name"], "shape": shape, "datatype": "FP32"}
+    if encoding == "json":
+        entry["data"] = x.reshape(-1).tolist()
+        return json.dumps({"inputs": [entry]}).encode(), {"Content-Type": "application/json"}, x
+    raw = x.tobytes()
+    entry["parameters"] = {"binary_data_size": len(raw)}
+    head = json.dumps({"inputs": [entry]}).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head)),
+               "Content-Type": "application/octet-stream"}  # fmt: skip
+    return head + raw, headers, x
+
+
+def scrape(metrics: str, name: str) -> tuple[float, float]:
+    def value(metric: str) -> float:
+        m = re.search(rf'^{metric}{{model="{name}",version="1"}} (\S+)$', metrics, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    return value("modelfleet_batch_size_count"), value("modelfleet_batch_size_sum")
+
+
+async def sweep(
+    base: str, name: str, encoding: str, levels: list[int], duration: float, store: Path
+) -> list[tuple[Point, float]]:
+    import aiohttp
+
+    rng = np.random.default_rng(0)
+    body, headers, x = request_body(name, encoding, rng)
+    config = ModelConfig.model_validate(model_config(name))
+    reference = (
+        load_module(config, store, torch.device("cpu"))(torch.from_numpy(x)).detach().numpy()
+    )
+    url = f"{base}/v2/models/{name}/infer"
+    out = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with session.post(url, data=body, headers=headers) as resp:
+            answer = await resp.json()
+        got = np.array(answer["outputs"][0]["data"], dtype=np.float32).reshape(reference.shape)
+        if not np.allclose(got, reference, rtol=1e-4, atol=1e-5):
+            raise SystemExit(f"{name}: the runtime's answer differs from the forward pass")
+        for c in levels:
+            async with session.get(f"{base}/metrics") as resp:
+                before = scrape(await resp.text(), name)
+            point = await closed_loop(url, body, headers, c, duration, session=session)
+            async with session.get(f"{base}/metrics") as resp:
+                after = scrape(await resp.text(), name)
+            batches, rows = after[0] - before[0], after[1] - before[1]
+            out.append((point, rows / batches if batches else float("nan")))
+            print(f"  {name}/{encoding} c={c:3d}: {point.throughput:8.0f} req/s  "
+                  f"p50 {point.p50:6.2f} ms  p99 {point.p99:6.2f} ms  errors {point.errors}",
+                  flush=True)  # fmt: skip
+    return out
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the runtime exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("the runtime did not become ready in time")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for case, data in results["cases"].items():
+        cs = [p["concurrency"] for p in data["points"]]
+        line = ax1.plot(cs, [p["ratio_to_ceiling"] for p in data["points"]], marker="o", label=case)
+        ax2.plot(
+            cs,
+            [p["p99_ms"] for p in data["points"]],
+            marker="o",
+            color=line[0].get_color(),
+            label=case,
+        )
+    ax1.axhline(1.0, color="grey", ls="--", lw=1)
+    ax1.axhline(0.8, color="red", ls=":", lw=1, label="80% target")
+    ax1.set(xscale="log", xlabel="concurrency", ylabel="served / raw forward ceiling",
+            title="Throughput as a share of the forward-pass ceiling")  # fmt: skip
+    ax2.axhline(50, color="red", ls=":", lw=1, label="50 ms")
+    ax2.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="p99 latency (ms)",
+            title="p99 latency")  # fmt: skip
+    ax1.legend()
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per point")
+    parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    parser.add_argument("--cases", default="mlp/json,cnn/json,cnn/binary")
+    parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="runtime confined to CPU 0 and the load generator to CPU 1 "
+        "(default: both float; the forward pass uses one torch thread either way)",
+    )
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    cases = [tuple(c.split("/")) for c in args.cases.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "models"
+        write_examples(store)
+        names = sorted({n for n, _ in cases})
+        print(f"raw forward pass (CPU 0, 1 torch thread, torch {torch.__version__}):", flush=True)
+        pin(0)
+        torch.set_num_threads(1)
+        ceilings = {n: raw_forward(store, n) for n in names}
+        for n, by_bs in ceilings.items():
+            print(f"  {n}: " + ", ".join(f"bs {b}: {r:,.0f} rows/s" for b, r in by_bs.items()))
+        config = {
+            "server": {"host": "127.0.0.1", "port": args.port, "model_store": str(store),
+                       "torch_threads": 1, "memory_budget_mb": 1024},
+            "models": [model_config(n) for n in names],
+        }  # fmt: skip
+        cfg = Path(tmp) / "bench.yaml"
+        cfg.write_text(yaml.safe_dump(config))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        cmd = [
+            sys.executable,
+            "-m",
+            "modelfleet",
+            "--log-level",
+            "WARNING",
+            "serve",
+            "--config",
+            str(cfg),
+        ]
+        if args.pin:
+            cmd = ["taskset", "-c", "0", *cmd]
+        proc = subprocess.Popen(cmd, env=env)
+        try:
+            base = f"http://127.0.0.1:{args.port}"
+            wait_ready(base, proc)
+            if args.pin:
+                pin(1)
+            else:
+                os.sched_setaffinity(0, range(os.cpu_count() or 1))
+            results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs", "torch": torch.__version__,
+                                       "duration_s": args.duration, "cases": {}}  # fmt: skip
+            rows = []
+            for name, encoding in cases:
+                ceiling = max(ceilings[name].values())
+                best_bs = max(ceilings[name], key=lambda b: ceilings[name][b])
+                forward_ms = 1000 / ceilings[name][1]
+                points = asyncio.run(sweep(base, name, encoding, levels, args.duration, store))
+                case = f"{name}/{encoding}"
+                results["cases"][case] = {
+                    "ceiling_rows_per_s": ceiling, "best_batch": best_bs,
+                    "forward_ms_batch1": forward_ms, "points": [],
+                }  # fmt: skip
+                for point, avg_batch in points:
+                    entry = {
+                        "concurrency": point.concurrency,
+                        "throughput": point.throughput,
+                        "p50_ms": point.p50,
+                        "p99_ms": point.p99,
+                        "avg_batch": avg_batch,
+                        "errors": point.errors,
+                        "ratio_to_ceiling": point.throughput / ceiling,
+                    }
+                    results["cases"][case]["points"].append(entry)
+                    rows.append([
+                        case, point.concurrency, f"{point.throughput:,.0f}", f"{point.p50:.2f}",
+                        f"{point.p99:.2f}", f"{avg_batch:.1f}", f"{point.throughput / ceiling:.0%}",
+                        f"{point.p50 - forward_ms:+.2f}" if point.concurrency == 1 else "",
+                    ])  # fmt: skip
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print()
+    print(table(rows, ["case", "conc", "req/s", "p50 ms", "p99 ms", "avg batch",
+                       "of ceiling", "added ms (c=1)"]))  # fmt: skip
+    for case, data in results["cases"].items():
+        ok = [p for p in data["points"] if p["p99_ms"] <= 50]
+        best = max(ok, key=lambda p: p["throughput"]) if ok else None
+        summary = (f"{best['ratio_to_ceiling']:.0%} of the ceiling at c={best['concurrency']}"
+                   if best else "no point with p99 <= 50 ms")  # fmt: skip
+        print(f"{case}: ceiling {data['ceiling_rows_per_s']:,.0f} rows/s (batch {data['best_batch']}); "
+              f"best with p99 <= 50 ms: {summary}")  # fmt: skip
+    (out / "runtime.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "runtime.png")
+    print(f"\nwrote {out / 'runtime.json'} and {out / 'runtime.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
