@@ -37,7 +37,9 @@ def cnn(channels: int = 32) -> nn.Module:
 
 
 def write_examples(out: str | Path) -> list[str]:
-    """Writes ``mlp.safetensors`` and ``cnn.safetensors`` (fixed seeds) unless present."""
+    """Writes ``mlp.safetensors`` and ``cnn.safetensors`` (fixed seeds) unless an
+    up-to-date copy is there."""
+    from safetensors import safe_open
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -45,11 +47,15 @@ def write_examples(out: str | Path) -> list[str]:
     lines = []
     for name, factory in (("mlp", mlp), ("cnn", cnn)):
         path = out / f"{name}.safetensors"
-        if path.exists():
-            lines.append(f"{path} (kept)")
-            continue
         torch.manual_seed(0)
         module = factory()
+        wanted = {k: list(v.shape) for k, v in module.state_dict().items()}
+        if path.exists():
+            with safe_open(str(path), "pt") as f:
+                stored = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+            if stored == wanted:
+                lines.append(f"{path} (kept)")
+                continue
         tmp = path.with_suffix(".tmp")
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
         tmp.replace(path)

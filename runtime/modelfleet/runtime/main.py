@@ -48,6 +48,7 @@ async def serve(document: RuntimeDocument) -> int:
     await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if starting.done() and starting.exception() is None:
         log.info("runtime ready")
+        print(try_it(runtime), flush=True)
         await waiter
     log.info("shutdown requested: draining (grace %.1f s)", config.drain_grace_s)
     clean = await runtime.drain()
@@ -57,6 +58,34 @@ async def serve(document: RuntimeDocument) -> int:
     await runtime.close()
     log.info("stopped%s", "" if clean else " (grace ran out)")
     return 0
+
+
+def try_it(runtime: Runtime) -> str:
+    """Ready-to-paste requests for the models being served."""
+    config = runtime.config
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    base = f"http://{host}:{config.port}"
+    lines = [f"\nModelFleet runtime serving on {base}. Try:"]
+    for model in runtime.repository.models.values():
+        spec = model.config.inputs[0]
+        shape = [1, *(d if d > 0 else 1 for d in spec.shape[1:])]
+        count = 1
+        for d in shape:
+            count *= d
+        values = ",".join(["0.5" if spec.datatype.startswith("FP") else "1"] * count)
+        body = (
+            f'{{"inputs":[{{"name":"{spec.name}","shape":{shape},'
+            f'"datatype":"{spec.datatype}","data":[{values}]}}]}}'
+        ).replace(" ", "")
+        lines.append(f"  # {model.config.name} (version {model.config.version}, "
+                     f"priority {model.config.priority})")  # fmt: skip
+        if count <= 64:
+            lines.append(f"  curl -s {base}/v2/models/{model.config.name}/infer -d '{body}'")
+        else:
+            lines.append(f"  curl -s {base}/v2/models/{model.config.name}   # metadata: "
+                         f"input '{spec.name}' {spec.datatype} {list(spec.shape)}")  # fmt: skip
+    lines.append(f"  curl -s {base}/metrics | grep modelfleet_requests_total")
+    return "\n".join(lines) + "\n"
 
 
 def serve_from_args(args: argparse.Namespace) -> int:

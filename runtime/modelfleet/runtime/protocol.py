@@ -182,7 +182,7 @@ def _decode_tensor(item: dict[str, Any], spec: TensorSpec, binary: memoryview) -
             )
         if binary_size > len(binary):
             raise BadRequest(f"input '{name}': the body is missing binary data")
-        array = np.frombuffer(binary[:binary_size], dtype=dtype).reshape(shape)
+        array = np.frombuffer(binary[:binary_size], dtype=dtype).reshape(shape).copy()
         return _check_finite(array, name), binary_size
     data = item.get("data")
     if data is None:

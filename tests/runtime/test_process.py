@@ -1,0 +1,141 @@
+"""The runtime as a real process: tritonclient as the client, SIGTERM drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.runtime.conftest import mlp_config, tiny_model
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``python -m modelfleet serve`` on a free loopback port."""
+
+    def __init__(self, tmp: Path, models: list[dict[str, Any]], store: Path, **server: Any) -> None:
+        self.port = free_port()
+        config = {
+            "server": {"host": "127.0.0.1", "port": self.port, "model_store": str(store), **server},
+            "models": models,
+        }
+        path = tmp / f"runtime-{self.port}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtime")])}
+        self.log = tmp / f"runtime-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "modelfleet", "serve", "--config", str(path)],
+            env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while not self._ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(
+                    f"runtime did not become ready:\n{self.log.read_text()[-3000:]}"
+                )
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def serve(tmp_path: Path, model_store: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+
+    def start(models: list[dict[str, Any]], **server: Any) -> Server:
+        servers.append(Server(tmp_path, models, model_store, **server))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def test_tritonclient_http_works_unchanged(serve: Any) -> None:
+    import tritonclient.http as triton
+
+    server = serve([mlp_config()])
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("mlp")
+    meta = client.get_model_metadata("mlp")
+    assert meta["inputs"][0]["name"] == "input"
+    x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    answers = []
+    for binary in (False, True):  # JSON tensors, then Triton's binary extension
+        tensor = triton.InferInput("input", [2, 16], "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        wanted = triton.InferRequestedOutput("output", binary_data=binary)
+        result = client.infer("mlp", [tensor], outputs=[wanted], priority=1, timeout=5_000_000)
+        out = result.as_numpy("output")
+        assert out is not None and out.shape == (2, 4) and out.dtype == np.float32
+        answers.append(out)
+    np.testing.assert_allclose(answers[0], answers[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(triton.InferenceServerException, match="unknown model"):
+        client.infer("nope", [tensor])
+
+
+def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(serve: Any) -> None:
+    slow = tiny_model(
+        "slow", "slow", architecture_kwargs={"delay_ms": 1500},
+        batching={"max_batch_size": 1, "max_queue_delay_ms": 0}, warmup={"enabled": False},
+    )  # fmt: skip
+    server = serve([slow], drain_grace_s=10)
+    body = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+    results: dict[str, Any] = {}
+
+    def in_flight() -> None:
+        req = urllib.request.Request(f"{server.url}/v2/models/slow/infer", data=body)
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            results["status"] = resp.status
+            results["body"] = resp.read()
+
+    thread = threading.Thread(target=in_flight)
+    thread.start()
+    time.sleep(0.5)  # the request is now running on the device
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    for path, method in (("/v2/health/ready", "GET"), ("/v2/models/slow/infer", "POST")):
+        req = urllib.request.Request(
+            f"{server.url}{path}", data=body if method == "POST" else None, method=method
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=5)
+        assert refused.value.code == 503, path
+    thread.join(timeout=20)
+    assert results.get("status") == 200, results
+    assert server.proc.wait(timeout=15) == 0
+    assert "drained" in server.log.read_text()
