@@ -32,7 +32,7 @@ lint: venv
 	@echo "==> mypy (strict)"
 	@$(PYTHON) -m mypy -p modelfleet
 	@echo "==> import contracts (operator and gateway never import torch)"
-	@cd runtime && "$$(bash ../scripts/venv.sh)/bin/lint-imports" --config ../pyproject.toml
+	@"$$(bash scripts/venv.sh)/bin/lint-imports" --config pyproject.toml
 
 unit: venv
 	@$(PYTHON) -m pytest tests -m "not cluster and not integration"
