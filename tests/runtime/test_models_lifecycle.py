@@ -272,3 +272,15 @@ async def wait_until(predicate: Any, within_s: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+async def test_optimize_trace_serves_the_same_answers(start_runtime: StartRuntime) -> None:
+    client, runtime = await start_runtime([mlp_config(), mlp_config(name="fast", optimize="trace")])
+    assert isinstance(runtime.repository.models[("fast", "1")].module, torch.jit.ScriptModule)
+    x = np.random.default_rng(3).standard_normal((5, 16)).astype(np.float32)
+    body = infer_body("input", x.tolist(), [5, 16])
+    plain = await (await client.post("/v2/models/mlp/infer", json=body)).json()
+    fast = await (await client.post("/v2/models/fast/infer", json=body)).json()
+    np.testing.assert_allclose(
+        fast["outputs"][0]["data"], plain["outputs"][0]["data"], rtol=1e-4, atol=1e-5
+    )

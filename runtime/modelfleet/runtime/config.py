@@ -117,6 +117,11 @@ class ModelConfig(_Strict):
     rate_limit: RateLimit | None = None
     cache: Cache = Cache()
     warmup: Warmup = Warmup()
+    optimize: Literal["none", "trace"] = "none"
+    """``trace``: trace and freeze the module with TorchScript after loading, so a
+    forward pass runs as one C++ call (faster, and it barely needs the GIL). Only
+    for models without data-dependent control flow; outputs are checked against
+    the eager module before it is used."""
     memory_mb: float | None = Field(default=None, gt=0)
     """Device memory the model needs; measured after loading when not given."""
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -69,7 +71,23 @@ def forward(
         ]
 
 
+@dataclass(slots=True)
+class Job:
+    """Work for the device thread other than a batch (warm-up)."""
+
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
+
+
 class DeviceWorker:
+    """The device's own thread: it picks the next batch (scheduler), runs the
+    forward pass and hands the results back to the event loop.
+
+    Picking on the device thread means the device never waits for a busy event
+    loop between two batches: the next batch starts the moment the previous
+    one ends. Queues are shared with the loop under one lock (``self.cond``).
+    """
+
     def __init__(
         self,
         device: torch.device,
@@ -83,93 +101,128 @@ class DeviceWorker:
         self.aging_s = aging_ms / 1000.0
         self.clock = clock
         self.models: list[HostedModel] = []
-        self.busy = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="modelfleet-device")
-        self._waiter: asyncio.Future[None] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.cond = threading.Condition()
+        self._jobs: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def add(self, model: HostedModel) -> None:
-        self.models.append(model)
-
-    def remove(self, model: HostedModel) -> None:
-        if model in self.models:
-            self.models.remove(model)
-
-    def notify(self) -> None:
-        """Something was queued (or stopped arriving): look at the queues again."""
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _sleep(self, delay: float | None) -> None:
-        """Waits for ``notify`` or the timeout, whichever comes first (no task per wait)."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiter = waiter
-        timer = loop.call_later(delay, _resolve, waiter) if delay is not None else None
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
-
-    async def run_on_device(self, fn: Callable[[], T]) -> T:
-        """Runs ``fn`` on the device thread, between batches (warm-up uses it)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    # -- called from the event loop -----------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="modelfleet-device-worker")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="modelfleet-device", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._executor.shutdown(wait=True)
+        with self.cond:
+            self._stopping = True
+            self.cond.notify()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
-    async def _run(self) -> None:
+    def add(self, model: HostedModel) -> None:
+        with self.cond:
+            self.models.append(model)
+
+    def remove(self, model: HostedModel) -> None:
+        with self.cond:
+            if model in self.models:
+                self.models.remove(model)
+
+    def submit(self, model: HostedModel, item: Pending) -> None:
+        """Queues a request (503 at once when the queue is full) and wakes the device."""
+        with self.cond:
+            model.queue.push(item)
+            self.cond.notify()
+
+    def expire(self, model: HostedModel, item: Pending) -> bool:
+        with self.cond:
+            return model.queue.expire(item)
+
+    def arriving(self, model: HostedModel, delta: int) -> None:
+        """Counts requests being received for ``model`` (eager batching waits for them)."""
+        with self.cond:
+            model.queue.arriving += delta
+            if model.queue.arriving == 0:
+                self.cond.notify()
+
+    async def run_on_device(self, fn: Callable[[], T]) -> T:
+        """Runs ``fn`` on the device thread between batches (warm-up uses it)."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        with self.cond:
+            self._jobs.append((fn, future))
+            self.cond.notify()
+        return await future
+
+    # -- the device thread ----------------------------------------------------------
+
+    def _run(self) -> None:
         while True:
+            with self.cond:
+                work = self._next()
+            if work is None:
+                return
+            if isinstance(work, Job):
+                self._run_job(work.fn, work.future)
+                continue
+            model, batch, expired, picked_at = work
+            if expired:
+                self._call_soon(model.fail_expired_all, expired)
+            if batch:
+                self._execute(model, batch, picked_at)
+
+    def _next(self) -> Any:
+        """Under the lock: waits for a job or a dispatchable batch; None to stop."""
+        while True:
+            if self._stopping:
+                return None
+            if self._jobs:
+                return Job(*self._jobs.popleft())
             now = self.clock()
             queues = [m.queue for m in self.models if len(m.queue)]
             chosen, wake = pick(queues, now, self.aging_s) if queues else (None, None)
-            if chosen is None:
-                await self._sleep(None if wake is None else max(0.0, wake - self.clock()))
-                continue
-            model = next(m for m in self.models if m.queue is chosen)
-            batch, expired = chosen.take_batch(now)
-            for item in expired:
-                model.fail_expired(item)
-            if batch:
-                try:
-                    await self._execute(model, batch, now)
-                except Exception:  # never let one batch kill the worker
-                    log.exception("batch of model '%s' version '%s' failed", *model.key)
+            if chosen is not None:
+                model = next(m for m in self.models if m.queue is chosen)
+                batch, expired = chosen.take_batch(now)
+                return model, batch, expired, now
+            self.cond.wait(None if wake is None else max(0.0, wake - now))
 
-    async def _execute(self, model: HostedModel, batch: list[Pending], now: float) -> None:
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _run_job(self, fn: Callable[[], Any], future: asyncio.Future[Any]) -> None:
+        try:
+            result = fn()
+        except Exception as exc:
+            self._call_soon(_settle, future, None, exc)
+        else:
+            self._call_soon(_settle, future, result, None)
+
+    def _execute(self, model: HostedModel, batch: list[Pending], picked_at: float) -> None:
         name, version = model.key
         metrics = model.metrics
         module = model.module
-        assert module is not None
         specs = model.config.outputs
-        if len(batch) == 1:
-            arrays = list(batch[0].payload)
-        else:
-            arrays = [
-                np.concatenate([p.payload[i] for p in batch])
-                for i in range(len(model.config.inputs))
-            ]
         rows = sum(p.rows for p in batch)
         for p in batch:
-            metrics.queue_time.observe(now - p.enqueued_at)
+            metrics.queue_time.observe(picked_at - p.enqueued_at)
         metrics.batch_size.observe(rows)
         metrics.queue_depth.set(len(model.queue))
         started = time.perf_counter()
-        self.busy = True
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, forward, module, arrays, specs, self.device
-            )
+            if module is None:
+                raise ModelFailure(f"model '{name}' version '{version}' is not loaded")
+            if len(batch) == 1:
+                arrays = list(batch[0].payload)
+            else:
+                arrays = [
+                    np.concatenate([p.payload[i] for p in batch])
+                    for i in range(len(model.config.inputs))
+                ]
+            outputs = forward(module, arrays, specs, self.device)
             for spec, out in zip(specs, outputs, strict=True):
                 if out.ndim == 0 or out.shape[0] != rows:
                     raise ModelFailure(
@@ -185,20 +238,30 @@ class DeviceWorker:
                 )
             )
             log.warning("%s", error.message)
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(error)
+            self._call_soon(_deliver, batch, None, error)
             return
         finally:
-            self.busy = False
             metrics.compute_time.observe(time.perf_counter() - started)
-        offset = 0
-        for p in batch:
-            if not p.future.done():
+        self._call_soon(_deliver, batch, outputs, None)
+
+
+def _deliver(batch: list[Pending], outputs: list[Array] | None, error: Exception | None) -> None:
+    """On the event loop: each request gets its rows of the batch's outputs."""
+    offset = 0
+    for p in batch:
+        if not p.future.done():
+            if error is not None:
+                p.future.set_exception(error)
+            else:
+                assert outputs is not None
                 p.future.set_result([o[offset : offset + p.rows] for o in outputs])
-            offset += p.rows
+        offset += p.rows
 
 
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+def _settle(future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -72,9 +72,10 @@ class HostedModel:
         """Applies the settings that need no reload: batching, queue, limits, cache."""
         old = self.config
         self.config = config
-        self.queue.priority = config.priority
-        self.queue.batching = config.batching
-        self.queue.max_size = config.queue.max_size
+        with self.worker.cond:
+            self.queue.priority = config.priority
+            self.queue.batching = config.batching
+            self.queue.max_size = config.queue.max_size
         if self.limiter is None or old.rate_limit != config.rate_limit:
             self.limiter = (
                 TokenBucket(config.rate_limit, time.monotonic()) if config.rate_limit else None
@@ -132,11 +133,10 @@ class HostedModel:
             deadline=now + budget_s,
             future=future,
         )
-        self.queue.push(item)  # 503 at once when full
+        self.worker.submit(self, item)  # 503 at once when full
         self._enter()
         timer = loop.call_later(budget_s, self._on_deadline, item)
         try:
-            self.worker.notify()
             outputs = await future
         finally:
             timer.cancel()
@@ -147,7 +147,11 @@ class HostedModel:
 
     def _on_deadline(self, item: Pending) -> None:
         """The deadline passed: a request still queued is answered 503, never run."""
-        if self.queue.expire(item):
+        if self.worker.expire(self, item):
+            self.fail_expired(item)
+
+    def fail_expired_all(self, items: list[Pending]) -> None:
+        for item in items:
             self.fail_expired(item)
 
     def fail_expired(self, item: Pending) -> None:

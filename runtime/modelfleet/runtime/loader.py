@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.errors import ModelLoadError
@@ -102,7 +104,46 @@ def load_module(config: ModelConfig, store: str | Path, device: torch.device) ->
         raise ModelLoadError(f"cannot load {path.name} as {fmt}: {exc}") from exc
     if fmt != "export":
         module.eval()
-    return module.to(device)
+    module = module.to(device)
+    if config.optimize == "trace":
+        module = trace(module, config, device)
+    return module
+
+
+def trace(module: torch.nn.Module, config: ModelConfig, device: torch.device) -> torch.nn.Module:
+    """Traces and freezes the module, and checks it answers like the eager one."""
+    from modelfleet.runtime.protocol import NP_DTYPES
+
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for spec in config.inputs:
+        shape = (2, *(d if d > 0 else 1 for d in spec.shape[1:]))
+        dtype = torch.from_numpy(np.zeros(0, dtype=NP_DTYPES[spec.datatype])).dtype
+        if dtype.is_floating_point:
+            examples.append(torch.randn(shape, generator=generator).to(device, dtype))
+        else:
+            examples.append(torch.zeros(shape, dtype=dtype, device=device))
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+            traced = torch.jit.freeze(torch.jit.trace(module, tuple(examples)))  # type: ignore[no-untyped-call]
+            expected, got = module(*examples), traced(*examples)
+    except Exception as exc:
+        raise ModelLoadError(f"model '{config.name}': optimize: trace failed: {exc}") from exc
+    pairs = zip(_flat(expected), _flat(got), strict=False)
+    if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in pairs):
+        raise ModelLoadError(
+            f"model '{config.name}': the traced module answers differently; use optimize: none"
+        )
+    return traced  # type: ignore[no-any-return]
+
+
+def _flat(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _flat(v)]
+    return [t for v in value for t in _flat(v)]
 
 
 def module_bytes(module: torch.nn.Module) -> int:

@@ -108,18 +108,15 @@ async def infer(request: web.Request) -> web.Response:
     model = _model(request)
     name, version = model.key
     metrics = model.metrics
-    queue = model.queue
     try:
-        queue.arriving += 1  # tells eager batching that more work is on its way
+        model.worker.arriving(model, +1)  # tells eager batching that more work is on its way
         try:
             body = await request.read()
             decoded = decode_request(
                 body, model.config.inputs, header_length=request.headers.get(HEADER_LENGTH)
             )
         finally:
-            queue.arriving -= 1
-            if queue.arriving == 0:
-                model.worker.notify()
+            model.worker.arriving(model, -1)
         timeout_header = request.headers.get(TIMEOUT_HEADER)
         outputs, cached = await model.infer(
             decoded, timeout_us=int(timeout_header) if timeout_header else None
