@@ -89,3 +89,16 @@ def infer_body(
         "inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": values}],
         **extra,
     }
+
+
+def batch_stats(runtime: Any, model: str) -> tuple[float, float]:
+    """(number of batches, rows) from the batch-size histogram."""
+    values = {
+        sample.name: sample.value
+        for metric in runtime.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.labels.get("model") == model and sample.name.startswith("modelfleet_batch_size")
+    }
+    return values.get("modelfleet_batch_size_count", 0.0), values.get(
+        "modelfleet_batch_size_sum", 0.0
+    )

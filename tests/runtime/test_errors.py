@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.runtime.conftest import StartRuntime, infer_body, mlp_config, tiny_model
+from tests.runtime.conftest import StartRuntime, batch_stats, infer_body, mlp_config, tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -119,18 +119,8 @@ async def test_deadline_expired_in_queue_is_503_and_never_executed(
     await expect_error(resp, 503, "deadline expired", "not executed")
     assert (await first).status == 200
     await asyncio.sleep(0.4)
-    _, rows = _batch_rows(runtime, "slow")
+    _, rows = batch_stats(runtime, "slow")
     assert rows == 1, "the expired request must never reach the model"
-
-
-def _batch_rows(runtime: Any, model: str) -> tuple[float, float]:
-    values = {
-        s.name: s.value
-        for m in runtime.metrics.registry.collect()
-        for s in m.samples
-        if s.labels.get("model") == model and s.name.startswith("modelfleet_batch_size")
-    }
-    return values.get("modelfleet_batch_size_count", 0), values.get("modelfleet_batch_size_sum", 0)
 
 
 async def test_rate_limit_is_429_with_retry_after(start_runtime: StartRuntime) -> None:

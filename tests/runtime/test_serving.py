@@ -13,7 +13,7 @@ from modelfleet.runtime.examples import mlp
 from safetensors.torch import load_file
 
 from tests.runtime import models as test_models
-from tests.runtime.conftest import StartRuntime, infer_body, mlp_config, tiny_model
+from tests.runtime.conftest import StartRuntime, batch_stats, infer_body, mlp_config, tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -93,17 +93,6 @@ async def test_batched_outputs_equal_unbatched_forward_under_concurrency(
     batches, rows = batch_stats(runtime, "mlp")
     assert rows == sum(x.shape[0] for x in inputs)  # warm-up batches are not counted
     assert batches < len(inputs), "concurrent requests should have been batched together"
-
-
-def batch_stats(runtime: Any, model: str) -> tuple[float, float]:
-    """(number of batches, rows) from the batch-size histogram."""
-    values = {
-        sample.name: sample.value
-        for metric in runtime.metrics.registry.collect()
-        for sample in metric.samples
-        if sample.labels.get("model") == model and sample.name.startswith("modelfleet_batch_size")
-    }
-    return values["modelfleet_batch_size_count"], values["modelfleet_batch_size_sum"]
 
 
 async def test_batches_keep_collecting_while_the_device_is_busy(
