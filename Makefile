@@ -14,6 +14,7 @@ help:
 	@echo "make run        serve the example fleet locally (no cluster needed)"
 	@echo "make test       lint, type-check and run the whole test suite"
 	@echo "make bench      runtime and gateway benchmarks (table + PNG in bench-results/)"
+	@echo "make bench-peers   the runtime against LitServe, MLServer and Ray Serve"
 	@echo "make cluster-up / cluster-down   a local Kubernetes control plane to poke at"
 
 venv:
@@ -44,6 +45,9 @@ test: venv lint cluster-build
 bench: venv
 	@$(PYTHON) -m bench.runtime_bench --out bench-results
 	@$(PYTHON) -m bench.gateway_bench --out bench-results
+
+bench-peers: venv
+	@$(PYTHON) -m bench.peers_bench --out bench-results
 
 clean:
 	rm -rf var bench-results .mypy_cache .ruff_cache

@@ -61,12 +61,22 @@ async def exchange(
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
+    chunked = False
     for line in head.split(b"\r\n")[1:]:
-        if line[:15].lower() == b"content-length:":
+        lower = line.lower()
+        if lower.startswith(b"content-length:"):
             length = int(line[15:])
-            break
-    body = await reader.readexactly(length) if length else b""
-    return status, body
+        elif lower.startswith(b"transfer-encoding:") and b"chunked" in lower:
+            chunked = True
+    if not chunked:
+        return status, await reader.readexactly(length) if length else b""
+    parts = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return status, b"".join(parts)
+        parts.append(await reader.readexactly(size + 2))
 
 
 async def closed_loop(
@@ -118,3 +128,54 @@ def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
     lines = [" | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+async def open_loop(
+    url: str,
+    classes: dict[str, tuple[bytes, dict[str, str], float]],
+    rate: float,
+    duration_s: float,
+    seed: int = 0,
+) -> dict[str, Point]:
+    """Poisson arrivals at ``rate`` per second, split between request classes by
+    share (class -> (body, headers, share)); answers that are not 200 count as
+    shed. Connections are pooled and opened on demand."""
+    import random
+
+    rng = random.Random(seed)
+    names = list(classes)
+    shares = [classes[n][2] for n in names]
+    built = {n: build_request(url, classes[n][0], classes[n][1]) for n in names}
+    host, port, _ = built[names[0]]
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    latencies: dict[str, list[float]] = {n: [] for n in names}
+    errors = dict.fromkeys(names, 0)
+
+    async def one(name: str) -> None:
+        conn = idle.pop() if idle else await asyncio.open_connection(host, port)
+        t0 = time.perf_counter()
+        try:
+            status, _ = await exchange(conn[0], conn[1], built[name][2])
+        except (OSError, asyncio.IncompleteReadError):
+            conn[1].close()
+            errors[name] += 1
+            return
+        idle.append(conn)
+        if status == 200:
+            latencies[name].append((time.perf_counter() - t0) * 1000)
+        else:
+            errors[name] += 1
+
+    tasks = []
+    start = time.perf_counter()
+    next_at = start
+    while next_at < start + duration_s:
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(rng.choices(names, shares)[0])))
+        next_at += rng.expovariate(rate)
+    await asyncio.gather(*tasks)
+    for _, writer in idle:
+        writer.close()
+    return {n: Point(0, len(latencies[n]), errors[n], duration_s, latencies[n]) for n in names}
