@@ -184,7 +184,7 @@ def main() -> int:
         reference = load_module(config, store, torch.device("cpu"))(torch.from_numpy(x))
         reference = reference.detach().numpy()
         port = args.port
-        for profile in args.profiles.split(","):
+        for profile in [p for p in args.profiles.split(",") if p]:
             for peer in wanted:
                 if peer not in venvs or peer in results["unavailable"]:
                     continue
@@ -255,9 +255,11 @@ def priority_case(
         capacity = asyncio.run(closed_loop(base, body, headers, 32, args.duration)).throughput
         high = json.loads(body)
         high["parameters"] = {"priority": 1}
+        # The priority travels in the body (Triton's parameter) and, as the gateway
+        # sends it, in a header that lets the runtime shed before reading the body.
         classes = {
-            "high": (json.dumps(high).encode(), headers, 0.1),
-            "low": (body, headers, 0.9),
+            "high": (json.dumps(high).encode(), {**headers, "X-ModelFleet-Priority": "1"}, 0.1),
+            "low": (body, {**headers, "X-ModelFleet-Priority": "0"}, 0.9),
         }
         result = asyncio.run(open_loop(base, classes, 1.5 * capacity, args.duration * 2))
     finally:

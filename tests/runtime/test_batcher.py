@@ -64,6 +64,19 @@ def test_full_queue_rejects_with_503_and_keeps_earlier_requests() -> None:
     assert [p.payload for p in batch] == ["a", "b"]
 
 
+def test_full_queue_lets_a_higher_priority_request_displace_the_lowest() -> None:
+    q = make_queue(max_size=3)
+    for tag, level in [("low-old", 5), ("mid", 3), ("low-new", 5)]:
+        q.push(item(0, level=level, tag=tag))
+    assert q.would_refuse(5) and not q.would_refuse(1)
+    displaced = q.push(item(0, level=1, tag="urgent"))
+    assert displaced is not None and displaced.payload == "low-new" and displaced.state == "shed"
+    with pytest.raises(Unavailable):
+        q.push(item(0, level=5, tag="another-low"))
+    batch, _ = q.take_batch(0)
+    assert [p.payload for p in batch] == ["urgent", "mid", "low-old"]
+
+
 def test_batch_takes_higher_priority_levels_first_then_arrival_order() -> None:
     q = make_queue(max_batch=3)
     for tag, level in [("low1", 5), ("high1", 1), ("low2", 5), ("high2", 1)]:

@@ -102,6 +102,37 @@ async def test_full_queue_rejects_with_503_and_earlier_requests_complete(
         assert (await resp.json())["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
 
 
+async def test_high_priority_request_displaces_a_queued_low_one_when_full(
+    start_runtime: StartRuntime,
+) -> None:
+    slow = tiny_model(
+        "slow", "slow", architecture_kwargs={"delay_ms": 200},
+        batching={"max_batch_size": 1, "max_queue_delay_ms": 0},
+        queue={"max_size": 2}, warmup={"enabled": False},
+    )  # fmt: skip
+    client, _ = await start_runtime([slow])
+    low = infer_body("x", [[1.0, 2.0, 3.0, 4.0]], [1, 4])
+    high = {**low, "parameters": {"priority": 1}}
+    running = asyncio.ensure_future(client.post("/v2/models/slow/infer", json=low))
+    await asyncio.sleep(0.05)
+    queued = [
+        asyncio.ensure_future(client.post("/v2/models/slow/infer", json=low)) for _ in range(2)
+    ]
+    await asyncio.sleep(0.05)
+    # A low one is refused before its body is read (header says its level) ...
+    refused = await client.post(
+        "/v2/models/slow/infer", json=low, headers={"X-ModelFleet-Priority": "5"}
+    )
+    await expect_error(refused, 503, "full")
+    # ... a high one takes the place of the newest low one.
+    urgent = await client.post("/v2/models/slow/infer", json=high)
+    assert urgent.status == 200
+    statuses = sorted([(await f).status for f in (running, *queued)])
+    assert statuses == [200, 200, 503]
+    shed = next(r for r in [await f for f in queued] if r.status == 503)
+    assert "higher-priority request" in (await shed.json())["error"]
+
+
 async def test_deadline_expired_in_queue_is_503_and_never_executed(
     start_runtime: StartRuntime,
 ) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from modelfleet.runtime.config import Batching
 from modelfleet.runtime.errors import Unavailable
 
-QUEUED, RUNNING, DONE, EXPIRED = "queued", "running", "done", "expired"
+QUEUED, RUNNING, DONE, EXPIRED, SHED = "queued", "running", "done", "expired", "shed"
 
 
 @dataclass(eq=False, slots=True)
@@ -56,19 +56,43 @@ class ModelQueue:
     def __len__(self) -> int:
         return self._live
 
-    def push(self, item: Pending) -> None:
-        """Enqueues, or raises 503 at once when full; earlier requests are unaffected."""
+    def full_error(self) -> Unavailable:
+        return Unavailable(
+            f"queue of model '{self.name}' version '{self.version}' is full "
+            f"({self.max_size} requests waiting)",
+            retry_after_s=1,
+        )
+
+    def _lowest(self) -> Pending | None:
+        """The queued request that goes last: lowest level, newest arrival."""
+        live = [p for _, _, p in self._heap if p.state == QUEUED]
+        return max(live, key=lambda p: (p.level, p.seq)) if live else None
+
+    def would_refuse(self, level: int) -> bool:
+        """Whether a request of ``level`` would be refused now (checked before its
+        body is even read, so that shedding costs little)."""
+        if self._live < self.max_size:
+            return False
+        lowest = self._lowest()
+        return lowest is None or lowest.level <= level
+
+    def push(self, item: Pending) -> Pending | None:
+        """Enqueues. When full, a request of a higher priority level displaces the
+        lowest queued one, which is returned (its owner answers it 503); otherwise
+        503 at once, and the requests already queued are unaffected."""
+        displaced = None
         if self._live >= self.max_size:
-            raise Unavailable(
-                f"queue of model '{self.name}' version '{self.version}' is full "
-                f"({self.max_size} requests waiting)",
-                retry_after_s=1,
-            )
+            lowest = self._lowest()
+            if lowest is None or lowest.level <= item.level:
+                raise self.full_error()
+            self._leave(lowest, SHED)
+            displaced = lowest
         item.seq = next(self._counter)
         heapq.heappush(self._heap, (item.level, item.seq, item))
         self._fifo.append(item)
         self._live += 1
         self._rows += item.rows
+        return displaced
 
     def _leave(self, item: Pending, state: str) -> None:
         item.state = state

@@ -130,11 +130,17 @@ class DeviceWorker:
             if model in self.models:
                 self.models.remove(model)
 
-    def submit(self, model: HostedModel, item: Pending) -> None:
-        """Queues a request (503 at once when the queue is full) and wakes the device."""
+    def submit(self, model: HostedModel, item: Pending) -> Pending | None:
+        """Queues a request and wakes the device; returns a lower-priority request
+        it displaced from a full queue (503 at once when it displaces none)."""
         with self.cond:
-            model.queue.push(item)
+            displaced = model.queue.push(item)
             self.cond.notify()
+        return displaced
+
+    def would_refuse(self, model: HostedModel, level: int) -> bool:
+        with self.cond:
+            return model.queue.would_refuse(level)
 
     def expire(self, model: HostedModel, item: Pending) -> bool:
         with self.cond:

@@ -133,7 +133,15 @@ class HostedModel:
             deadline=now + budget_s,
             future=future,
         )
-        self.worker.submit(self, item)  # 503 at once when full
+        displaced = self.worker.submit(self, item)  # 503 at once when full
+        if displaced is not None and not displaced.future.done():
+            displaced.future.set_exception(
+                Unavailable(
+                    f"shed: a higher-priority request for model '{self.config.name}' took "
+                    "this request's place in its full queue",
+                    retry_after_s=1,
+                )
+            )
         self._enter()
         timer = loop.call_later(budget_s, self._on_deadline, item)
         try:
@@ -153,6 +161,12 @@ class HostedModel:
     def fail_expired_all(self, items: list[Pending]) -> None:
         for item in items:
             self.fail_expired(item)
+
+    def refuses(self, level: int | None) -> bool:
+        """Cheap early check, before the body is read: a full queue that this
+        request could not get into. Without a known level, only a queue that
+        not even the highest priority could enter refuses."""
+        return self.worker.would_refuse(self, 1 if level is None else level or self.default_level)
 
     def fail_expired(self, item: Pending) -> None:
         """Answers a request the worker found past its deadline in the queue."""

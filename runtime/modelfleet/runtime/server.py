@@ -22,6 +22,7 @@ log = logging.getLogger("modelfleet.runtime")
 RUNTIME = web.AppKey("runtime", Runtime)
 QUEUE_DEPTH_HEADER = "X-ModelFleet-Queue-Depth"
 TIMEOUT_HEADER = "X-ModelFleet-Timeout-Us"
+PRIORITY_HEADER = "X-ModelFleet-Priority"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -108,6 +109,11 @@ async def infer(request: web.Request) -> web.Response:
     model = _model(request)
     name, version = model.key
     metrics = model.metrics
+    priority = request.headers.get(PRIORITY_HEADER, "")
+    if model.refuses(int(priority) if priority.isdigit() else None):
+        metrics.failed(503)
+        model.errors += 1
+        raise model.queue.full_error()
     try:
         model.worker.arriving(model, +1)  # tells eager batching that more work is on its way
         try:
