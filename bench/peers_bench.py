@@ -159,9 +159,13 @@ def main() -> int:
         if peer not in venvs:
             results["unavailable"][peer] = "its environment could not be installed (see above)"
         elif peer == "pytriton":
+            # Tried on 2026-11-24: nvidia-pytriton 0.7.0 installs and its bundled
+            # tritonserver 2.51 starts in CPU mode, but the Python-backend model fails to
+            # initialise under Python 3.11 ("'_thread.RLock' object has no attribute
+            # '_recursion_count'"), so no model can be served.
             results["unavailable"][peer] = (
-                "installs, but its Triton server binary needs the CUDA libraries and a GPU build; "
-                "not runnable on this CPU-only machine"
+                "nvidia-pytriton 0.7.0: tritonserver starts on CPU, but its Python-backend "
+                "stub fails under Python 3.11 (RLock._recursion_count); no model loads"
             )
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
