@@ -7,26 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from aiohttp.test_utils import TestClient, TestServer
 from modelfleet.runtime.config import parse_document
-from modelfleet.runtime.examples import write_examples
 from modelfleet.runtime.runtime import Runtime
 from modelfleet.runtime.server import build_data_app
-from safetensors.torch import save_file
 
 MLP_INPUTS = [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}]
 MLP_OUTPUTS = [{"name": "output", "datatype": "FP32", "shape": [-1, 4]}]
-
-
-@pytest.fixture(scope="session")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example models plus an empty state for parameter-free test architectures."""
-    store = tmp_path_factory.mktemp("models")
-    write_examples(store)
-    save_file({}, str(store / "empty.safetensors"))
-    torch.save({}, store / "empty.pt")
-    return store
 
 
 def mlp_config(**overrides: Any) -> dict[str, Any]:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -17,66 +13,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
 from tests.runtime.conftest import mlp_config, tiny_model
+from tests.support.servers import RuntimeProcess
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """``python -m modelfleet serve`` on a free loopback port."""
-
-    def __init__(self, tmp: Path, models: list[dict[str, Any]], store: Path, **server: Any) -> None:
-        self.port = free_port()
-        config = {
-            "server": {"host": "127.0.0.1", "port": self.port, "model_store": str(store), **server},
-            "models": models,
-        }
-        path = tmp / f"runtime-{self.port}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtime")])}
-        self.log = tmp / f"runtime-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet", "serve", "--config", str(path)],
-            env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while not self._ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise AssertionError(
-                    f"runtime did not become ready:\n{self.log.read_text()[-3000:]}"
-                )
-            time.sleep(0.1)
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except (OSError, urllib.error.HTTPError):
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def serve(tmp_path: Path, model_store: Path) -> Iterator[Any]:
-    servers: list[Server] = []
+    servers: list[RuntimeProcess] = []
 
-    def start(models: list[dict[str, Any]], **server: Any) -> Server:
-        servers.append(Server(tmp_path, models, model_store, **server))
+    def start(models: list[dict[str, Any]], **server: Any) -> RuntimeProcess:
+        servers.append(RuntimeProcess(tmp_path, models, model_store, **server))
         return servers[-1]
 
     yield start

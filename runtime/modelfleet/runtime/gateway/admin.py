@@ -1,0 +1,50 @@
+"""The gateway's admin API: read and replace the routes (bearer token)."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from modelfleet.runtime.auth import bearer_auth
+from modelfleet.runtime.errors import BadRequest
+from modelfleet.runtime.gateway.proxy import GATEWAY, Gateway, errors_as_json
+from modelfleet.runtime.gateway.routes import RoutesError, parse_routes
+
+
+async def get_routes(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    document = gateway.table.document
+    endpoints = {
+        url: {"outstanding": e.outstanding, "queue_depth": e.queue_depth,
+              "ejected": e.ejected_until > 0, "failures": e.failures}
+        for url, e in gateway.table.endpoints.items()
+    }  # fmt: skip
+    return web.json_response(
+        {"models": document.model_dump(mode="json")["models"], "endpoints": endpoints}
+    )
+
+
+async def put_routes(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the routes document must be an object with 'models'")
+    try:
+        # The server settings of a running gateway stay as started.
+        document = parse_routes({"models": body.get("models", {})})
+    except RoutesError as exc:
+        raise BadRequest(f"invalid routes: {exc}") from None
+    document = document.model_copy(update={"server": gateway.config})
+    gateway.replace(document)
+    return web.json_response({"models": sorted(document.models)})
+
+
+def build_admin_app(gateway: Gateway, token: str) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json, bearer_auth(token)])
+    app[GATEWAY] = gateway
+    app.router.add_get("/admin/routes", get_routes)
+    app.router.add_put("/admin/routes", put_routes)
+    return app

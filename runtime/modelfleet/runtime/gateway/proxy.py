@@ -1,0 +1,313 @@
+"""The gateway's data plane: OIP paths proxied to the chosen version and endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from modelfleet.runtime.errors import (
+    BadGateway,
+    GatewayTimeout,
+    NotFound,
+    PayloadTooLarge,
+    ServingError,
+    Unavailable,
+)
+from modelfleet.runtime.gateway.admission import Admission
+from modelfleet.runtime.gateway.balancer import Endpoint, pick
+from modelfleet.runtime.gateway.metrics import GatewayMetrics
+from modelfleet.runtime.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
+from modelfleet.runtime.gateway.split import choose_version
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger("modelfleet.gateway")
+SESSION_HEADER = "X-ModelFleet-Session"
+VERSION_HEADER = "X-ModelFleet-Version"
+PRIORITY_HEADER = "X-ModelFleet-Priority"
+TIMEOUT_HEADER = "X-ModelFleet-Timeout-Us"
+QUEUE_DEPTH_HEADER = "X-ModelFleet-Queue-Depth"
+DEFAULT_LEVEL = 5
+_PRIORITY_IN_BODY = re.compile(rb'"priority"\s*:\s*(\d+)')
+_PASSED_HEADERS = ("Content-Type", "Inference-Header-Content-Length")
+_RETURNED_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "Retry-After")
+
+
+@dataclass
+class Table:
+    """The routes in force, with the live state that must survive a replacement."""
+
+    document: RoutesDocument
+    endpoints: dict[str, Endpoint]
+    admission: dict[str, Admission]
+
+
+class Gateway:
+    def __init__(self, document: RoutesDocument, *, seed: int | None = None) -> None:
+        self.config = document.server
+        self.metrics = GatewayMetrics()
+        self.rng = random.Random(seed)
+        self.table = Table(document, {}, {})
+        self.replace(document)
+        self.session: aiohttp.ClientSession | None = None
+        self.draining = False
+
+    def replace(self, document: RoutesDocument) -> None:
+        """Swaps the routes in one step; endpoint health and in-flight counts carry over,
+        so requests already under way finish where they are and nothing is dropped."""
+        old = self.table
+        endpoints = {
+            url: old.endpoints.get(url) or Endpoint(url)
+            for route in document.models.values()
+            for version in route.versions
+            for url in version.endpoints
+        }
+        admission = {}
+        for name, route in document.models.items():
+            gate = old.admission.get(name) or Admission(
+                name, route.max_concurrency, route.max_waiting
+            )
+            gate.limit, gate.max_waiting = route.max_concurrency, route.max_waiting
+            admission[name] = gate
+        self.table = Table(document, endpoints, admission)
+        log.info(
+            "routes replaced: %d model(s), %d endpoint(s)", len(document.models), len(endpoints)
+        )
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # -- choosing ------------------------------------------------------------------
+
+    def route(self, model: str) -> ModelRoute:
+        route = self.table.document.models.get(model)
+        if route is None:
+            raise NotFound(f"unknown model '{model}'")
+        return route
+
+    def version(self, model: str, route: ModelRoute, request: web.Request) -> VersionRoute:
+        forced = request.match_info.get("version") or request.headers.get(VERSION_HEADER)
+        if forced is not None:
+            for v in route.versions:
+                if v.version == forced:
+                    return v
+            known = ", ".join(v.version for v in route.versions)
+            raise NotFound(f"model '{model}' has no version '{forced}'; known: {known}")
+        chosen = choose_version(route.versions, request.headers.get(SESSION_HEADER), self.rng)
+        if chosen is None:
+            raise Unavailable(
+                f"model '{model}' has no version with traffic weight", retry_after_s=1
+            )
+        return chosen
+
+    # -- proxying ------------------------------------------------------------------
+
+    async def forward(self, request: web.Request, suffix: str, *, admit: bool) -> web.Response:
+        model = request.match_info["model"]
+        route = self.route(model)
+        version = self.version(model, route, request)
+        started = time.perf_counter()
+        deadline = time.monotonic() + route.timeout_ms / 1000
+        body = await request.read() if request.can_read_body else None
+        level = _level(request, body)
+        gate = self.table.admission[model]
+        if admit:
+            try:
+                await gate.acquire(level, route.timeout_ms / 1000)
+            except Unavailable:
+                self.metrics.shed.labels(model, str(level)).inc()
+                self.metrics.requests.labels(model, version.version, "", "shed").inc()
+                raise
+        self.metrics.in_flight.labels(model).inc()
+        try:
+            response = await self._attempts(request, model, version, suffix, body, deadline)
+        finally:
+            self.metrics.in_flight.labels(model).dec()
+            if admit:
+                gate.release()
+        self.metrics.latency.labels(model, version.version).observe(time.perf_counter() - started)
+        return response
+
+    async def _attempts(
+        self,
+        request: web.Request,
+        model: str,
+        version: VersionRoute,
+        suffix: str,
+        body: bytes | None,
+        deadline: float,
+    ) -> web.Response:
+        assert self.session is not None
+        endpoints = [
+            self.table.endpoints[u] for u in version.endpoints if u in self.table.endpoints
+        ]
+        if not endpoints:
+            raise Unavailable(
+                f"model '{model}' version '{version.version}' has no ready endpoint",
+                retry_after_s=1,
+            )
+        tried: set[str] = set()
+        headers = {k: request.headers[k] for k in _PASSED_HEADERS if k in request.headers}
+        path = f"/v2/models/{model}/versions/{version.version}{suffix}"
+        last_error: ServingError = BadGateway(f"no endpoint of model '{model}' could be reached")
+        for _ in range(min(self.config.max_attempts, len(endpoints))):
+            endpoint = pick(endpoints, time.monotonic(), self.rng, tried)
+            if endpoint is None:
+                break
+            tried.add(endpoint.url)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            headers[TIMEOUT_HEADER] = str(int(remaining * 1e6))
+            endpoint.outstanding += 1
+            try:
+                async with self.session.request(
+                    request.method, endpoint.url + path, data=body, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=remaining),
+                ) as upstream:  # fmt: skip
+                    payload = await upstream.read()
+                    status = upstream.status
+                    returned = {
+                        k: upstream.headers[k] for k in _RETURNED_HEADERS if k in upstream.headers
+                    }
+                    depth = upstream.headers.get(QUEUE_DEPTH_HEADER)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                endpoint.eject(time.monotonic(), self.config.eject_s)
+                self.metrics.requests.labels(
+                    model, version.version, endpoint.url, "unreachable"
+                ).inc()
+                self.metrics.retries.labels(model).inc()
+                log.warning("endpoint %s failed for model '%s' version '%s' (%s); trying another",
+                            endpoint.url, model, version.version, type(exc).__name__)  # fmt: skip
+                last_error = BadGateway(f"endpoint {endpoint.url} of model '{model}' failed: {exc}")
+                continue
+            except TimeoutError:
+                self.metrics.requests.labels(model, version.version, endpoint.url, "timeout").inc()
+                raise GatewayTimeout(
+                    f"model '{model}' version '{version.version}' did not answer in time"
+                ) from None
+            finally:
+                endpoint.outstanding -= 1
+            endpoint.succeeded()
+            if depth is not None and depth.isdigit():
+                endpoint.queue_depth = int(depth)
+            self.metrics.requests.labels(model, version.version, endpoint.url, str(status)).inc()
+            if status == 503 and len(tried) < len(endpoints) and body is not None:
+                last_error = Unavailable(f"endpoint {endpoint.url} is busy", retry_after_s=1)
+                self.metrics.retries.labels(model).inc()
+                continue  # full or draining there: another pod may have room
+            return web.Response(body=payload, status=status, headers=returned)
+        if time.monotonic() >= deadline:
+            raise GatewayTimeout(f"model '{model}' did not answer within its deadline")
+        raise last_error
+
+
+def _level(request: web.Request, body: bytes | None) -> int:
+    """The request's priority level: the header, else Triton's body parameter."""
+    header = request.headers.get(PRIORITY_HEADER)
+    value = None
+    if header is not None and header.isdigit():
+        value = int(header)
+    elif body:
+        found = _PRIORITY_IN_BODY.search(body, 0, 4096)
+        value = int(found.group(1)) if found else None
+    return value or DEFAULT_LEVEL
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: object) -> web.StreamResponse:
+    try:
+        return await handler(request)  # type: ignore[operator, no-any-return]
+    except ServingError as exc:
+        return exc.to_response()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[GATEWAY].config.max_body_bytes
+        return PayloadTooLarge(
+            f"request body is larger than the limit of {limit} bytes"
+        ).to_response()
+    except web.HTTPException as exc:
+        if exc.empty_body:
+            raise
+        return web.json_response(
+            {"error": f"{exc.reason}: {request.method} {request.path}"}, status=exc.status
+        )
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return web.json_response({"error": "internal gateway error"}, status=500)
+
+
+async def infer(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    if gateway.draining:
+        raise Unavailable("the gateway is shutting down", retry_after_s=1)
+    return await gateway.forward(request, "/infer", admit=True)
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    return await request.app[GATEWAY].forward(request, "/ready", admit=False)
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    return await request.app[GATEWAY].forward(request, "", admit=False)
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"live": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    ok = not gateway.draining and gateway.session is not None
+    return web.json_response({"ready": ok}, status=200 if ok else 503)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return web.json_response({"name": "modelfleet-gateway", "version": "0.1.0", "extensions": []})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(request.app[GATEWAY].metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+def build_gateway_app(gateway: Gateway) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_as_json], client_max_size=gateway.config.max_body_bytes
+    )
+    app[GATEWAY] = gateway
+    base = "/v2/models/{model}"
+    for prefix in (base, base + "/versions/{version}"):
+        app.router.add_post(prefix + "/infer", infer)
+        app.router.add_get(prefix + "/ready", model_ready)
+        app.router.add_get(prefix, model_metadata)
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2", server_metadata)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def drain(gateway: Gateway, grace_s: float) -> None:
+    gateway.draining = True
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(  # noqa: ASYNC110 - a bounded poll
+        a.in_flight for a in gateway.table.admission.values()
+    ):
+        await asyncio.sleep(0.05)

@@ -1,0 +1,90 @@
+"""The gateway's routes document: model -> versions with weights -> endpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VersionRoute(_Strict):
+    version: str = Field(min_length=1)
+    """Version label, as the runtimes serve it under ``/versions/{v}``."""
+    weight: float = Field(default=100, ge=0)
+    """Relative share of the model's traffic; 0 means only when forced by header or path."""
+    endpoints: tuple[str, ...] = ()
+    """Base URLs of runtime pods where this version is loaded and ready."""
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
+        for url in endpoints:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {url!r} must start with http:// or https://")
+        return tuple(url.rstrip("/") for url in endpoints)
+
+
+class ModelRoute(_Strict):
+    priority: int = 0
+    """Model priority (Kubernetes meaning): informs shedding between models."""
+    max_concurrency: int = Field(default=64, ge=1)
+    """Requests in flight to the runtimes for this model; more wait or are shed."""
+    max_waiting: int = Field(default=128, ge=0)
+    """Requests waiting for a slot; past it the lowest priority is shed (503)."""
+    timeout_ms: float = Field(default=30_000, gt=0)
+    """The gateway's deadline for one request; the runtime gets what remains."""
+    versions: tuple[VersionRoute, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ModelRoute:
+        names = [v.version for v in self.versions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"versions listed twice: {names}")
+        return self
+
+
+class GatewayServer(_Strict):
+    host: str = "127.0.0.1"
+    """Address the data and admin ports bind to."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """Data port: the OIP paths and /metrics."""
+    admin_port: int = Field(default=8081, ge=0, le=65535)
+    """Admin port (``PUT/GET /admin/routes``), only with a token."""
+    admin_token_file: str | None = None
+    """File holding the admin bearer token; the admin API is off without it."""
+    eject_s: float = Field(default=5.0, gt=0)
+    """How long an endpoint that failed to connect is left out."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Endpoints tried for one request when connections fail (infer is idempotent)."""
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Larger request bodies are refused with 413."""
+
+
+class RoutesDocument(_Strict):
+    server: GatewayServer = GatewayServer()
+    models: dict[str, ModelRoute] = Field(default_factory=dict)
+
+
+class RoutesError(Exception):
+    """The routes document is unreadable or invalid; the message says where."""
+
+
+def parse_routes(data: object) -> RoutesDocument:
+    try:
+        return RoutesDocument.model_validate(data)
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise RoutesError(where) from exc
+
+
+def load_routes(path: str | Path) -> RoutesDocument:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RoutesError(f"cannot read {path}: {exc}") from exc
+    return parse_routes(data or {})

@@ -1,0 +1,202 @@
+"""The gateway in front of real runtime processes, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.gateway.conftest import BODY, mlp
+
+pytestmark = pytest.mark.integration
+TOKEN = "gw-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def token_file(tmp_path: Path) -> str:
+    path = tmp_path / "token"
+    path.write_text(TOKEN)
+    return str(path)
+
+
+def route(*versions: tuple[str, float, list[str]], **extra: Any) -> dict[str, Any]:
+    return {
+        "versions": [{"version": v, "weight": w, "endpoints": eps} for v, w, eps in versions],
+        **extra,
+    }
+
+
+async def infer(session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None,
+                body: bytes = BODY) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    async with session.post(f"{url}/v2/models/mlp/infer", data=body, headers=headers) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def closed_loop(url: str, concurrency: int, seconds: float) -> collections.Counter[int]:
+    statuses: collections.Counter[int] = collections.Counter()
+    stop_at = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as session:
+
+        async def worker() -> None:
+            while time.monotonic() < stop_at:
+                status, _ = await infer(session, url)
+                statuses[status] += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+async def test_split_matches_weights_sticky_keys_stay_and_weight_changes_move_few(
+    procs: Any, tmp_path: Path
+) -> None:
+    runtime = procs.runtime([mlp("1"), mlp("2")])
+    gw = procs.gateway(
+        {"mlp": route(("1", 75, [runtime.url]), ("2", 25, [runtime.url]))},
+        admin_port=_port(), admin_token_file=token_file(tmp_path),
+    )  # fmt: skip
+    counts: collections.Counter[str] = collections.Counter()
+    async with aiohttp.ClientSession() as session:
+        sem = asyncio.Semaphore(16)
+
+        async def one() -> None:
+            async with sem:
+                status, body = await infer(session, gw.url)
+                assert status == 200, body
+                counts[body["model_version"]] += 1
+
+        await asyncio.gather(*(one() for _ in range(2000)))
+        assert abs(counts["2"] / 2000 - 0.25) <= 0.02, counts
+
+        async def versions_for(keys: list[str]) -> dict[str, str]:
+            out = {}
+            for key in keys:
+                _, body = await infer(session, gw.url, {"X-ModelFleet-Session": key})
+                out[key] = body["model_version"]
+            return out
+
+        keys = [f"user-{i}" for i in range(400)]
+        await _put_routes(
+            session, gw.admin_url, route(("1", 90, [runtime.url]), ("2", 10, [runtime.url]))
+        )
+        first = await versions_for(keys)
+        assert first == await versions_for(keys), "sticky keys must keep their version"
+        await _put_routes(
+            session, gw.admin_url, route(("1", 80, [runtime.url]), ("2", 20, [runtime.url]))
+        )
+        after = await versions_for(keys)
+        moved = [k for k in keys if first[k] != after[k]]
+        assert 0.05 <= len(moved) / len(keys) <= 0.16, len(moved)
+        assert all(after[k] == "2" for k in moved)
+        # An explicit version bypasses the split; so does the header.
+        async with session.post(f"{gw.url}/v2/models/mlp/versions/1/infer", data=BODY) as resp:
+            assert (await resp.json())["model_version"] == "1"
+        _, body = await infer(session, gw.url, {"X-ModelFleet-Version": "2"})
+        assert body["model_version"] == "2"
+        status, body = await infer(session, gw.url, {"X-ModelFleet-Version": "9"})
+        assert status == 404 and "no version '9'" in body["error"]
+        async with session.post(f"{gw.url}/v2/models/nope/infer", data=BODY) as resp:
+            assert resp.status == 404
+        async with session.get(f"{gw.url}/metrics") as resp:
+            text = await resp.text()
+        assert (
+            f'modelfleet_gateway_requests_total{{endpoint="{runtime.url}",model="mlp",outcome="200",version="2"}}'
+            in text
+        )
+
+
+async def test_killing_one_of_two_runtimes_under_load_shows_no_error(procs: Any) -> None:
+    a, b = procs.runtime([mlp("1")]), procs.runtime([mlp("1")])
+    gw = procs.gateway({"mlp": route(("1", 100, [a.url, b.url]))}, eject_s=30)
+    load = asyncio.ensure_future(closed_loop(gw.url, 8, 3.0))
+    await asyncio.sleep(1.0)
+    b.proc.kill()
+    statuses = await load
+    assert set(statuses) == {200}, statuses
+    assert sum(statuses.values()) > 100
+
+
+async def test_at_twice_capacity_high_priority_passes_and_low_is_shed(procs: Any) -> None:
+    slow = mlp(
+        "1", architecture="tests.runtime.models:slow", source="empty.safetensors",
+        architecture_kwargs={"delay_ms": 20},
+        inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+        batching={"max_batch_size": 1, "max_queue_delay_ms": 0}, warmup={"enabled": False},
+    )  # fmt: skip
+    runtime = procs.runtime([slow])  # 20 ms a request: about 50 requests/s
+    gw = procs.gateway(
+        {"mlp": route(("1", 100, [runtime.url]), max_concurrency=2, max_waiting=4, timeout_ms=2000)}
+    )
+    body = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+    results: dict[str, collections.Counter[int]] = {
+        "high": collections.Counter(),
+        "low": collections.Counter(),
+    }
+    retry_after: list[str] = []
+    rng = random.Random(7)
+    async with aiohttp.ClientSession() as session:
+
+        async def one(kind: str) -> None:
+            headers = {"X-ModelFleet-Priority": "1" if kind == "high" else "0"}
+            async with session.post(
+                f"{gw.url}/v2/models/mlp/infer", data=body, headers=headers
+            ) as resp:
+                await resp.read()
+                results[kind][resp.status] += 1
+                if resp.status == 503:
+                    retry_after.append(resp.headers.get("Retry-After", ""))
+
+        tasks = []
+        for _ in range(400):  # 100 requests/s for 4 s: twice the capacity
+            tasks.append(asyncio.ensure_future(one("high" if rng.random() < 0.1 else "low")))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks)
+    high_ok = results["high"][200] / sum(results["high"].values())
+    assert high_ok >= 0.99, results
+    assert results["low"][503] > 0.2 * sum(results["low"].values()), results
+    assert set(results["low"]) <= {200, 503} and all(r.isdigit() for r in retry_after)
+
+
+async def test_replacing_routes_under_load_drops_nothing(procs: Any, tmp_path: Path) -> None:
+    a, b = procs.runtime([mlp("1"), mlp("2")]), procs.runtime([mlp("1"), mlp("2")])
+    gw = procs.gateway(
+        {"mlp": route(("1", 100, [a.url]))},
+        admin_port=_port(),
+        admin_token_file=token_file(tmp_path),
+    )
+    load = asyncio.ensure_future(closed_loop(gw.url, 8, 3.0))
+    tables = [
+        route(("1", 50, [a.url, b.url]), ("2", 50, [b.url])),
+        route(("2", 100, [a.url])),
+        route(("1", 10, [b.url]), ("2", 90, [a.url, b.url])),
+        route(("1", 100, [a.url])),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for i in range(12):
+            await asyncio.sleep(0.2)
+            await _put_routes(session, gw.admin_url, tables[i % len(tables)])
+        async with session.get(f"{gw.admin_url}/admin/routes") as resp:
+            assert resp.status == 401
+    statuses = await load
+    assert set(statuses) == {200}, statuses
+
+
+async def _put_routes(
+    session: aiohttp.ClientSession, admin_url: str, mlp_route: dict[str, Any]
+) -> None:
+    async with session.put(
+        f"{admin_url}/admin/routes", json={"models": {"mlp": mlp_route}}, headers=AUTH
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+def _port() -> int:
+    from tests.support.servers import free_port
+
+    return free_port()
