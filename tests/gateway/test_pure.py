@@ -73,11 +73,11 @@ def test_failed_endpoint_is_ejected_with_growing_backoff_then_returns() -> None:
 
 
 def test_routes_are_validated_with_the_field_named() -> None:
-    with pytest.raises(RoutesError, match="models.m.versions.0.endpoints"):
+    with pytest.raises(RoutesError, match=r"models\.m\.versions\.0\.endpoints"):
         parse_routes(
             {"models": {"m": {"versions": [{"version": "1", "endpoints": ["10.0.0.1:80"]}]}}}
         )
-    with pytest.raises(RoutesError, match="models.m.max_concurrency"):
+    with pytest.raises(RoutesError, match=r"models\.m\.max_concurrency"):
         parse_routes({"models": {"m": {"max_concurrency": 0, "versions": [{"version": "1"}]}}})
 
 
