@@ -58,7 +58,9 @@ def test_placing_again_from_its_own_result_changes_nothing(pods, demands, raw) -
 
 @given(pods_st, demands_st)
 @settings(max_examples=300, deadline=None)
-def test_an_unplaced_version_could_not_fit_even_by_evicting_all_lower_priority(pods, demands) -> None:  # type: ignore[no-untyped-def]
+def test_an_unplaced_version_could_not_fit_even_by_evicting_all_lower_priority(
+    pods, demands
+) -> None:  # type: ignore[no-untyped-def]
     result = place(pods, demands)
     by_key = {d.key: d for d in demands}
     for key in result.unplaced:
@@ -105,7 +107,12 @@ def test_placing_1000_versions_onto_200_pods_takes_well_under_a_second() -> None
     rng = random.Random(0)
     pods = [Pod(f"pod-{i:03d}", 16_000) for i in range(200)]
     demands = [
-        Demand((f"ns/model-{i}", "1"), rng.randint(-10, 10), rng.randint(1, 3), rng.choice([500, 1000, 2000, 4000]))
+        Demand(
+            (f"ns/model-{i}", "1"),
+            rng.randint(-10, 10),
+            rng.randint(1, 3),
+            rng.choice([500, 1000, 2000, 4000]),
+        )
         for i in range(1000)
     ]
     started = time.perf_counter()

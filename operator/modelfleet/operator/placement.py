@@ -154,7 +154,11 @@ def _cheapest_eviction(
             gained += by_key[key].memory_mb
         if gained + 1e-9 < demand.memory_mb:
             continue
-        cost = (max(by_key[v].priority for v in victims), sum(by_key[v].memory_mb for v in victims), pod.name)
+        cost = (
+            max(by_key[v].priority for v in victims),
+            sum(by_key[v].memory_mb for v in victims),
+            pod.name,
+        )
         if best is None or cost < best[0]:
             best = (cost, pod.name, victims)
     return None if best is None else (best[1], best[2])

@@ -1,0 +1,146 @@
+"""A small asyncio Kubernetes client: server-side apply, get, list, status patch, events.
+
+It reuses kopf's own login (kubeconfig or in-cluster service account), so the
+operator needs no second client library and authenticates exactly as kopf does.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import ssl
+import tempfile
+from typing import Any
+
+import aiohttp
+import kopf
+
+FIELD_MANAGER = "modelfleet-operator"
+_PATHS = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "Secret"): "secrets",
+    ("v1", "Pod"): "pods",
+    ("v1", "Event"): "events",
+    ("apps/v1", "StatefulSet"): "statefulsets",
+    ("apps/v1", "Deployment"): "deployments",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("modelfleet.io/v1alpha1", "InferencePool"): "inferencepools",
+    ("modelfleet.io/v1alpha1", "InferenceModel"): "inferencemodels",
+}
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+def _path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{_PATHS[(api_version, kind)]}"
+    return f"{path}/{name}" if name else path
+
+
+class Kube:
+    def __init__(self, info: kopf.ConnectionInfo) -> None:
+        self.server = info.server.rstrip("/")
+        context = ssl.create_default_context()
+        if info.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if info.ca_path:
+            context.load_verify_locations(cafile=info.ca_path)
+        elif info.ca_data:
+            context.load_verify_locations(cadata=_text(info.ca_data))
+        cert, key = info.certificate_path, info.private_key_path
+        if info.certificate_data and info.private_key_data:
+            cert, key = _tmp(info.certificate_data), _tmp(info.private_key_data)
+        if cert and key:
+            context.load_cert_chain(cert, key)
+        self.headers = {"Authorization": f"Bearer {info.token}"} if info.token else {}
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context), headers=self.headers
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with self.session.request(method, self.server + path, **kwargs) as resp:
+            body = await resp.read()
+            if resp.status >= 400:
+                raise KubeError(resp.status, body.decode(errors="replace")[:500])
+            return json.loads(body) if body else None
+
+    async def apply(self, obj: dict[str, Any]) -> Any:
+        """Server-side apply: create or update idempotently, owning only our fields."""
+        meta = obj["metadata"]
+        path = _path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        return await self._call(
+            "PATCH", path, data=json.dumps(obj),
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            headers={"Content-Type": "application/apply-patch+yaml"},
+        )  # fmt: skip
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        try:
+            return await self._call("GET", _path(api_version, kind, namespace, name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str, selector: str = ""
+    ) -> list[Any]:
+        params = {"labelSelector": selector} if selector else {}
+        found = await self._call("GET", _path(api_version, kind, namespace), params=params)
+        return list(found.get("items", []))
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
+                           status: dict[str, Any]) -> None:  # fmt: skip
+        try:
+            await self._call(
+                "PATCH", _path(api_version, kind, namespace, name) + "/status",
+                data=json.dumps({"status": status}),
+                headers={"Content-Type": "application/merge-patch+json"},
+            )  # fmt: skip
+        except KubeError as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing to report on
+                raise
+
+    async def event(
+        self, obj: dict[str, Any], reason: str, message: str, kind: str = "Normal"
+    ) -> None:
+        meta = obj["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "reason": reason, "message": message[:1000], "type": kind,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": FIELD_MANAGER},
+        }  # fmt: skip
+        try:
+            await self._call("POST", _path("v1", "Event", meta["namespace"]), data=json.dumps(event),
+                             headers={"Content-Type": "application/json"})  # fmt: skip
+        except KubeError:
+            pass  # events are best effort
+
+
+def _text(data: bytes | str) -> str:
+    return data.decode() if isinstance(data, bytes) else data
+
+
+def _tmp(data: bytes | str) -> str:
+    raw = data if isinstance(data, bytes) else data.encode()
+    if not raw.startswith(b"-----"):
+        raw = base64.b64decode(raw)
+    handle = tempfile.NamedTemporaryFile(delete=False, suffix=".pem")  # noqa: SIM115
+    handle.write(raw)
+    handle.close()
+    return handle.name
