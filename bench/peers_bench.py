@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from modelfleet.runtime.examples import write_examples
 
 from bench.loadgen import Point, closed_loop, open_loop, table
 from bench.runtime_bench import MODELS, model_config, pin, raw_forward, request_body
+from modelfleet.runtime.examples import write_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOS_MS = (20, 50, 100)

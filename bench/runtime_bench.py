@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+
+from bench.loadgen import Point, closed_loop, table
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.examples import write_examples
 from modelfleet.runtime.loader import load_module
-
-from bench.loadgen import Point, closed_loop, table
 
 MODELS: dict[str, dict[str, Any]] = {
     "mlp": {

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from modelfleet.runtime.examples import write_examples
 from safetensors.torch import save_file
+
+from modelfleet.runtime.examples import write_examples
 
 
 @pytest.fixture(scope="session")

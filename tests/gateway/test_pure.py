@@ -6,6 +6,7 @@ import asyncio
 import random
 
 import pytest
+
 from modelfleet.runtime.errors import Unavailable
 from modelfleet.runtime.gateway.admission import Admission
 from modelfleet.runtime.gateway.balancer import Endpoint, pick

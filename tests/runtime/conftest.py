@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+
 from modelfleet.runtime.config import parse_document
 from modelfleet.runtime.runtime import Runtime
 from modelfleet.runtime.server import build_data_app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from modelfleet.runtime.cache import ResultCache, cache_key
 from modelfleet.runtime.config import RateLimit
 from modelfleet.runtime.ratelimit import TokenBucket

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from modelfleet.runtime.batcher import EXPIRED, QUEUED, RUNNING, ModelQueue, Pending
 from modelfleet.runtime.config import Batching
 from modelfleet.runtime.errors import Unavailable

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
+
 from modelfleet.runtime.admin import build_admin_app
 from modelfleet.runtime.examples import mlp
-
 from tests.runtime import models as test_models
 from tests.runtime.conftest import StartRuntime, infer_body, mlp_config, tiny_model
 

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from modelfleet.runtime.examples import mlp
 from safetensors.torch import load_file
 
+from modelfleet.runtime.examples import mlp
 from tests.runtime import models as test_models
 from tests.runtime.conftest import StartRuntime, batch_stats, infer_body, mlp_config, tiny_model
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from modelfleet.runtime.examples import cnn, mlp
 from safetensors.torch import load_file
+
+from modelfleet.runtime.examples import cnn, mlp
 
 SHAPES = {"mlp": (16,), "cnn": (1, 28, 28)}
 NAMES = {"mlp": ("input", "output"), "cnn": ("image", "logits")}

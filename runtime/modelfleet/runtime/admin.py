@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+
 from modelfleet.runtime.auth import bearer_auth
 from modelfleet.runtime.config import ConfigError, ModelConfig, parse_document
 from modelfleet.runtime.errors import BadRequest

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+
 from modelfleet.runtime.errors import Unauthorized
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
+
 from modelfleet.runtime.batcher import Pending
 from modelfleet.runtime.config import TensorSpec
 from modelfleet.runtime.errors import ServingError

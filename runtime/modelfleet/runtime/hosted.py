@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
 from modelfleet.runtime.batcher import ModelQueue, Pending
 from modelfleet.runtime.cache import ResultCache, cache_key
 from modelfleet.runtime.config import ModelConfig, Warmup

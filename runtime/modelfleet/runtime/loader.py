@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.errors import ModelLoadError
 

@@ -9,6 +9,7 @@ import signal
 import sys
 
 from aiohttp import web
+
 from modelfleet.runtime.admin import build_admin_app
 from modelfleet.runtime.auth import read_token
 from modelfleet.runtime.config import ConfigError, RuntimeDocument, load_document

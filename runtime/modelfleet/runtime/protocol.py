@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
+
 from modelfleet.runtime.config import TensorSpec
 from modelfleet.runtime.errors import BadRequest
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+
 from modelfleet.runtime.config import ModelConfig, ServerConfig
 from modelfleet.runtime.device import DeviceWorker, forward
 from modelfleet.runtime.errors import ModelLoadError, NotFound, Unavailable

@@ -8,6 +8,7 @@ import sys
 import time
 
 import torch
+
 from modelfleet.runtime.config import RuntimeDocument, ServerConfig
 from modelfleet.runtime.device import DeviceWorker, pick_device
 from modelfleet.runtime.metrics import RuntimeMetrics

@@ -7,6 +7,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from modelfleet.runtime.errors import PayloadTooLarge, ServingError, Unavailable
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.protocol import (
@@ -16,7 +18,6 @@ from modelfleet.runtime.protocol import (
     tensor_metadata,
 )
 from modelfleet.runtime.runtime import Runtime
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger("modelfleet.runtime")
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from aiohttp import web
+
 from modelfleet.runtime.auth import bearer_auth
 from modelfleet.runtime.errors import BadRequest
 from modelfleet.runtime.gateway.proxy import GATEWAY, Gateway, errors_as_json

@@ -9,6 +9,7 @@ import signal
 import sys
 
 from aiohttp import web
+
 from modelfleet.runtime.auth import read_token
 from modelfleet.runtime.gateway.admin import build_admin_app
 from modelfleet.runtime.gateway.proxy import Gateway, build_gateway_app, drain

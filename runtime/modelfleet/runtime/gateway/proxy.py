@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from modelfleet.runtime.errors import (
     BadGateway,
     GatewayTimeout,
@@ -24,7 +26,6 @@ from modelfleet.runtime.gateway.balancer import Endpoint, pick
 from modelfleet.runtime.gateway.metrics import GatewayMetrics
 from modelfleet.runtime.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
 from modelfleet.runtime.gateway.split import choose_version
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger("modelfleet.gateway")
 SESSION_HEADER = "X-ModelFleet-Session"
