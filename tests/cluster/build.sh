@@ -20,9 +20,24 @@ CACHE=${MODELFLEET_CACHE:-$HOME/.cache/modelfleet}/cluster
 BIN="$CACHE/bin-k8s${K8S_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}-helm${HELM_VERSION}"
 NAMES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
 
-complete() { for n in "${NAMES[@]}"; do [ -x "$BIN/$n" ] || return 1; done; }
+complete() { for n in "${NAMES[@]}"; do [ -x "$BIN/$n" ] || return 1; done; [ -f "$BIN/kwok-stages.yaml" ]; }
 if complete; then echo "$BIN"; exit 0; fi
 
+# kwok's own "fast" stage set (node initialise + heartbeat with lease, pod ready,
+# complete, delete), taken from the kwok module's kustomize/stage folder.
+install_stages() {
+  local dir
+  dir=$(GOTOOLCHAIN=local go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  local stage="$dir/kustomize/stage"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    cat "$stage/$f"; echo "---"
+  done > "$1/kwok-stages.yaml.tmp"
+  mv "$1/kwok-stages.yaml.tmp" "$1/kwok-stages.yaml"
+}
+
+binaries_done() { for n in "${NAMES[@]}"; do [ -x "$BIN/$n" ] || return 1; done; }
+if binaries_done; then install_stages "$BIN"; echo "$BIN"; exit 0; fi
 command -v go >/dev/null || { echo "build.sh: Go is missing (needed to build the cluster binaries)" >&2; exit 1; }
 mkdir -p "$CACHE"
 exec 9>"$CACHE/build.lock"
@@ -110,6 +125,7 @@ wrapper "$work/helm" helm.sh/helm/v3 "$HELM_VERSION"
   go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
     -o "$out/helm" helm.sh/helm/v3/cmd/helm)
 
+install_stages "$out"
 rm -rf "$BIN"
 mv "$out" "$BIN"
 echo "==> cluster binaries built in $((SECONDS - started)) s: $BIN" >&2

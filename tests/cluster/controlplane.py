@@ -188,7 +188,8 @@ class ControlPlane:
                      if name == "kube-controller-manager" else [])  # fmt: skip
             self._start(name, f"--kubeconfig={self.kubeconfig}", "--leader-elect=false",
                         "--bind-address=127.0.0.1", f"--secure-port={free_port()}", *extra)  # fmt: skip
-        self._start("kwok", f"--kubeconfig={self.kubeconfig}", "--manage-all-nodes=false",
+        self._start("kwok", f"--kubeconfig={self.kubeconfig}", f"--config={self.bin_dir / 'kwok-stages.yaml'}",
+                    "--manage-all-nodes=false",
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                     f"--cidr={POD_CIDR}", "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40")  # fmt: skip
         self._wait("the default service account",

@@ -53,7 +53,7 @@ def wait_for(what: str, check: Any, timeout: float = 90) -> Any:
     while time.monotonic() < deadline:
         try:
             last = check()
-        except (AssertionError, KeyError, IndexError, ValueError, OSError) as exc:
+        except (AssertionError, KeyError, IndexError, ValueError, OSError, StopIteration) as exc:
             last = exc
         else:
             if last:

@@ -233,12 +233,23 @@ async def converge(kube: Kube, session: aiohttp.ClientSession, pool_obj: dict[st
         spec = models[name]
         status = result.model_status[name]
         previous = obj.get("status") or {}
+        # An eviction is seen in the pass that makes it; later passes only see a
+        # version that does not fit. Keep naming the winner while it holds the room.
+        evicted_by = {}
+        for version, reason in status["unplaced"].items():
+            earlier = (previous.get("evictedBy") or {}).get(version)
+            if "evicted by" in reason:
+                evicted_by[version] = reason
+            elif earlier:
+                evicted_by[version] = status["unplaced"][version] = earlier
         new = {
             "observedGeneration": obj["metadata"].get("generation", 0),
             "readyReplicas": status["readyReplicas"],
             "versions": status["versions"],
             "url": f"http://{name}.{namespace}.svc/v2/models/{name}/infer",
             "conditions": conditions(status, spec, obj["metadata"].get("generation", 0)),
+            # A merge patch removes a key only when told so with null.
+            "evictedBy": {**dict.fromkeys(previous.get("evictedBy") or {}), **evicted_by},
         }
         for key, reason in status["unplaced"].items():
             if "evicted by" in reason and previous.get("lastFailure", {}).get("message") != reason:
