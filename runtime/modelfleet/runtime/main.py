@@ -13,6 +13,7 @@ from aiohttp import web
 from modelfleet.runtime.admin import build_admin_app
 from modelfleet.runtime.auth import read_token
 from modelfleet.runtime.config import ConfigError, RuntimeDocument, load_document
+from modelfleet.runtime.eventloop import run
 from modelfleet.runtime.runtime import Runtime
 from modelfleet.runtime.server import build_data_app
 
@@ -103,4 +104,4 @@ def serve_from_args(args: argparse.Namespace) -> int:
     if overrides:
         server = document.server.model_validate({**document.server.model_dump(), **overrides})
         document = document.model_copy(update={"server": server})
-    return asyncio.run(serve(document))
+    return run(serve(document))

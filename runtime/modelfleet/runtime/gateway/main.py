@@ -11,6 +11,7 @@ import sys
 from aiohttp import web
 
 from modelfleet.runtime.auth import read_token
+from modelfleet.runtime.eventloop import run
 from modelfleet.runtime.gateway.admin import build_admin_app
 from modelfleet.runtime.gateway.proxy import Gateway, build_gateway_app, drain
 from modelfleet.runtime.gateway.routes import RoutesDocument, RoutesError, load_routes
@@ -61,4 +62,4 @@ def serve_from_args(args: argparse.Namespace) -> int:
     if overrides:
         server = document.server.model_validate({**document.server.model_dump(), **overrides})
         document = document.model_copy(update={"server": server})
-    return asyncio.run(serve(document))
+    return run(serve(document))
