@@ -142,3 +142,21 @@ value: 100000
     lows = kube_cluster.kubectl("get", "pods", "-o", "name").stdout.count("pod/low-")
     assert lows == len(nodes) - 1, "exactly one low-priority pod must have been preempted"
     kube_cluster.kubectl("delete", "pods", "-l", "test=preempt", "--wait=false")
+
+
+def test_service_account_tokens_work_and_the_version_is_real(kube_cluster: Cluster) -> None:
+    kube_cluster.kubectl("create", "serviceaccount", "probe", "-n", "default", check=False)
+    token = kube_cluster.kubectl("create", "token", "probe", "-n", "default").stdout.strip()
+    server = kube_cluster.kubectl(
+        "config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"
+    ).stdout
+    ca = kube_cluster.kubectl("config", "view", "--minify", "--raw", "-o",
+                              "jsonpath={.clusters[0].cluster.certificate-authority}").stdout  # fmt: skip
+    whoami = kube_cluster.kubectl("--kubeconfig=/dev/null", f"--server={server}", f"--token={token}",
+                                  f"--certificate-authority={ca}", "auth", "whoami", "-o", "json")  # fmt: skip
+    assert (
+        json.loads(whoami.stdout)["status"]["userInfo"]["username"]
+        == "system:serviceaccount:default:probe"
+    )
+    version = json.loads(kube_cluster.kubectl("version", "-o", "json").stdout)
+    assert version["serverVersion"]["gitVersion"].startswith("v1.34.")
