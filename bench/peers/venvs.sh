@@ -27,9 +27,10 @@ for req in requirements-*.txt; do
       tail -3 "$venv.log" >&2
       continue
     fi
-    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    echo "$main_site" > "$site/zz_modelfleet_shared.pth"
     touch "$venv/.complete"
   fi
+  # Point at the project's current environment (its path changes with its dependencies).
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$main_site" > "$site/zz_modelfleet_shared.pth"
   echo "$name $venv"
 done
