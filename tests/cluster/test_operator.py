@@ -98,18 +98,7 @@ def fleet(
         k.kubectl("apply", "-f", "-", input=POOL)
 
         def pods(component: str) -> list[dict[str, Any]]:
-            out = k.kubectl(
-                "get",
-                "pods",
-                "-n",
-                NS,
-                "-l",
-                f"app.kubernetes.io/component={component}",
-                "-o",
-                "json",
-            )
-            items = [p for p in json.loads(out.stdout)["items"] if p["status"].get("podIP")]
-            return items
+            return pool_pods(k, "gpu", component)
 
         runtime_pods = wait_for(
             "2 runtime pods with IPs",
@@ -130,13 +119,27 @@ def fleet(
                 tmp, {}, host=gw_ip, port=8080, admin_port=8081, admin_token_file=str(token)
             )
         )
-        yield {"cluster": k, "gateway": f"http://{gw_ip}:8080", "operator": operator, "tmp": tmp}
+        yield {
+            "cluster": k,
+            "gateway": f"http://{gw_ip}:8080",
+            "operator": operator,
+            "tmp": tmp,
+            "procs": procs,
+            "token": token,
+            "store": model_store,
+        }
     finally:
         operator.stop()
         for proc in procs:
             proc.stop()
         k.kubectl("delete", "namespace", NS, "--wait=false", check=False)
         print((tmp / "operator.log").read_text()[-4000:])
+
+
+def pool_pods(k: Cluster, pool: str, component: str) -> list[dict[str, Any]]:
+    selector = f"app.kubernetes.io/instance={pool},app.kubernetes.io/component={component}"
+    out = k.kubectl("get", "pods", "-n", NS, "-l", selector, "-o", "json")
+    return [p for p in json.loads(out.stdout)["items"] if p["status"].get("podIP")]
 
 
 def status(k: Cluster, name: str) -> dict[str, Any]:
@@ -221,3 +224,62 @@ def test_an_operator_restart_keeps_placements_and_traffic(fleet: dict[str, Any])
     after = {v["version"]: v["pods"] for v in status(k, "alpha")["versions"]}
     assert set(codes) == {200}
     assert before == after
+
+
+def admin_models(ip: str, token: Path) -> list[str]:
+    req = urllib.request.Request(f"http://{ip}:8081/admin/state",
+                                 headers={"Authorization": f"Bearer {token.read_text()}"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return [m["name"] for m in json.loads(resp.read())["actual"]["models"]]
+
+
+def test_two_pools_unknown_pool_deleting_a_model_and_a_pool(fleet: dict[str, Any]) -> None:
+    k, tmp = fleet["cluster"], fleet["tmp"]
+    small_pool = POOL.replace("name: gpu", "name: small").replace("max: 2", "max: 1").replace(
+        "min: 2", "min: 1").replace("memoryBudgetMB: 1000", "memoryBudgetMB: 300")  # fmt: skip
+    k.kubectl("apply", "-f", "-", input=small_pool)
+    pods = wait_for("the small pool's pod", lambda: pool_pods(k, "small", "runtime"))
+    secret = json.loads(
+        k.kubectl("get", "secret", "small-admin-token", "-n", NS, "-o", "json").stdout
+    )
+    token = tmp / "small-token"
+    token.write_bytes(base64.b64decode(secret["data"]["token"]))
+    ip = pods[0]["status"]["podIP"]
+    fleet["procs"].append(RuntimeProcess(tmp, [], fleet["store"], host=ip, port=8080, admin_port=8081,
+                                         admin_token_file=str(token)))  # fmt: skip
+    k.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=model("tiny", priority=5, memory=200).replace("pool: gpu", "pool: small"),
+    )
+    k.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=model("huge", priority=1, memory=400).replace("pool: gpu", "pool: small"),
+    )
+    k.kubectl("apply", "-f", "-", input=model("orphan").replace("pool: gpu", "pool: nowhere"))
+    wait_for("tiny ready in the small pool", lambda: status(k, "tiny").get("readyReplicas") == 1)
+    assert "tiny" in admin_models(ip, token)
+    huge = wait_for(
+        "huge Degraded", lambda: (c := condition(k, "huge", "Degraded"))["status"] == "True" and c
+    )
+    assert "do not fit" in huge["message"] and "400 MB" in huge["message"]
+    orphan = wait_for(
+        "orphan Degraded",
+        lambda: (c := condition(k, "orphan", "Degraded"))["status"] == "True" and c,
+    )
+    assert orphan["reason"] == "UnknownPool" and "nowhere" in orphan["message"]
+    table = k.kubectl("get", "inferencemodels", "-n", NS).stdout
+    assert all(name in table for name in ("tiny", "huge", "alpha", "small", "gpu"))
+    assert infer(fleet["gateway"], "alpha")[0] == 200  # the other pool keeps serving
+    k.kubectl("delete", "inferencemodel", "tiny", "-n", NS)
+    wait_for("tiny unloaded from the pod", lambda: "tiny" not in admin_models(ip, token))
+    k.kubectl("delete", "inferencepool", "small", "-n", NS)
+    wait_for("the small pool's children garbage-collected", lambda: k.kubectl(
+        "get", "statefulsets,services,deployments,configmaps,poddisruptionbudgets", "-n", NS,
+        "-l", "app.kubernetes.io/instance=small,app.kubernetes.io/component!=model", "-o", "name",
+    ).stdout.strip() == "")  # fmt: skip
+    for name in ("huge", "orphan"):
+        k.kubectl("delete", "inferencemodel", name, "-n", NS, "--wait=false")
