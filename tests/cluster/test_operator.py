@@ -175,6 +175,10 @@ def test_a_model_becomes_ready_and_answers_through_the_gateway(fleet: dict[str, 
     assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "gateway"
     table = k.kubectl("get", "inferencemodels", "-n", NS).stdout
     assert "POOL" in table and "alpha" in table and "gpu" in table
+    events = k.kubectl(
+        "get", "events", "-n", NS, "--field-selector", "involvedObject.name=alpha"
+    ).stdout
+    assert "Placed" in events and "version 1 (stable) placed on gpu-" in events
 
 
 def test_a_high_priority_model_evicts_a_low_one_which_comes_back_after(

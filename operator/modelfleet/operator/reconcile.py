@@ -254,6 +254,11 @@ async def converge(kube: Kube, session: aiohttp.ClientSession, pool_obj: dict[st
         for key, reason in status["unplaced"].items():
             if "evicted by" in reason and previous.get("lastFailure", {}).get("message") != reason:
                 await kube.event(obj, "Evicted", f"version {key}: {reason}", "Warning")
+        was = {v["version"]: v.get("pods", []) for v in previous.get("versions", [])}
+        for version in status["versions"]:
+            if version["pods"] and version["pods"] != was.get(version["version"]):
+                await kube.event(obj, "Placed", f"version {version['version']} ({version['role']}) "
+                                 f"placed on {', '.join(version['pods'])}")  # fmt: skip
         if status["unplaced"] or status["failures"]:
             message = "; ".join([*status["unplaced"].values(), *status["failures"]])
             new["lastFailure"] = {"reason": "Degraded", "message": message,
