@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.controlplane import POD_CIDR, ClusterError, ControlPlane, build_binaries
+from tests.cluster.controlplane import (
+    POD_CIDR,
+    ClusterError,
+    ControlPlane,
+    build_binaries,
+    run_kubectl,
+)
 
 
 @dataclass
@@ -33,11 +39,7 @@ class Cluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([str(self.bin_dir / "kubectl"), *args], input=input, text=True,
-                                capture_output=True, env=self.env)  # fmt: skip
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
-        return result
+        return run_kubectl(self.bin_dir, self.env, args, input=input, check=check)
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,23 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
+def run_kubectl(
+    bin_dir: Path,
+    env: dict[str, str],
+    args: tuple[str, ...],
+    *,
+    input: str | None = None,
+    check: bool = True,
+    error: type[Exception] = AssertionError,
+) -> subprocess.CompletedProcess[str]:
+    """The built kubectl (never an older one on the PATH); ``error`` when it fails."""
+    result = subprocess.run([str(bin_dir / "kubectl"), *args], input=input, text=True,
+                            capture_output=True, env=env)  # fmt: skip
+    if check and result.returncode != 0:
+        raise error(f"kubectl {' '.join(args)} failed:\n{result.stderr.strip()}")
+    return result
+
+
 def make_pki(pki: Path) -> None:
     """One CA; the API server's serving cert; an admin client cert in system:masters;
     the service-account signing key pair."""
@@ -147,11 +164,9 @@ class ControlPlane:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([str(self.bin_dir / "kubectl"), *args], input=input, text=True,
-                                capture_output=True, env=self.env)  # fmt: skip
-        if check and result.returncode != 0:
-            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
-        return result
+        return run_kubectl(
+            self.bin_dir, self.env, args, input=input, check=check, error=ClusterError
+        )
 
     def start(self) -> ControlPlane:
         started = time.monotonic()

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
 
 from modelfleet.runtime.auth import bearer_auth
 from modelfleet.runtime.config import ConfigError, ModelConfig, parse_document
-from modelfleet.runtime.errors import BadRequest
+from modelfleet.runtime.errors import BadRequest, errors_as_json
 from modelfleet.runtime.hosted import HostedModel
 from modelfleet.runtime.runtime import Runtime
-from modelfleet.runtime.server import RUNTIME, errors_as_json
+from modelfleet.runtime.server import RUNTIME
 
 SHUTDOWN = web.AppKey("shutdown", asyncio.Event)
 
@@ -133,7 +134,10 @@ async def drain(request: web.Request) -> web.Response:
 
 
 def build_admin_app(runtime: Runtime, token: str, shutdown: asyncio.Event) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, bearer_auth(token)])
+    json_errors = errors_as_json(
+        runtime.config.max_body_bytes, logging.getLogger("modelfleet.runtime")
+    )
+    app = web.Application(middlewares=[json_errors, bearer_auth(token)])
     app[RUNTIME] = runtime
     app[SHUTDOWN] = shutdown
     app.router.add_get("/admin/state", get_state)

@@ -9,10 +9,12 @@ these typed models; nothing downstream sees raw dicts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 DATATYPES = (
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64",
@@ -207,7 +209,7 @@ def parse_document(data: object) -> RuntimeDocument:
     try:
         return RuntimeDocument.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
+        raise ConfigError(describe(exc)) from exc
 
 
 def load_document(path: str | Path) -> RuntimeDocument:
@@ -218,9 +220,21 @@ def load_document(path: str | Path) -> RuntimeDocument:
     return parse_document(data or {})
 
 
-def _describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError) -> str:
+    """A pydantic error as one line per field: ``where: what``."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+SERVER_FLAGS = ("host", "port", "admin_port", "admin_token_file")
+
+
+def with_flags(server: BaseModelT, args: object) -> BaseModelT:
+    """The server settings with the command line's ``--host``/``--port``/... applied."""
+    overrides = {k: getattr(args, k) for k in SERVER_FLAGS if getattr(args, k, None) is not None}
+    if not overrides:
+        return server
+    return server.model_validate({**server.model_dump(), **overrides})

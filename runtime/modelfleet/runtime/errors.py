@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 
 class ServingError(Exception):
@@ -88,3 +92,31 @@ class BadGateway(ServingError):
 
 class ModelLoadError(Exception):
     """A model could not be loaded: bad file, checksum mismatch, memory budget."""
+
+
+def errors_as_json(max_body_bytes: int, log: logging.Logger) -> Middleware:
+    """Every error leaves as ``{"error": "..."}`` with its status; nothing crashes the server."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ServingError as exc:
+            return exc.to_response()
+        except web.HTTPRequestEntityTooLarge:
+            return PayloadTooLarge(
+                f"request body is larger than the limit of {max_body_bytes} bytes"
+            ).to_response()
+        except web.HTTPException as exc:
+            if exc.empty_body:
+                raise
+            headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+            message = f"{exc.reason}: {request.method} {request.path}"
+            return web.json_response({"error": message}, status=exc.status, headers=headers)
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            return web.json_response({"error": "internal server error"}, status=500)
+
+    return middleware

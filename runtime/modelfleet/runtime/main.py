@@ -12,7 +12,7 @@ from aiohttp import web
 
 from modelfleet.runtime.admin import build_admin_app
 from modelfleet.runtime.auth import read_token
-from modelfleet.runtime.config import ConfigError, RuntimeDocument, load_document
+from modelfleet.runtime.config import ConfigError, RuntimeDocument, load_document, with_flags
 from modelfleet.runtime.eventloop import run
 from modelfleet.runtime.runtime import Runtime
 from modelfleet.runtime.server import build_data_app
@@ -96,12 +96,5 @@ def serve_from_args(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"modelfleet serve: {exc}", file=sys.stderr)
         return 2
-    overrides = {
-        key: getattr(args, key)
-        for key in ("host", "port", "admin_port", "admin_token_file")
-        if getattr(args, key, None) is not None
-    }
-    if overrides:
-        server = document.server.model_validate({**document.server.model_dump(), **overrides})
-        document = document.model_copy(update={"server": server})
+    document = document.model_copy(update={"server": with_flags(document.server, args)})
     return run(serve(document))

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelfleet.runtime.errors import PayloadTooLarge, ServingError, Unavailable
+from modelfleet.runtime.errors import ServingError, Unavailable, errors_as_json
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.protocol import (
     HEADER_LENGTH,
@@ -25,29 +25,6 @@ QUEUE_DEPTH_HEADER = "X-ModelFleet-Queue-Depth"
 TIMEOUT_HEADER = "X-ModelFleet-Timeout-Us"
 PRIORITY_HEADER = "X-ModelFleet-Priority"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as ``{"error": "..."}`` with its status; nothing crashes the server."""
-    try:
-        return await handler(request)
-    except ServingError as exc:
-        return exc.to_response()
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[RUNTIME].config.max_body_bytes
-        return PayloadTooLarge(
-            f"request body is larger than the limit of {limit} bytes"
-        ).to_response()
-    except web.HTTPException as exc:
-        if exc.empty_body:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
-        message = f"{exc.reason}: {request.method} {request.path}"
-        return web.json_response({"error": message}, status=exc.status, headers=headers)
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return web.json_response({"error": "internal server error"}, status=500)
 
 
 def _runtime(request: web.Request) -> Runtime:
@@ -160,7 +137,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def build_data_app(runtime: Runtime) -> web.Application:
     app = web.Application(
-        middlewares=[errors_as_json], client_max_size=runtime.config.max_body_bytes
+        middlewares=[errors_as_json(runtime.config.max_body_bytes, log)],
+        client_max_size=runtime.config.max_body_bytes,
     )
     app[RUNTIME] = runtime
     base = "/v2/models/{model}"

@@ -7,8 +7,8 @@ import json
 from aiohttp import web
 
 from modelfleet.runtime.auth import bearer_auth
-from modelfleet.runtime.errors import BadRequest
-from modelfleet.runtime.gateway.proxy import GATEWAY, Gateway, errors_as_json
+from modelfleet.runtime.errors import BadRequest, errors_as_json
+from modelfleet.runtime.gateway.proxy import GATEWAY, Gateway, log
 from modelfleet.runtime.gateway.routes import RoutesError, parse_routes
 
 
@@ -44,7 +44,9 @@ async def put_routes(request: web.Request) -> web.Response:
 
 
 def build_admin_app(gateway: Gateway, token: str) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, bearer_auth(token)])
+    app = web.Application(
+        middlewares=[errors_as_json(gateway.config.max_body_bytes, log), bearer_auth(token)]
+    )
     app[GATEWAY] = gateway
     app.router.add_get("/admin/routes", get_routes)
     app.router.add_put("/admin/routes", put_routes)

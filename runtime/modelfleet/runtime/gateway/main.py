@@ -11,6 +11,7 @@ import sys
 from aiohttp import web
 
 from modelfleet.runtime.auth import read_token
+from modelfleet.runtime.config import with_flags
 from modelfleet.runtime.eventloop import run
 from modelfleet.runtime.gateway.admin import build_admin_app
 from modelfleet.runtime.gateway.proxy import Gateway, build_gateway_app, drain
@@ -54,12 +55,5 @@ def serve_from_args(args: argparse.Namespace) -> int:
     except RoutesError as exc:
         print(f"modelfleet gateway: {exc}", file=sys.stderr)
         return 2
-    overrides = {
-        key: getattr(args, key)
-        for key in ("host", "port", "admin_port", "admin_token_file")
-        if getattr(args, key, None) is not None
-    }
-    if overrides:
-        server = document.server.model_validate({**document.server.model_dump(), **overrides})
-        document = document.model_copy(update={"server": server})
+    document = document.model_copy(update={"server": with_flags(document.server, args)})
     return run(serve(document))

@@ -17,9 +17,9 @@ from modelfleet.runtime.errors import (
     BadGateway,
     GatewayTimeout,
     NotFound,
-    PayloadTooLarge,
     ServingError,
     Unavailable,
+    errors_as_json,
 )
 from modelfleet.runtime.gateway.admission import Admission
 from modelfleet.runtime.gateway.balancer import Endpoint, pick
@@ -230,28 +230,6 @@ def _level(request: web.Request, body: bytes | None) -> int:
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
-@web.middleware
-async def errors_as_json(request: web.Request, handler: object) -> web.StreamResponse:
-    try:
-        return await handler(request)  # type: ignore[operator, no-any-return]
-    except ServingError as exc:
-        return exc.to_response()
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[GATEWAY].config.max_body_bytes
-        return PayloadTooLarge(
-            f"request body is larger than the limit of {limit} bytes"
-        ).to_response()
-    except web.HTTPException as exc:
-        if exc.empty_body:
-            raise
-        return web.json_response(
-            {"error": f"{exc.reason}: {request.method} {request.path}"}, status=exc.status
-        )
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return web.json_response({"error": "internal gateway error"}, status=500)
-
-
 async def infer(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     if gateway.draining:
@@ -290,7 +268,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def build_gateway_app(gateway: Gateway) -> web.Application:
     app = web.Application(
-        middlewares=[errors_as_json], client_max_size=gateway.config.max_body_bytes
+        middlewares=[errors_as_json(gateway.config.max_body_bytes, log)],
+        client_max_size=gateway.config.max_body_bytes,
     )
     app[GATEWAY] = gateway
     base = "/v2/models/{model}"
