@@ -56,12 +56,12 @@ def test_placing_again_from_its_own_result_changes_nothing(pods, demands, raw) -
     assert not second.evicted
 
 
-@given(pods_st, demands_st)
+@given(pods_st, demands_st, current_st)
 @settings(max_examples=300, deadline=None)
 def test_an_unplaced_version_could_not_fit_even_by_evicting_all_lower_priority(
-    pods, demands
+    pods, demands, raw
 ) -> None:  # type: ignore[no-untyped-def]
-    result = place(pods, demands)
+    result = place(pods, demands, as_current(raw))
     by_key = {d.key: d for d in demands}
     for key in result.unplaced:
         demand = by_key[key]

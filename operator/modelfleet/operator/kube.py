@@ -7,10 +7,13 @@ operator needs no second client library and authenticates exactly as kopf does.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
+import os
 import ssl
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -44,7 +47,19 @@ def _path(api_version: str, kind: str, namespace: str, name: str | None = None) 
 
 
 class Kube:
-    def __init__(self, info: kopf.ConnectionInfo) -> None:
+    """Talks to the API server with the credentials kopf logs in with; on a 401
+    (a rotated service-account token) it logs in again once and retries."""
+
+    def __init__(self, login: Callable[[], kopf.ConnectionInfo | None]) -> None:
+        self.login = login
+        self.server = ""
+        self.session: aiohttp.ClientSession | None = None
+        self._files: list[str] = []
+
+    def _connect(self) -> aiohttp.ClientSession:
+        info = self.login()
+        if info is None:
+            raise KubeError(401, "no Kubernetes credentials (service account or kubeconfig)")
         self.server = info.server.rstrip("/")
         context = ssl.create_default_context()
         if info.insecure:
@@ -56,23 +71,48 @@ class Kube:
             context.load_verify_locations(cadata=_text(info.ca_data))
         cert, key = info.certificate_path, info.private_key_path
         if info.certificate_data and info.private_key_data:
-            cert, key = _tmp(info.certificate_data), _tmp(info.private_key_data)
+            cert, key = self._tmp(info.certificate_data), self._tmp(info.private_key_data)
         if cert and key:
             context.load_cert_chain(cert, key)
-        self.headers = {"Authorization": f"Bearer {info.token}"} if info.token else {}
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context), headers=self.headers
-        )
+        headers = {"Authorization": f"Bearer {info.token}"} if info.token else {}
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context), headers=headers)
+
+    def _tmp(self, data: bytes | str) -> str:
+        raw = data if isinstance(data, bytes) else data.encode()
+        if not raw.startswith(b"-----"):
+            raw = base64.b64decode(raw)
+        fd, name = tempfile.mkstemp(suffix=".pem")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+        self._files.append(name)
+        return name
 
     async def close(self) -> None:
-        await self.session.close()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+        for name in self._files:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        self._files.clear()
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        async with self.session.request(method, self.server + path, **kwargs) as resp:
-            body = await resp.read()
-            if resp.status >= 400:
-                raise KubeError(resp.status, body.decode(errors="replace")[:500])
+        for attempt in (1, 2):
+            if self.session is None:
+                self.session = self._connect()
+            try:
+                async with self.session.request(method, self.server + path, **kwargs) as resp:
+                    body = await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise KubeError(0, f"{method} {path}: {exc!r}") from exc
+            if status == 401 and attempt == 1:
+                await self.close()  # log in again: the token may have been rotated
+                continue
+            if status >= 400:
+                raise KubeError(status, body.decode(errors="replace")[:500])
             return json.loads(body) if body else None
+        raise AssertionError("unreachable")
 
     async def apply(self, obj: dict[str, Any]) -> Any:
         """Server-side apply: create or update idempotently, owning only our fields."""
@@ -134,13 +174,3 @@ class Kube:
 
 def _text(data: bytes | str) -> str:
     return data.decode() if isinstance(data, bytes) else data
-
-
-def _tmp(data: bytes | str) -> str:
-    raw = data if isinstance(data, bytes) else data.encode()
-    if not raw.startswith(b"-----"):
-        raw = base64.b64decode(raw)
-    handle = tempfile.NamedTemporaryFile(delete=False, suffix=".pem")  # noqa: SIM115
-    handle.write(raw)
-    handle.close()
-    return handle.name

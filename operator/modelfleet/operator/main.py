@@ -1,17 +1,34 @@
-"""``modelfleet operator``: run the kopf operator."""
+"""``modelfleet operator``: run the kopf operator until interrupted."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 import kopf
 
+log = logging.getLogger("modelfleet.operator")
+
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """Watch the given namespaces (or all of them); 0 on a clean stop, 1 on a crash."""
     from modelfleet.operator import handlers  # noqa: F401  (registers the handlers)
 
-    namespaces: list[str] = list(args.namespace)
-    clusterwide = bool(args.all_namespaces or not namespaces)
-    asyncio.run(kopf.operator(clusterwide=clusterwide, namespaces=namespaces, standalone=True))
+    namespaces: list[str] = list(getattr(args, "namespace", None) or [])
+    clusterwide = bool(getattr(args, "all_namespaces", False) or not namespaces)
+    log.info("operator watching %s", "every namespace" if clusterwide else ", ".join(namespaces))
+    try:
+        asyncio.run(
+            kopf.operator(
+                clusterwide=clusterwide,
+                namespaces=[] if clusterwide else namespaces,
+                standalone=True,
+            )
+        )
+    except KeyboardInterrupt:
+        return 0
+    except Exception:
+        log.exception("operator stopped on an error")
+        return 1
     return 0

@@ -1,14 +1,48 @@
-"""The children of an InferencePool and an InferenceModel, as pure data."""
+"""The children of an InferencePool and an InferenceModel, as pure data.
+
+Every child has a deterministic name and an owner reference to its resource,
+so applying them again changes nothing and deleting the resource lets the
+garbage collector remove them.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from modelfleet.operator.spec import API_VERSION, PoolSpec
 
 DATA_PORT, ADMIN_PORT = 8080, 8081
 DRAIN_GRACE_S = 30
+"""The runtime's ``drain_grace_s``: queued and in-flight work gets this long after SIGTERM."""
+PRESTOP_S = 5
+"""Before SIGTERM the pod waits this long, so the operator drops it from the routes
+(a terminating pod leaves them in the next pass) and the gateways stop sending."""
 TOKEN_KEY = "token"
+TOKEN_DIR = "/var/run/modelfleet"
+TOKEN_PATH = f"{TOKEN_DIR}/{TOKEN_KEY}"
+STATE_PATH = "/etc/modelfleet/state.yaml"
+ROUTES_PATH = "/etc/modelfleet/routes.yaml"
+MANAGED_BY = "modelfleet-operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The resource that owns the children (an InferencePool or an InferenceModel)."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> Owner:
+        meta = obj["metadata"]
+        return cls(obj["kind"], meta["name"], meta["namespace"], meta.get("uid", ""))
+
+    def reference(self) -> dict[str, Any]:
+        return {"apiVersion": API_VERSION, "kind": self.kind, "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}  # fmt: skip
 
 
 def labels(pool: str, component: str) -> dict[str, str]:
@@ -16,19 +50,18 @@ def labels(pool: str, component: str) -> dict[str, str]:
         "app.kubernetes.io/name": "modelfleet",
         "app.kubernetes.io/instance": pool,
         "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": "modelfleet-operator",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
     }
 
 
-def owner(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    meta = obj["metadata"]
-    return [{"apiVersion": obj.get("apiVersion", API_VERSION), "kind": obj["kind"], "name": meta["name"],
-             "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]  # fmt: skip
+def selector(pool: str, component: str) -> str:
+    """A label selector (``k=v,...``) for a pool's pods of one component."""
+    return ",".join(f"{k}={v}" for k, v in labels(pool, component).items())
 
 
-def _meta(name: str, namespace: str, pool_obj: dict[str, Any], component: str) -> dict[str, Any]:
-    return {"name": name, "namespace": namespace, "labels": labels(pool_obj["metadata"]["name"], component),
-            "ownerReferences": owner(pool_obj)}  # fmt: skip
+def _meta(name: str, pool: Owner, component: str) -> dict[str, Any]:
+    return {"name": name, "namespace": pool.namespace, "labels": labels(pool.name, component),
+            "ownerReferences": [pool.reference()]}  # fmt: skip
 
 
 RESTRICTED_CONTAINER = {
@@ -48,138 +81,165 @@ RESTRICTED_POD = {
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": DATA_PORT}, "periodSeconds": period,
+    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
             "failureThreshold": failures, "timeoutSeconds": 2}  # fmt: skip
 
 
-def pool_children(pool_obj: dict[str, Any]) -> list[dict[str, Any]]:
-    """StatefulSet of runtime pods, headless Service, gateway Deployment and Service,
-    PodDisruptionBudget and the ConfigMaps, all owned by the pool."""
-    name, namespace = pool_obj["metadata"]["name"], pool_obj["metadata"]["namespace"]
-    spec = PoolSpec.model_validate(pool_obj.get("spec") or {})
-    runtime_labels = labels(name, "runtime")
-    gateway_labels = labels(name, "gateway")
+def _ports() -> list[dict[str, Any]]:
+    return [{"name": "http", "containerPort": DATA_PORT}, {"name": "admin", "containerPort": ADMIN_PORT}]  # fmt: skip
+
+
+def runtime_statefulset(pool: Owner, spec: PoolSpec) -> dict[str, Any]:
+    """The runtime pods: restricted, read-only root, no API token, GPU requests,
+    the pool's PriorityClass; each pod reads its own entry of the state ConfigMap."""
+    pod_labels = labels(pool.name, "runtime")
     limits: dict[str, Any] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
     if spec.resources.gpu:
         limits["nvidia.com/gpu"] = spec.resources.gpu
     volumes: list[dict[str, Any]] = [
-        {"name": "state", "configMap": {"name": f"{name}-state", "optional": True}},
-        {"name": "token", "secret": {"secretName": f"{name}-admin-token"}},
+        {"name": "state", "configMap": {"name": f"{pool.name}-state"}},
+        {"name": "token", "secret": {"secretName": f"{pool.name}-admin-token"}},
         {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": "state", "mountPath": "/etc/modelfleet", "readOnly": True},
-        {"name": "token", "mountPath": "/var/run/modelfleet", "readOnly": True},
+        # Each pod mounts its own key: <pod name>.yaml -> /etc/modelfleet/state.yaml.
+        {"name": "state", "mountPath": STATE_PATH, "subPathExpr": "$(POD_NAME).yaml", "readOnly": True},
+        {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    if spec.model_store.get("claimName"):
-        volumes.append(
-            {
-                "name": "models",
-                "persistentVolumeClaim": {
-                    "claimName": spec.model_store["claimName"],
-                    "readOnly": True,
-                },
-            }
-        )
+    ]  # fmt: skip
+    if spec.model_store.claim_name:
+        volumes.append({"name": "models", "persistentVolumeClaim": {
+            "claimName": spec.model_store.claim_name, "readOnly": True}})  # fmt: skip
         mounts.append({"name": "models", "mountPath": "/models", "readOnly": True})
+    container = {
+        "name": "runtime",
+        "image": spec.image,
+        "command": ["modelfleet", "serve", "--config", STATE_PATH],
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "ports": _ports(),
+        "resources": {"requests": limits, "limits": limits},
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": mounts,
+        # Loading and warming models can take minutes: the startup probe allows 5.
+        "startupProbe": _probe("/v2/health/live", 2, 150),
+        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "readinessProbe": _probe("/v2/health/ready", 2, 2),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_S}}},
+    }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": RESTRICTED_POD,
-        "terminationGracePeriodSeconds": DRAIN_GRACE_S + 5,
-        "nodeSelector": spec.node_selector,
-        "tolerations": spec.tolerations,
+        # preStop, then SIGTERM and the runtime's drain, then a margin.
+        "terminationGracePeriodSeconds": PRESTOP_S + DRAIN_GRACE_S + 5,
         "volumes": volumes,
-        "containers": [{
-            "name": "runtime",
-            "image": spec.image,
-            "args": ["serve", "--config", "/etc/modelfleet/$(POD_NAME).yaml", "--host", "0.0.0.0",
-                     "--admin-token-file", f"/var/run/modelfleet/{TOKEN_KEY}"],
-            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
-            "ports": [{"name": "http", "containerPort": DATA_PORT}, {"name": "admin", "containerPort": ADMIN_PORT}],
-            "resources": {"requests": limits, "limits": limits},
-            "securityContext": RESTRICTED_CONTAINER,
-            "volumeMounts": mounts,
-            "startupProbe": _probe("/v2/health/live", 2, 150),
-            "livenessProbe": _probe("/v2/health/live", 10, 3),
-            "readinessProbe": _probe("/v2/health/ready", 2, 2),
-            # The runtime drains on SIGTERM; the pause lets endpoints update first.
-            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
-        }],
-    }  # fmt: skip
+        "containers": [container],
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
-    statefulset = {
+    return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": _meta(name, namespace, pool_obj, "runtime"),
-        "spec": {"serviceName": f"{name}-pods", "replicas": spec.replicas.min,
-                 "podManagementPolicy": "Parallel", "selector": {"matchLabels": runtime_labels},
-                 "template": {"metadata": {"labels": runtime_labels}, "spec": pod_spec}},
+        "metadata": _meta(pool.name, pool, "runtime"),
+        "spec": {"serviceName": f"{pool.name}-pods", "replicas": spec.replicas.min,
+                 "podManagementPolicy": "Parallel", "selector": {"matchLabels": pod_labels},
+                 "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}},
     }  # fmt: skip
-    headless = {
-        "apiVersion": "v1", "kind": "Service", "metadata": _meta(f"{name}-pods", namespace, pool_obj, "runtime"),
-        "spec": {"clusterIP": "None", "selector": runtime_labels, "publishNotReadyAddresses": True,
+
+
+def runtime_headless_service(pool: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(f"{pool.name}-pods", pool, "runtime"),
+        "spec": {"clusterIP": "None", "selector": labels(pool.name, "runtime"),
+                 "publishNotReadyAddresses": True,
                  "ports": [{"name": "http", "port": DATA_PORT}, {"name": "admin", "port": ADMIN_PORT}]},
     }  # fmt: skip
-    gateway_pod = {
+
+
+def gateway_deployment(pool: Owner, spec: PoolSpec) -> dict[str, Any]:
+    pod_labels = labels(pool.name, "gateway")
+    container = {
+        "name": "gateway", "image": spec.image,
+        "command": ["modelfleet", "gateway", "--routes", ROUTES_PATH],
+        "ports": _ports(),
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"},
+                      "limits": {"cpu": "1", "memory": "512Mi"}},
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": [{"name": "routes", "mountPath": "/etc/modelfleet", "readOnly": True},
+                         {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+        "readinessProbe": _probe("/v2/health/ready", 2, 2),
+        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_S}}},
+    }  # fmt: skip
+    pod_spec = {
         "automountServiceAccountToken": False, "enableServiceLinks": False,
-        "securityContext": RESTRICTED_POD, "terminationGracePeriodSeconds": DRAIN_GRACE_S,
-        "volumes": [{"name": "routes", "configMap": {"name": f"{name}-routes", "optional": True}},
-                    {"name": "token", "secret": {"secretName": f"{name}-admin-token"}},
+        "securityContext": RESTRICTED_POD, "terminationGracePeriodSeconds": PRESTOP_S + DRAIN_GRACE_S,
+        "volumes": [{"name": "routes", "configMap": {"name": f"{pool.name}-routes"}},
+                    {"name": "token", "secret": {"secretName": f"{pool.name}-admin-token"}},
                     {"name": "tmp", "emptyDir": {}}],
-        "containers": [{
-            "name": "gateway", "image": spec.image,
-            "args": ["gateway", "--routes", "/etc/modelfleet/routes.yaml", "--host", "0.0.0.0",
-                     "--admin-token-file", f"/var/run/modelfleet/{TOKEN_KEY}"],
-            "ports": [{"name": "http", "containerPort": DATA_PORT}, {"name": "admin", "containerPort": ADMIN_PORT}],
-            "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
-            "securityContext": RESTRICTED_CONTAINER,
-            "volumeMounts": [{"name": "routes", "mountPath": "/etc/modelfleet", "readOnly": True},
-                             {"name": "token", "mountPath": "/var/run/modelfleet", "readOnly": True},
-                             {"name": "tmp", "mountPath": "/tmp"}],
-            "readinessProbe": _probe("/v2/health/ready", 2, 2),
-            "livenessProbe": _probe("/v2/health/live", 10, 3),
-        }],
+        "containers": [container],
     }  # fmt: skip
-    gateway = {
+    return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": _meta(f"{name}-gateway", namespace, pool_obj, "gateway"),
-        "spec": {"replicas": spec.gateway.replicas, "selector": {"matchLabels": gateway_labels},
-                 "template": {"metadata": {"labels": gateway_labels}, "spec": gateway_pod}},
+        "metadata": _meta(f"{pool.name}-gateway", pool, "gateway"),
+        "spec": {"replicas": spec.gateway.replicas, "selector": {"matchLabels": pod_labels},
+                 "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}},
     }  # fmt: skip
-    gateway_service = {
-        "apiVersion": "v1", "kind": "Service", "metadata": _meta(f"{name}-gateway", namespace, pool_obj, "gateway"),
-        "spec": {"selector": gateway_labels, "ports": [{"name": "http", "port": 80, "targetPort": DATA_PORT}]},
+
+
+def gateway_service(pool: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(f"{pool.name}-gateway", pool, "gateway"),
+        "spec": {"selector": labels(pool.name, "gateway"),
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
     }  # fmt: skip
-    pdb = {
+
+
+def disruption_budget(pool: Owner) -> dict[str, Any]:
+    """Voluntary disruptions (node drains) take one runtime pod at a time."""
+    return {
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-        "metadata": _meta(name, namespace, pool_obj, "runtime"),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": runtime_labels}},
+        "metadata": _meta(pool.name, pool, "runtime"),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels(pool.name, "runtime")}},
     }  # fmt: skip
-    return [statefulset, headless, gateway, gateway_service, pdb]
 
 
-def config_map(pool_obj: dict[str, Any], suffix: str, data: dict[str, str]) -> dict[str, Any]:
-    """The durable copy of the desired state (per pod) or of the routes."""
-    name, namespace = pool_obj["metadata"]["name"], pool_obj["metadata"]["namespace"]
+def pool_children(pool: Owner, spec: PoolSpec) -> list[dict[str, Any]]:
+    """StatefulSet of runtime pods, its headless Service, the gateway Deployment and
+    Service, the PodDisruptionBudget, all owned by the pool. (The ConfigMaps and the
+    token Secret are written by the convergence pass and the pool handler.)"""
+    return [
+        runtime_statefulset(pool, spec),
+        runtime_headless_service(pool),
+        gateway_deployment(pool, spec),
+        gateway_service(pool),
+        disruption_budget(pool),
+    ]
+
+
+def config_map(pool: Owner, suffix: str, data: dict[str, str]) -> dict[str, Any]:
+    """The durable copy of the desired state (a key per pod) or of the routes."""
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": _meta(f"{name}-{suffix}", namespace, pool_obj, suffix), "data": data}  # fmt: skip
+            "metadata": _meta(f"{pool.name}-{suffix}", pool, suffix), "data": data}  # fmt: skip
 
 
-def token_secret(pool_obj: dict[str, Any], token: str) -> dict[str, Any]:
-    name, namespace = pool_obj["metadata"]["name"], pool_obj["metadata"]["namespace"]
+def token_secret(pool: Owner, token: str) -> dict[str, Any]:
+    """The admin bearer token the runtimes and gateways check and the operator sends."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": _meta(f"{name}-admin-token", namespace, pool_obj, "runtime"),
+            "metadata": _meta(f"{pool.name}-admin-token", pool, "runtime"),
             "stringData": {TOKEN_KEY: token}}  # fmt: skip
 
 
-def model_service(model_obj: dict[str, Any], pool: str) -> dict[str, Any]:
+def model_service(model: Owner, pool: str) -> dict[str, Any]:
     """``http://<model>.<namespace>.svc/v2/models/<model>/infer`` reaches the pool's gateway."""
-    meta = model_obj["metadata"]
     return {
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": meta["name"], "namespace": meta["namespace"],
-                     "labels": labels(pool, "model"), "ownerReferences": owner(model_obj)},
-        "spec": {"selector": labels(pool, "gateway"), "ports": [{"name": "http", "port": 80, "targetPort": DATA_PORT}]},
+        "metadata": {"name": model.name, "namespace": model.namespace,
+                     "labels": labels(pool, "model"), "ownerReferences": [model.reference()]},
+        "spec": {"selector": labels(pool, "gateway"),
+                 "ports": [{"name": "http", "port": 80, "targetPort": DATA_PORT}]},
     }  # fmt: skip

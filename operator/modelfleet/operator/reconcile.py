@@ -1,321 +1,290 @@
 """One level-triggered convergence pass for a pool.
 
-Read (the pool, its models, its pods, each pod's actual state via the admin
-API), compute (placement, each pod's desired document, routes) as pure data,
-then write (push documents and routes, ConfigMaps, status once per pass).
+Read (the pool, its models, its pods, each pod's actual state through the admin
+API, the durable documents), compute the plan as pure data (``desired``), then
+write: push documents and routes where they differ, the ConfigMaps, events,
+and status once per resource per pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import yaml
+from pydantic import ValidationError
 
+from modelfleet.operator.desired import Plan, plan, server_section
 from modelfleet.operator.kube import Kube
-from modelfleet.operator.manifests import ADMIN_PORT, DATA_PORT, config_map, labels
-from modelfleet.operator.placement import Demand, Placement, Pod, place
-from modelfleet.operator.spec import (
-    API_VERSION,
-    DEFAULT_MEMORY_MB,
-    ModelSpec,
-    PoolSpec,
-    runtime_model,
+from modelfleet.operator.manifests import (
+    ADMIN_PORT,
+    DATA_PORT,
+    TOKEN_KEY,
+    TOKEN_PATH,
+    Owner,
+    config_map,
+    model_service,
+    selector,
+)
+from modelfleet.operator.observed import Key, PodView
+from modelfleet.operator.podapi import PodAPI, same_models, same_routes
+from modelfleet.operator.spec import API_VERSION, ModelSpec, PoolSpec
+from modelfleet.operator.status import (
+    comparable,
+    condition,
+    model_status,
+    pool_status,
+    unknown_pool_conditions,
+    with_times,
 )
 
 log = logging.getLogger("modelfleet.operator")
+REFRESH_S = 30.0
+"""Live figures (request counters, memory) in status are refreshed at most this often."""
 
 
 @dataclass
-class PodView:
-    name: str
-    ip: str
-    actual: dict[str, Any] | None = None
-    """The runtime's /admin/state answer; None when unreachable."""
-
-    def versions(self) -> dict[tuple[str, str], dict[str, Any]]:
-        models = (self.actual or {}).get("actual", {}).get("models", [])
-        return {(m["name"], m["version"]): m for m in models}
+class PassResult:
+    progressing: bool
+    """Something is still moving (loading, unanswered pods, pushes just made):
+    the next pass should come soon."""
 
 
-@dataclass
-class Plan:
-    """Everything one pass decided, as data (the unit tests' subject)."""
-
-    placement: Placement
-    documents: dict[str, list[dict[str, Any]]]
-    routes: dict[str, Any]
-    model_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def version_keys(name: str, spec: ModelSpec) -> list[tuple[str, str, Any, int, int]]:
-    """(version, role, source, replicas, weight) of a model's versions."""
-    out = [
-        (
-            spec.version,
-            "stable",
-            spec.source,
-            spec.replicas,
-            100 - (spec.canary.weight if spec.canary else 0),
-        )
-    ]
-    if spec.canary:
-        out.append(
-            (
-                spec.canary.version,
-                "canary",
-                spec.canary.source,
-                spec.canary.replicas,
-                spec.canary.weight,
-            )
-        )
-    return out
+def model_url(name: str, namespace: str) -> str:
+    return f"http://{name}.{namespace}.svc/v2/models/{name}/infer"
 
 
-def plan(pool: str, pool_spec: PoolSpec, models: dict[str, ModelSpec], pods: list[PodView],
-         max_concurrency: int) -> Plan:  # fmt: skip
-    measured: dict[tuple[str, str], float] = {}
-    current: dict[tuple[str, str], list[str]] = {}
-    for pod in pods:
-        for key, info in pod.versions().items():
-            if info.get("state") in ("ready", "loading", "warming"):
-                current.setdefault(key, []).append(pod.name)
-            if info.get("memory_mb"):
-                measured[key] = max(measured.get(key, 0.0), float(info["memory_mb"]))
-    demands = []
-    for name, spec in models.items():
-        for version, _, _, replicas, _ in version_keys(name, spec):
-            key = (name, version)
-            memory = spec.memory_mb or measured.get(key) or DEFAULT_MEMORY_MB
-            demands.append(Demand(key, spec.priority, replicas, memory))
-    placement = place([Pod(p.name, pool_spec.memory_budget_mb) for p in pods], demands, current)
-    documents: dict[str, list[dict[str, Any]]] = {p.name: [] for p in pods}
-    for name, spec in models.items():
-        for version, _, source, _, _ in version_keys(name, spec):
-            for pod_name in placement.pods_of.get((name, version), []):
-                documents[pod_name].append(runtime_model(name, spec, version, source))
-    by_name = {p.name: p for p in pods}
-    routes: dict[str, Any] = {}
-    for name, spec in models.items():
-        versions: list[dict[str, Any]] = []
-        ready_total = 0
-        version_status = []
-        for version, role, _, _, weight in version_keys(name, spec):
-            endpoints = [
-                f"http://{by_name[pod].ip}:{DATA_PORT}"
-                for pod in placement.pods_of.get((name, version), [])
-                if by_name[pod].versions().get((name, version), {}).get("state") == "ready"
-            ]
-            versions.append(
-                {"version": version, "weight": weight if endpoints else 0, "endpoints": endpoints}
-            )
-            if role == "stable":
-                ready_total = len(endpoints)
-            version_status.append({"version": version, "role": role, "weight": weight,
-                                   "readyReplicas": len(endpoints), "endpoints": endpoints,
-                                   "pods": placement.pods_of.get((name, version), [])})  # fmt: skip
-        if sum(v["weight"] for v in versions) == 0 and any(v["endpoints"] for v in versions):
-            for v in versions:  # keep serving whatever is ready rather than nothing
-                v["weight"] = 1 if v["endpoints"] else 0
-        routes[name] = {
-            "priority": spec.priority,
-            "max_concurrency": max_concurrency,
-            "versions": versions,
-        }
-        failures = [
-            info.get("reason", "")
-            for pod in pods for (n, _), info in pod.versions().items()
-            if n == name and info.get("state") == "failed"
-        ]  # fmt: skip
-        unplaced = {v: r for (n, v), r in placement.unplaced.items() if n == name}
-        plan_status = {"readyReplicas": ready_total, "versions": version_status,
-                       "failures": failures, "unplaced": unplaced}  # fmt: skip
-        routes[name]["_status"] = plan_status
-    result = Plan(placement, documents, {})
-    for name, route in routes.items():
-        result.model_status[name] = route.pop("_status")
-        result.routes[name] = route
-    return result
+def state_file(pool_spec: PoolSpec, models: list[dict[str, object]]) -> str:
+    """A runtime pod's whole document, as mounted at /etc/modelfleet/state.yaml."""
+    return yaml.safe_dump({"server": server_section(pool_spec), "models": models}, sort_keys=False)
 
 
-def conditions(status: dict[str, Any], spec: ModelSpec, generation: int) -> list[dict[str, Any]]:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-    def cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-        return {"type": kind, "status": "True" if ok else "False", "reason": reason,
-                "message": message, "lastTransitionTime": now, "observedGeneration": generation}  # fmt: skip
-
-    unplaced, failures = status["unplaced"], status["failures"]
-    ready = status["readyReplicas"] >= spec.replicas
-    placed = not unplaced
-    degraded_msg = "; ".join([*(f"version {v}: {r}" for v, r in unplaced.items()), *failures])
-    return [
-        cond("Ready", ready, "Serving" if ready else "NotReady",
-             f"{status['readyReplicas']} of {spec.replicas} replicas ready"),
-        cond("Placed", placed, "Placed" if placed else "Unplaced",
-             "every version placed" if placed else degraded_msg),
-        cond("Degraded", bool(unplaced or failures), "LoadFailed" if failures else ("Evicted" if unplaced else "None"),
-             degraded_msg or "no problem seen"),
-    ]  # fmt: skip
+def routes_file(models: dict[str, dict[str, object]]) -> str:
+    server = {"host": "0.0.0.0", "port": DATA_PORT, "admin_port": ADMIN_PORT,
+              "admin_token_file": TOKEN_PATH}  # fmt: skip
+    return yaml.safe_dump({"server": server, "models": models}, sort_keys=False)
 
 
-async def fetch_state(session: aiohttp.ClientSession, pod: PodView, token: str) -> None:
+def remembered(data: dict[str, str], pod: str) -> tuple[Key, ...]:
     try:
-        async with session.get(f"http://{pod.ip}:{ADMIN_PORT}/admin/state",
-                               headers={"Authorization": f"Bearer {token}"},
-                               timeout=aiohttp.ClientTimeout(total=3)) as resp:  # fmt: skip
-            pod.actual = await resp.json() if resp.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError):
-        pod.actual = None
+        document = yaml.safe_load(data.get(f"{pod}.yaml", "")) or {}
+        return tuple(
+            (str(m["name"]), str(m.get("version", "1"))) for m in document.get("models") or []
+        )
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return ()
 
 
-async def push(session: aiohttp.ClientSession, url: str, token: str, body: dict[str, Any]) -> bool:
-    try:
-        async with session.put(url, json=body, headers={"Authorization": f"Bearer {token}"},
-                               timeout=aiohttp.ClientTimeout(total=5)) as resp:  # fmt: skip
-            return resp.status < 300
-    except (aiohttp.ClientError, TimeoutError):
-        return False
+def state_data(
+    pool: str, pool_spec: PoolSpec, previous: dict[str, str], documents: dict[str, list[dict[str, object]]]
+) -> dict[str, str]:  # fmt: skip
+    """The state ConfigMap: one key per pod. Pods not seen this pass keep their key;
+    every ordinal up to replicas.max has one, so a new pod always finds its file."""
+    data = dict(previous)
+    for pod, models in documents.items():
+        data[f"{pod}.yaml"] = state_file(pool_spec, models)
+    for i in range(pool_spec.replicas.max):
+        data.setdefault(f"{pool}-{i}.yaml", state_file(pool_spec, []))
+    return data
 
 
-async def converge(kube: Kube, session: aiohttp.ClientSession, pool_obj: dict[str, Any]) -> None:
-    """One pass for one pool."""
-    pool, namespace = pool_obj["metadata"]["name"], pool_obj["metadata"]["namespace"]
-    pool_spec = PoolSpec.model_validate(pool_obj.get("spec") or {})
-    secret = await kube.get("v1", "Secret", namespace, f"{pool}-admin-token")
-    if secret is None:
-        return
-    import base64
+class Reconciler:
+    """Runs passes; holds the clients and what it must remember between passes."""
 
-    token = base64.b64decode(secret["data"]["token"]).decode()
-    model_objs = [m for m in await kube.list(API_VERSION, "InferenceModel", namespace)
-                  if m.get("spec", {}).get("pool") == pool and not m["metadata"].get("deletionTimestamp")]  # fmt: skip
-    models = {m["metadata"]["name"]: ModelSpec.model_validate(m["spec"]) for m in model_objs}
-    pod_objs = await kube.list("v1", "Pod", namespace, _selector(pool, "runtime"))
-    pods = [PodView(p["metadata"]["name"], p["status"]["podIP"]) for p in pod_objs
-            if p.get("status", {}).get("podIP") and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
-    pods.sort(key=lambda p: p.name)
-    await asyncio.gather(*(fetch_state(session, p, token) for p in pods))
-    reachable = [p for p in pods if p.actual is not None]
-    result = plan(pool, pool_spec, models, reachable, pool_spec.gateway.max_concurrency)
+    def __init__(self, kube: Kube, http: aiohttp.ClientSession) -> None:
+        self.kube = kube
+        self.http = http
+        self.written: dict[str, float] = {}
+        """uid -> when this process last wrote the object's status."""
+        self.services: set[tuple[str, str]] = set()
+        """(uid, pool) of the models whose Service this process has applied."""
 
-    for pod in reachable:
-        desired = result.documents[pod.name]
-        current = (pod.actual or {}).get("desired", {}).get("models", [])
-        if not same_models(current, desired):
-            log.info("pool %s: pushing %d model(s) to pod %s", pool, len(desired), pod.name)
-            await push(
-                session, f"http://{pod.ip}:{ADMIN_PORT}/admin/state", token, {"models": desired}
-            )
-    state_data = {
-        f"{p.name}.yaml": yaml.safe_dump({"models": result.documents.get(p.name, [])}) for p in pods
-    }
-    for i in range(pool_spec.replicas.max):  # pods that do not exist yet start empty
-        state_data.setdefault(f"{pool}-{i}.yaml", yaml.safe_dump({"models": []}))
-    await kube.apply(config_map(pool_obj, "state", state_data))
-    await kube.apply(
-        config_map(pool_obj, "routes", {"routes.yaml": yaml.safe_dump({"models": result.routes})})
-    )
-    gateways = await kube.list("v1", "Pod", namespace, _selector(pool, "gateway"))
-    for gw in gateways:
-        ip = gw.get("status", {}).get("podIP")
-        if ip:
-            await push(
-                session, f"http://{ip}:{ADMIN_PORT}/admin/routes", token, {"models": result.routes}
-            )
+    async def ensure_pool_config(self, pool_obj: dict[str, Any]) -> None:
+        """The ConfigMaps the pods mount must exist (with a key for every pod)
+        before the pods start; existing content is kept."""
+        owner = Owner.of(pool_obj)
+        spec = PoolSpec.model_validate(pool_obj.get("spec") or {})
+        state = await self.kube.get("v1", "ConfigMap", owner.namespace, f"{owner.name}-state")
+        previous = (state or {}).get("data") or {}
+        wanted = state_data(owner.name, spec, previous, {})
+        if wanted != previous:
+            await self.kube.apply(config_map(owner, "state", wanted))
+        routes = await self.kube.get("v1", "ConfigMap", owner.namespace, f"{owner.name}-routes")
+        if routes is None:
+            await self.kube.apply(config_map(owner, "routes", {"routes.yaml": routes_file({})}))
 
-    for obj in model_objs:
-        name = obj["metadata"]["name"]
-        spec = models[name]
-        status = result.model_status[name]
+    async def converge(self, namespace: str, pool_name: str) -> PassResult:
+        kube = self.kube
+        pool_obj = await kube.get(API_VERSION, "InferencePool", namespace, pool_name)
+        if pool_obj is None or pool_obj["metadata"].get("deletionTimestamp"):
+            return PassResult(progressing=False)
+        pool_obj.setdefault("kind", "InferencePool")
+        owner = Owner.of(pool_obj)
+        pool_spec = PoolSpec.model_validate(pool_obj.get("spec") or {})
+        secret = await kube.get("v1", "Secret", namespace, f"{pool_name}-admin-token")
+        if secret is None:
+            log.info("pool %s: no admin token yet; waiting for the pool handler", pool_name)
+            return PassResult(progressing=True)
+        api = PodAPI(self.http, base64.b64decode(secret["data"][TOKEN_KEY]).decode())
+
+        model_objs, models = await self._models(namespace, pool_name)
+        state_cm = await kube.get("v1", "ConfigMap", namespace, f"{pool_name}-state")
+        previous_data: dict[str, str] = (state_cm or {}).get("data") or {}
+        pod_objs = await kube.list("v1", "Pod", namespace, selector(pool_name, "runtime"))
+        pods = sorted(
+            (PodView(p["metadata"]["name"], p["status"]["podIP"],
+                     remembered=remembered(previous_data, p["metadata"]["name"]))
+             for p in pod_objs
+             if p.get("status", {}).get("podIP") and not p["metadata"].get("deletionTimestamp")),
+            key=lambda p: p.name,
+        )  # fmt: skip
+        states = await asyncio.gather(*(api.runtime_state(p.ip) for p in pods))
+        for pod, state in zip(pods, states, strict=True):
+            pod.state = state
+        unreachable = [p.name for p in pods if not p.reachable]
+
+        result = plan(pool_spec, models, pods)
+        pushed = await self._push_documents(api, pods, result)
+        await self._write_config(owner, pool_spec, previous_data, result)
+        await self._push_routes(api, namespace, pool_name, result)
+        await self._events(namespace, model_objs, result)
+        now = now_iso()
+        for obj in model_objs:
+            await self._model_status(obj, result, now)
+        pool_new = pool_status(pods, unreachable, result.reports, pool_obj.get("status") or {},
+                               pool_obj["metadata"].get("generation", 0), now)  # fmt: skip
+        await self._write_status(pool_obj, pool_new)
+        loading = any(v.loading for r in result.reports.values() for v in r.versions)
+        return PassResult(progressing=bool(loading or pushed or unreachable or not pods))
+
+    async def _models(
+        self, namespace: str, pool: str
+    ) -> tuple[list[dict[str, Any]], dict[str, ModelSpec]]:
+        objs, specs = [], {}
+        for obj in await self.kube.list(API_VERSION, "InferenceModel", namespace):
+            meta = obj["metadata"]
+            if (obj.get("spec") or {}).get("pool") != pool or meta.get("deletionTimestamp"):
+                continue
+            obj.setdefault("kind", "InferenceModel")
+            obj.setdefault("apiVersion", API_VERSION)
+            try:
+                specs[meta["name"]] = ModelSpec.model_validate(obj["spec"])
+            except ValidationError as exc:  # the schema should have caught it
+                await self._invalid(obj, str(exc))
+                continue
+            objs.append(obj)
+            if (meta["uid"], pool) not in self.services:
+                await self.kube.apply(model_service(Owner.of(obj), pool))
+                self.services.add((meta["uid"], pool))
+        return objs, specs
+
+    async def _push_documents(self, api: PodAPI, pods: list[PodView], result: Plan) -> int:
+        pushes = []
+        for pod in pods:
+            if pod.state is None:
+                continue  # not answering: its ConfigMap entry is its desired state
+            desired = result.documents[pod.name]
+            if not same_models(list(pod.state.desired.models), desired):
+                log.info("pushing %d model version(s) to pod %s: %s", len(desired), pod.name,
+                         ", ".join(f"{m['name']}:{m['version']}" for m in desired) or "none")  # fmt: skip
+                pushes.append(api.put_runtime_models(pod.ip, desired))
+        await asyncio.gather(*pushes)
+        return len(pushes)
+
+    async def _write_config(
+        self, owner: Owner, pool_spec: PoolSpec, previous: dict[str, str], result: Plan
+    ) -> None:
+        data = state_data(owner.name, pool_spec, previous, result.documents)
+        if data != previous:
+            await self.kube.apply(config_map(owner, "state", data))
+        routes = {"routes.yaml": routes_file(result.routes)}
+        current = await self.kube.get("v1", "ConfigMap", owner.namespace, f"{owner.name}-routes")
+        if (current or {}).get("data") != routes:
+            await self.kube.apply(config_map(owner, "routes", routes))
+
+    async def _push_routes(self, api: PodAPI, namespace: str, pool: str, result: Plan) -> None:
+        gateways = await self.kube.list("v1", "Pod", namespace, selector(pool, "gateway"))
+        for gw in gateways:
+            ip = gw.get("status", {}).get("podIP")
+            if not ip or gw["metadata"].get("deletionTimestamp"):
+                continue
+            current = await api.gateway_routes(ip)
+            if current is None:
+                continue  # not answering yet: it starts from the routes ConfigMap anyway
+            if not same_routes(current, result.routes):
+                log.info("pool %s: pushing routes to gateway %s", pool, gw["metadata"]["name"])
+                await api.put_gateway_routes(ip, result.routes)
+
+    async def _events(self, namespace: str, model_objs: list[dict[str, Any]], result: Plan) -> None:
+        by_name = {o["metadata"]["name"]: o for o in model_objs}
+        roles = {(n, v.version): v.role for n, r in result.reports.items() for v in r.versions}
+        for (name, version), pod in result.placed:
+            if name in by_name:
+                role = roles.get((name, version), "stable")
+                message = f"version {version} ({role}) placed on {pod}"
+                await self.kube.event(by_name[name], "Placed", message)
+        for (name, version), pod in result.removed:
+            winner = result.placement.evicted.get((name, version))
+            if name not in by_name:
+                continue
+            if winner is not None:
+                await self.kube.event(by_name[name], "Evicted", f"version {version} evicted from pod "
+                                      f"{pod} by {winner[0]} version {winner[1]} (higher priority)",
+                                      "Warning")  # fmt: skip
+            else:
+                await self.kube.event(
+                    by_name[name], "Unplaced", f"version {version} removed from pod {pod}"
+                )
+
+    async def _model_status(self, obj: dict[str, Any], result: Plan, now: str) -> None:
+        meta = obj["metadata"]
+        report = result.reports[meta["name"]]
+        new = model_status(report, model_url(meta["name"], meta["namespace"]),
+                           obj.get("status") or {}, meta.get("generation", 0), now)  # fmt: skip
+        await self._write_status(obj, new)
+
+    async def _write_status(self, obj: dict[str, Any], new: dict[str, Any]) -> None:
+        """One status patch per object per pass, and only when something a user
+        would read changed (or the live figures are older than ``REFRESH_S``)."""
+        meta = obj["metadata"]
         previous = obj.get("status") or {}
-        # An eviction is seen in the pass that makes it; later passes only see a
-        # version that does not fit. Keep naming the winner while it holds the room.
-        evicted_by = {}
-        for version, reason in status["unplaced"].items():
-            earlier = (previous.get("evictedBy") or {}).get(version)
-            if "evicted by" in reason:
-                evicted_by[version] = reason
-            elif earlier:
-                evicted_by[version] = status["unplaced"][version] = earlier
-        new = {
-            "observedGeneration": obj["metadata"].get("generation", 0),
-            "readyReplicas": status["readyReplicas"],
-            "versions": status["versions"],
-            "url": f"http://{name}.{namespace}.svc/v2/models/{name}/infer",
-            "conditions": conditions(status, spec, obj["metadata"].get("generation", 0)),
-            # A merge patch removes a key only when told so with null.
-            "evictedBy": {**dict.fromkeys(previous.get("evictedBy") or {}), **evicted_by},
-        }
-        for key, reason in status["unplaced"].items():
-            if "evicted by" in reason and previous.get("lastFailure", {}).get("message") != reason:
-                await kube.event(obj, "Evicted", f"version {key}: {reason}", "Warning")
-        was = {v["version"]: v.get("pods", []) for v in previous.get("versions", [])}
-        for version in status["versions"]:
-            if version["pods"] and version["pods"] != was.get(version["version"]):
-                await kube.event(obj, "Placed", f"version {version['version']} ({version['role']}) "
-                                 f"placed on {', '.join(version['pods'])}")  # fmt: skip
-        if status["unplaced"] or status["failures"]:
-            message = "; ".join([*status["unplaced"].values(), *status["failures"]])
-            new["lastFailure"] = {"reason": "Degraded", "message": message,
-                                  "time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}  # fmt: skip
-        if _comparable_status(previous) != _comparable_status(new):
-            await kube.patch_status(API_VERSION, "InferenceModel", namespace, name, new)
-    pool_status = {
-        "observedGeneration": pool_obj["metadata"].get("generation", 0),
-        "readyReplicas": len(reachable),
-        "pods": [{"name": p.name, "ip": p.ip,
-                  "models": [f"{n}:{v}" for n, v in sorted(p.versions())],
-                  "memoryInUseMB": (p.actual or {}).get("actual", {}).get("memory_in_use_mb", 0)}
-                 for p in reachable],
-    }  # fmt: skip
-    if _comparable_status(pool_obj.get("status") or {}) != _comparable_status(pool_status):
-        await kube.patch_status(API_VERSION, "InferencePool", namespace, pool, pool_status)
+        stale = time.monotonic() - self.written.get(meta["uid"], 0.0) > REFRESH_S
+        if comparable(previous) == comparable(new) and (not stale or previous == new):
+            return
+        kind = obj.get("kind", "InferenceModel")
+        await self.kube.patch_status(API_VERSION, kind, meta["namespace"], meta["name"], new)
+        self.written[meta["uid"]] = time.monotonic()
+
+    async def _invalid(self, obj: dict[str, Any], message: str) -> None:
+        meta = obj["metadata"]
+        conds = [condition("Degraded", True, "InvalidSpec", message[:1000]),
+                 condition("Ready", False, "InvalidSpec", "the spec cannot be read")]  # fmt: skip
+        previous = (obj.get("status") or {}).get("conditions") or []
+        status = {"observedGeneration": meta.get("generation", 0),
+                  "conditions": with_times(conds, previous, now_iso(), meta.get("generation", 0))}  # fmt: skip
+        await self._write_status(obj, status)
 
 
-def _selector(pool: str, component: str) -> str:
-    return ",".join(
-        f"{k}={v}"
-        for k, v in labels(pool, component).items()
-        if k != "app.kubernetes.io/managed-by"
-    )
-
-
-def same_models(current: list[dict[str, Any]], desired: list[dict[str, Any]]) -> bool:
-    """Whether the pod's desired document already says what we want (the runtime
-    reports every field with its defaults; we compare the fields we set)."""
-    by_key = {(m["name"], m["version"]): m for m in current}
-    if set(by_key) != {(m["name"], m["version"]) for m in desired}:
-        return False
-    return all(_covers(by_key[(m["name"], m["version"])], m) for m in desired)
-
-
-def _covers(have: Any, want: Any) -> bool:
-    if isinstance(want, dict):
-        return isinstance(have, dict) and all(_covers(have.get(k), v) for k, v in want.items())
-    if isinstance(want, list | tuple):
-        return (
-            isinstance(have, list | tuple)
-            and len(have) == len(want)
-            and all(_covers(h, w) for h, w in zip(have, want, strict=True))
+async def mark_unknown_pool(kube: Kube, obj: dict[str, Any]) -> None:
+    """Status of a model whose pool does not exist (it serves nowhere)."""
+    meta = obj["metadata"]
+    generation = meta.get("generation", 0)
+    previous = obj.get("status") or {}
+    conds = with_times(unknown_pool_conditions(obj["spec"]["pool"]), previous.get("conditions") or [],
+                       now_iso(), generation)  # fmt: skip
+    status = {"observedGeneration": generation, "readyReplicas": 0, "versions": [],
+              "url": model_url(meta["name"], meta["namespace"]), "conditions": conds}  # fmt: skip
+    if comparable(previous) != comparable({**previous, **status}):
+        await kube.patch_status(
+            API_VERSION, "InferenceModel", meta["namespace"], meta["name"], status
         )
-    return bool(have == want)
-
-
-def _comparable_status(status: dict[str, Any]) -> Any:
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {
-                k: strip(v)
-                for k, v in value.items()
-                if k not in ("lastTransitionTime", "time", "memoryInUseMB")
-            }
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip(status)

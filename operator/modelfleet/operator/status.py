@@ -1,0 +1,186 @@
+"""Status of both resources, computed from a pass's reports (pure).
+
+Conditions follow the Kubernetes convention: ``type``, ``status``, ``reason``
+(CamelCase, stable), ``message`` (for people), ``lastTransitionTime`` (kept
+while the status does not change), ``observedGeneration``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelfleet.operator.desired import ModelReport, VersionReport
+from modelfleet.operator.observed import PodView
+
+CONDITION_TYPES = ("Ready", "Placed", "Degraded", "Progressing")
+
+
+def condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
+
+
+def with_times(
+    new: list[dict[str, Any]], previous: list[dict[str, Any]], now: str, generation: int
+) -> list[dict[str, Any]]:
+    """Stamp ``lastTransitionTime``: kept from the previous condition of the same
+    type while its status is unchanged, ``now`` when it flips."""
+    before = {c.get("type"): c for c in previous}
+    out = []
+    for cond in new:
+        old = before.get(cond["type"])
+        same = old is not None and old.get("status") == cond["status"]
+        stamp = old.get("lastTransitionTime", now) if same and old else now
+        out.append({**cond, "lastTransitionTime": stamp, "observedGeneration": generation})
+    return out
+
+
+def _version_problem(v: VersionReport) -> str:
+    parts = []
+    if v.unplaced:
+        parts.append(f"version {v.version} ({v.role}): {v.unplaced}")
+    parts += [f"version {v.version} ({v.role}) failed on {f}" for f in v.failures]
+    return "; ".join(parts)
+
+
+def model_conditions(report: ModelReport) -> list[dict[str, Any]]:
+    stable = report.stable
+    versions = report.versions
+    ready_n, want = len(stable.endpoints), stable.replicas
+    unplaced = [v for v in versions if v.unplaced]
+    failed = [v for v in versions if v.failures]
+    loading = [v for v in versions if v.loading]
+    problems = "; ".join(p for p in (_version_problem(v) for v in versions) if p)
+
+    if ready_n >= want:
+        ready = condition("Ready", True, "AllReplicasReady", f"{ready_n} of {want} replicas ready")
+    else:
+        why = "Evicted" if stable.evicted_by or "evicted by" in stable.unplaced else (
+            "Unplaced" if stable.unplaced else "LoadFailed" if stable.failures else "Loading")  # fmt: skip
+        ready = condition("Ready", False, why, f"{ready_n} of {want} replicas ready" + (
+            f": {problems}" if problems else ""))  # fmt: skip
+
+    if not unplaced:
+        placed = condition("Placed", True, "Placed", "every replica of every version is placed")
+    else:
+        evicted = any("evicted by" in v.unplaced for v in unplaced)
+        placed = condition("Placed", False, "Evicted" if evicted else "DoesNotFit",
+                           "; ".join(_version_problem(v) for v in unplaced))  # fmt: skip
+
+    if failed:
+        degraded = condition("Degraded", True, "LoadFailed", problems)
+    elif unplaced:
+        degraded = condition("Degraded", True, placed["reason"], problems)
+    else:
+        degraded = condition("Degraded", False, "AsExpected", "no problem seen")
+
+    if loading:
+        names = ", ".join(f"version {v.version} on {', '.join(v.loading)}" for v in loading)
+        progressing = condition("Progressing", True, "Loading", f"loading and warming: {names}")
+    else:
+        progressing = condition("Progressing", False, "Converged" if not (failed or unplaced)
+                                else "Stalled", problems or "every placed replica is ready")  # fmt: skip
+    return [ready, placed, degraded, progressing]
+
+
+def unknown_pool_conditions(pool: str) -> list[dict[str, Any]]:
+    message = f"InferencePool '{pool}' does not exist in this namespace; create it or fix spec.pool"
+    return [
+        condition("Ready", False, "UnknownPool", message),
+        condition("Placed", False, "UnknownPool", message),
+        condition("Degraded", True, "UnknownPool", message),
+        condition("Progressing", False, "UnknownPool", message),
+    ]
+
+
+def version_status(v: VersionReport) -> dict[str, Any]:
+    return {
+        "version": v.version, "role": v.role, "weight": v.weight, "replicas": v.replicas,
+        "readyReplicas": len(v.endpoints), "pods": v.pods, "endpoints": v.endpoints,
+        "memoryMB": v.memory_mb, "requests": v.requests, "errors": v.errors,
+    }  # fmt: skip
+
+
+def model_status(
+    report: ModelReport, url: str, previous: dict[str, Any], generation: int, now: str
+) -> dict[str, Any]:
+    """The InferenceModel's status after a pass. An eviction is seen in the pass
+    that makes it; later passes only see a version that does not fit, so the
+    name of the winner is kept (``evictedBy``) while the version stays unplaced."""
+    earlier: dict[str, str] = dict(previous.get("evictedBy") or {})
+    evicted_by: dict[str, str] = {}
+    for v in report.versions:
+        if not v.unplaced:
+            continue
+        if "evicted by" in v.unplaced:
+            evicted_by[v.version] = v.unplaced
+        elif v.version in earlier:
+            evicted_by[v.version] = v.unplaced = earlier[v.version]
+    conditions = with_times(
+        model_conditions(report), previous.get("conditions") or [], now, generation
+    )
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "url": url,
+        "readyReplicas": len(report.stable.endpoints),
+        "versions": [version_status(v) for v in report.versions],
+        "conditions": conditions,
+        # A merge patch removes a key only when told so with null.
+        "evictedBy": {**dict.fromkeys(earlier), **evicted_by},
+    }
+    degraded = next(c for c in conditions if c["type"] == "Degraded")
+    if degraded["status"] == "True":
+        last = previous.get("lastFailure") or {}
+        same = last.get("message") == degraded["message"]
+        status["lastFailure"] = {"reason": degraded["reason"], "message": degraded["message"],
+                                 "time": last.get("time", now) if same else now}  # fmt: skip
+    return status
+
+
+def pool_status(
+    pods: list[PodView], unreachable: list[str], reports: dict[str, ModelReport],
+    previous: dict[str, Any], generation: int, now: str,
+) -> dict[str, Any]:  # fmt: skip
+    reachable = [p for p in pods if p.reachable]
+    problems = {name: r for name, r in reports.items()
+                if any(v.unplaced or v.failures for v in r.versions)}  # fmt: skip
+    loading = any(v.loading for r in reports.values() for v in r.versions)
+    ok = bool(reachable) and not unreachable
+    conditions = [
+        condition("Ready", ok, "PodsAnswering" if ok else "PodsNotAnswering",
+                  f"{len(reachable)} runtime pod(s) answering" + (
+                      f"; not answering: {', '.join(unreachable)}" if unreachable else "")),
+        condition("Placed", not any(v.unplaced for r in reports.values() for v in r.versions),
+                  "Placed", f"{len(reports)} model(s) on {len(pods)} pod(s)"),
+        condition("Degraded", bool(problems or unreachable),
+                  "ModelsDegraded" if problems else ("PodsNotAnswering" if unreachable else "AsExpected"),
+                  ", ".join(sorted(problems)) + " degraded" if problems else "no problem seen"),
+        condition("Progressing", loading, "Loading" if loading else "Converged",
+                  "models loading" if loading else "every placed replica is ready"),
+    ]  # fmt: skip
+    return {
+        "observedGeneration": generation,
+        "readyReplicas": len(reachable),
+        "models": len(reports),
+        "pods": [{"name": p.name, "ip": p.ip, "answering": p.reachable,
+                  "models": [f"{n}:{v}" for n, v in sorted(p.hosting())],
+                  "memoryInUseMB": p.state.actual.memory_in_use_mb if p.state else 0}
+                 for p in pods],
+        "conditions": with_times(conditions, previous.get("conditions") or [], now, generation),
+    }  # fmt: skip
+
+
+VOLATILE = ("lastTransitionTime", "time", "memoryInUseMB", "requests", "errors")
+
+
+def comparable(status: dict[str, Any]) -> Any:
+    """A status without its volatile figures: a patch is sent only when this changes
+    (request counters and memory ride along with the next real change)."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in VOLATILE}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(status)

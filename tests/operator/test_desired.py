@@ -1,0 +1,114 @@
+"""A pass's plan as pure data: placement, documents the runtime accepts, routes
+the gateway accepts, and what each model reports."""
+
+from __future__ import annotations
+
+import yaml
+
+from modelfleet.operator.desired import plan
+from modelfleet.operator.podapi import same_models, same_routes
+from modelfleet.operator.reconcile import remembered, state_data, state_file
+from modelfleet.runtime.config import parse_document
+from modelfleet.runtime.gateway.routes import parse_routes
+from tests.operator.builders import MLP_SOURCE, model, pod, pool
+
+
+def test_documents_place_replicas_on_distinct_pods_and_the_runtime_accepts_them() -> None:
+    pods = [pod("gpu-0", "127.1.0.2"), pod("gpu-1", "127.1.0.3")]
+    result = plan(pool(), {"mlp": model(replicas=2, rateLimit={"requestsPerSecond": 5})}, pods)
+    assert result.placement.pods_of[("mlp", "1")] == ["gpu-0", "gpu-1"]
+    for name, models in result.documents.items():
+        document = parse_document(yaml.safe_load(state_file(pool(), models)))
+        assert [(m.name, m.version) for m in document.models] == [("mlp", "1")], name
+        entry = document.models[0]
+        assert entry.batching.max_batch_size == 8 and entry.memory_mb == 500
+        assert entry.rate_limit is not None and entry.rate_limit.requests_per_second == 5
+        assert document.server.memory_budget_mb == 2000  # the pool's budget is the runtime's
+        assert document.server.admin_token_file == "/var/run/modelfleet/token"
+
+
+def test_routes_list_only_ready_endpoints_and_the_gateway_accepts_them() -> None:
+    pods = [
+        pod("gpu-0", "127.1.0.2", {("mlp", "1"): "ready"}),
+        pod("gpu-1", "127.1.0.3", {("mlp", "1"): "loading"}),
+    ]
+    result = plan(pool(), {"mlp": model(replicas=2)}, pods)
+    routes = parse_routes({"models": result.routes})
+    assert routes.models["mlp"].versions[0].endpoints == ("http://127.1.0.2:8080",)
+    report = result.reports["mlp"].stable
+    assert report.endpoints == ["http://127.1.0.2:8080"] and report.loading == ["gpu-1"]
+
+
+def test_a_canary_splits_the_weights_and_reports_its_role() -> None:
+    spec = model(replicas=1, canary={"version": "2", "weight": 25, "source": MLP_SOURCE})
+    pods = [pod("gpu-0", "127.1.0.2", {("mlp", "1"): "ready", ("mlp", "2"): "ready"})]
+    result = plan(pool(), {"mlp": spec}, pods)
+    versions = result.routes["mlp"]["versions"]
+    assert [(v["version"], v["weight"]) for v in versions] == [("1", 75), ("2", 25)]  # type: ignore[index, union-attr, attr-defined]
+    assert [(v.version, v.role) for v in result.reports["mlp"].versions] == [
+        ("1", "stable"),
+        ("2", "canary"),
+    ]
+
+
+def test_a_version_not_yet_ready_gets_no_traffic_and_what_is_ready_takes_it() -> None:
+    spec = model(replicas=1, canary={"version": "2", "weight": 100, "source": MLP_SOURCE})
+    pods = [pod("gpu-0", "127.1.0.2", {("mlp", "1"): "ready", ("mlp", "2"): "warming"})]
+    versions = plan(pool(), {"mlp": spec}, pods).routes["mlp"]["versions"]
+    assert [(v["version"], v["weight"]) for v in versions] == [("1", 1), ("2", 0)]  # type: ignore[index, union-attr, attr-defined]
+
+
+def test_a_restarted_operator_reads_the_placements_from_the_pods() -> None:
+    # The pods host the model on gpu-1 and gpu-2; a fresh plan would pick gpu-0 and gpu-1.
+    pods = [pod("gpu-0", "127.1.0.2"), pod("gpu-1", "127.1.0.3", {("mlp", "1"): "ready"}),
+            pod("gpu-2", "127.1.0.4", {("mlp", "1"): "ready"})]  # fmt: skip
+    result = plan(pool(), {"mlp": model(replicas=2)}, pods)
+    assert result.placement.pods_of[("mlp", "1")] == ["gpu-1", "gpu-2"]
+    assert result.placed == [] and result.removed == []
+
+
+def test_a_pod_that_does_not_answer_keeps_its_placement_from_its_durable_document() -> None:
+    silent = pod("gpu-1", "127.1.0.3")
+    silent.state = None
+    data = state_data("gpu", pool(), {}, {"gpu-1": [{"name": "mlp", "version": "1"}]})
+    silent.remembered = remembered(data, "gpu-1")
+    result = plan(pool(), {"mlp": model(replicas=1)}, [pod("gpu-0", "127.1.0.2"), silent])
+    assert result.placement.pods_of[("mlp", "1")] == ["gpu-1"]
+    assert result.routes["mlp"]["versions"][0]["endpoints"] == []  # type: ignore[index]
+
+
+def test_state_config_map_has_a_file_for_every_pod_up_to_max_and_keeps_others() -> None:
+    data = state_data("gpu", pool(), {"gpu-7.yaml": "models: []\n"}, {"gpu-0": []})
+    assert set(data) == {"gpu-0.yaml", "gpu-1.yaml", "gpu-2.yaml", "gpu-7.yaml"}
+    assert parse_document(yaml.safe_load(data["gpu-2.yaml"])).models == ()
+
+
+def test_memory_is_the_declared_figure_else_the_measured_one() -> None:
+    spec = model(replicas=1, memoryMB=None)
+    pods = [pod("gpu-0", "127.1.0.2", {("mlp", "1"): "ready"}, memory_mb=321.5)]
+    assert plan(pool(), {"mlp": spec}, pods).reports["mlp"].stable.memory_mb == 321.5
+
+
+def test_a_failed_load_is_reported_with_the_runtimes_reason() -> None:
+    pods = [pod("gpu-0", "127.1.0.2", {("mlp", "1"): "failed"}, reason="sha256 mismatch")]
+    report = plan(pool(), {"mlp": model(replicas=1)}, pods).reports["mlp"].stable
+    assert report.failures == ["gpu-0: sha256 mismatch"] and report.endpoints == []
+
+
+def test_same_models_ignores_the_defaults_the_runtime_fills_in() -> None:
+    result = plan(pool(), {"mlp": model(replicas=1)}, [pod("gpu-0", "127.1.0.2")])
+    wanted = result.documents["gpu-0"]
+    reported = parse_document({"models": wanted}).model_dump(mode="json")["models"]
+    assert same_models(reported, wanted)
+    assert not same_models([], wanted)
+    changed = [{**reported[0], "priority": 99}]
+    assert not same_models(changed, wanted)
+
+
+def test_same_routes_compares_what_the_gateway_reports() -> None:
+    result = plan(
+        pool(), {"mlp": model(replicas=1)}, [pod("gpu-0", "127.1.0.2", {("mlp", "1"): "ready"})]
+    )
+    reported = parse_routes({"models": result.routes}).model_dump(mode="json")["models"]
+    assert same_routes(reported, result.routes)
+    assert not same_routes({}, result.routes) and not same_routes(None, result.routes)
