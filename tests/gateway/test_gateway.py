@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,20 @@ import aiohttp
 import pytest
 
 from tests.gateway.conftest import BODY, mlp
+from tests.support.servers import ENV, free_port
 
 pytestmark = pytest.mark.integration
 TOKEN = "gw-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SLOW = mlp(
+    "1", architecture="tests.runtime.models:slow", source="empty.safetensors",
+    architecture_kwargs={"delay_ms": 20},
+    inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+    outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+    batching={"max_batch_size": 1, "max_queue_delay_ms": 0}, warmup={"enabled": False},
+)  # fmt: skip
+"""A model that takes 20 ms a request, one request at a time: about 50 requests/s."""
+SLOW_BODY = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
 
 
 def token_file(tmp_path: Path) -> str:
@@ -122,18 +134,11 @@ async def test_killing_one_of_two_runtimes_under_load_shows_no_error(procs: Any)
 
 
 async def test_at_twice_capacity_high_priority_passes_and_low_is_shed(procs: Any) -> None:
-    slow = mlp(
-        "1", architecture="tests.runtime.models:slow", source="empty.safetensors",
-        architecture_kwargs={"delay_ms": 20},
-        inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
-        batching={"max_batch_size": 1, "max_queue_delay_ms": 0}, warmup={"enabled": False},
-    )  # fmt: skip
-    runtime = procs.runtime([slow])  # 20 ms a request: about 50 requests/s
+    runtime = procs.runtime([SLOW])  # 20 ms a request: about 50 requests/s
     gw = procs.gateway(
         {"mlp": route(("1", 100, [runtime.url]), max_concurrency=2, max_waiting=4, timeout_ms=2000)}
     )
-    body = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+    body = SLOW_BODY
     results: dict[str, collections.Counter[int]] = {
         "high": collections.Counter(),
         "low": collections.Counter(),
@@ -197,6 +202,37 @@ async def _put_routes(
 
 
 def _port() -> int:
-    from tests.support.servers import free_port
-
     return free_port()
+
+
+async def test_sigterm_finishes_in_flight_requests_then_exits_0(procs: Any) -> None:
+    runtime = procs.runtime([SLOW])  # 20 ms a request, one at a time
+    gw = procs.gateway({"mlp": route(("1", 100, [runtime.url]))})
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> int:
+            async with session.post(f"{gw.url}/v2/models/mlp/infer", data=SLOW_BODY) as resp:
+                await resp.read()
+                return resp.status
+
+        in_flight = [asyncio.ensure_future(one()) for _ in range(10)]  # about 200 ms of work
+        await asyncio.sleep(0.05)
+        gw.proc.terminate()
+        assert await asyncio.gather(*in_flight) == [200] * 10
+    assert await asyncio.to_thread(gw.proc.wait, 10) == 0
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as session:
+            await session.get(f"{gw.url}/v2/health/live")
+    assert "finishing in-flight requests" in gw.log_tail()
+
+
+def test_the_gateway_never_imports_torch() -> None:
+    code = (
+        "import sys, modelfleet.runtime.gateway.main\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'safetensors') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

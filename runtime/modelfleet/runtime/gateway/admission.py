@@ -1,9 +1,10 @@
 """Per-model concurrency limit at the gateway, with priority shedding.
 
 Up to ``limit`` requests are in flight; the next ones wait in a bounded queue
-ordered by priority level (1 is highest). When that queue is full, a newcomer of
-a higher level displaces the lowest waiter, which is shed with 503; a newcomer
-that is not higher is shed itself. High-priority traffic keeps passing.
+ordered by priority level (Triton's meaning: 1 is highest), oldest first within a
+level. When that queue is full, a newcomer of a higher level displaces the lowest
+waiter, which is shed with 503; a newcomer that is not higher is shed itself. A
+waiter that waits too long is answered 503 too. High-priority traffic keeps passing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import itertools
 
 from modelfleet.runtime.errors import Unavailable
 
+_Waiter = tuple[int, int, "asyncio.Future[None]"]
+
 
 class Admission:
     def __init__(self, model: str, limit: int, max_waiting: int) -> None:
@@ -21,7 +24,9 @@ class Admission:
         self.limit = limit
         self.max_waiting = max_waiting
         self.in_flight = 0
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.waiting = 0
+        """Waiters not yet granted, shed, timed out or gone."""
+        self._heap: list[_Waiter] = []
         self._seq = itertools.count()
 
     def _shed_error(self) -> Unavailable:
@@ -32,42 +37,62 @@ class Admission:
         )
 
     async def acquire(self, level: int, timeout_s: float) -> None:
-        if self.in_flight < self.limit and not self._live_waiters():
+        """Returns once the request holds a slot (then call :meth:`release` exactly once);
+        raises :class:`Unavailable` (503) when it is shed or waited ``timeout_s``."""
+        if self.in_flight < self.limit and not self.waiting:
             self.in_flight += 1
             return
-        if self._live_waiters() >= self.max_waiting:
+        if self.waiting >= self.max_waiting:
             worst = self._worst()
             if worst is None or worst[0] <= level:
                 raise self._shed_error()  # nobody of a lower priority to displace
             worst[2].set_exception(self._shed_error())
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (level, next(self._seq), future)
-        heapq.heappush(self._waiters, entry)
+        self.waiting += 1
+        future.add_done_callback(self._left)
+        heapq.heappush(self._heap, (level, next(self._seq), future))
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
+            async with asyncio.timeout(timeout_s):
+                await future
+        except BaseException as exc:
             if future.done() and not future.cancelled() and future.exception() is None:
-                self.release()  # granted at the last moment: hand the slot on
+                self.release()  # granted at the last moment but leaving: hand the slot on
             else:
                 future.cancel()
-            raise Unavailable(
-                f"model '{self.model}': waited {timeout_s * 1000:.0f} ms for a slot at the gateway",
-                retry_after_s=1,
-            ) from None
+            if isinstance(exc, TimeoutError):
+                raise Unavailable(
+                    f"model '{self.model}': waited {timeout_s * 1000:.0f} ms for a slot "
+                    "at the gateway",
+                    retry_after_s=1,
+                ) from None
+            raise
 
     def release(self) -> None:
         """Hands the slot to the best waiter, or frees it."""
-        while self._waiters:
-            _, _, future = heapq.heappop(self._waiters)
+        if self.in_flight > self.limit or not self._grant_next():
+            self.in_flight -= 1
+
+    def resize(self, limit: int, max_waiting: int) -> None:
+        """New limits from new routes: waiters are let in at once if there is room now."""
+        self.limit, self.max_waiting = limit, max_waiting
+        while self.in_flight < self.limit and self._grant_next():
+            self.in_flight += 1
+
+    def _grant_next(self) -> bool:
+        while self._heap:
+            _, _, future = heapq.heappop(self._heap)
             if not future.done():
                 future.set_result(None)
-                return
-        self.in_flight -= 1
+                return True
+        return False
 
-    def _live_waiters(self) -> int:
-        return sum(1 for _, _, f in self._waiters if not f.done())
+    def _left(self, _: asyncio.Future[None]) -> None:
+        self.waiting -= 1
+        if len(self._heap) > 2 * self.waiting + 64:  # drop entries of waiters gone
+            self._heap = [entry for entry in self._heap if not entry[2].done()]
+            heapq.heapify(self._heap)
 
-    def _worst(self) -> tuple[int, int, asyncio.Future[None]] | None:
+    def _worst(self) -> _Waiter | None:
         """The waiter that goes last: lowest priority level, newest arrival."""
-        live = [entry for entry in self._waiters if not entry[2].done()]
+        live = [entry for entry in self._heap if not entry[2].done()]
         return max(live, key=lambda e: (e[0], e[1])) if live else None

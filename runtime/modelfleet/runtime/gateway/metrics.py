@@ -1,10 +1,17 @@
-"""Prometheus metrics of the gateway: the split actually applied can be read here."""
+"""Prometheus metrics of the gateway: the split actually applied can be read here.
+
+``modelfleet_gateway_requests_total`` counts each client request once, under the
+version and endpoint that answered it and its outcome: the status returned, or
+``shed`` (refused by admission), ``timeout`` (the gateway's deadline passed) or
+``unreachable`` (no endpoint could be reached). Retries are counted apart.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_Labels = tuple[str, str, str, str]
 
 
 class GatewayMetrics:
@@ -12,15 +19,15 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "modelfleet_gateway_requests_total",
-            "Requests by model, version, endpoint and outcome (the runtime's status, "
+            "Client requests by model, version, endpoint and outcome (the status returned, "
             "or shed, timeout, unreachable).",
             ("model", "version", "endpoint", "outcome"),
             registry=self.registry,
         )
         self.latency = Histogram(
             "modelfleet_gateway_latency_seconds",
-            "Time from arrival to the answer, per model and version.",
-            ("model", "version"),
+            "Time from arrival to the answer, by model, version, endpoint and outcome.",
+            ("model", "version", "endpoint", "outcome"),
             buckets=BUCKETS,
             registry=self.registry,
         )
@@ -32,13 +39,34 @@ class GatewayMetrics:
         )
         self.retries = Counter(
             "modelfleet_gateway_retries_total",
-            "Requests sent again to another endpoint after a failure.",
-            ("model",),
+            "Requests sent again to another endpoint, by model, the endpoint that failed "
+            "and why (unreachable, busy).",
+            ("model", "endpoint", "reason"),
             registry=self.registry,
         )
         self.in_flight = Gauge(
             "modelfleet_gateway_in_flight",
-            "Requests in flight to the runtimes, per model.",
+            "Requests admitted and not yet answered, per model.",
             ("model",),
             registry=self.registry,
         )
+        self._children: dict[_Labels, tuple[Counter, Histogram]] = {}
+        self._in_flight: dict[str, Gauge] = {}
+
+    def in_flight_of(self, model: str) -> Gauge:
+        gauge = self._in_flight.get(model)
+        if gauge is None:
+            gauge = self._in_flight[model] = self.in_flight.labels(model)
+        return gauge
+
+    def answered(
+        self, model: str, version: str, endpoint: str, outcome: str, seconds: float
+    ) -> None:
+        """Counts one client request and its latency (label children cached: hot path)."""
+        key = (model, version, endpoint, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = self.requests.labels(*key), self.latency.labels(*key)
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

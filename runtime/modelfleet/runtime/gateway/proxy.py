@@ -9,7 +9,6 @@ import re
 import time
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -26,17 +25,23 @@ from modelfleet.runtime.gateway.balancer import Endpoint, pick
 from modelfleet.runtime.gateway.metrics import GatewayMetrics
 from modelfleet.runtime.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
 from modelfleet.runtime.gateway.split import choose_version
+from modelfleet.runtime.gateway.upstream import UpstreamError, Upstreams
 
 log = logging.getLogger("modelfleet.gateway")
 SESSION_HEADER = "X-ModelFleet-Session"
 VERSION_HEADER = "X-ModelFleet-Version"
 PRIORITY_HEADER = "X-ModelFleet-Priority"
 TIMEOUT_HEADER = "X-ModelFleet-Timeout-Us"
-QUEUE_DEPTH_HEADER = "X-ModelFleet-Queue-Depth"
+QUEUE_DEPTH_HEADER = "x-modelfleet-queue-depth"
 DEFAULT_LEVEL = 5
+"""Priority level of a request that names none (or 0, Triton's 'the default')."""
 _PRIORITY_IN_BODY = re.compile(rb'"priority"\s*:\s*(\d+)')
-_PASSED_HEADERS = ("Content-Type", "Inference-Header-Content-Length")
-_RETURNED_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "Retry-After")
+_PASSED_HEADERS = ("Content-Type", "Inference-Header-Content-Length", PRIORITY_HEADER)
+_RETURNED_HEADERS = {
+    "content-type": "Content-Type",
+    "inference-header-content-length": "Inference-Header-Content-Length",
+    "retry-after": "Retry-After",
+}
 
 
 @dataclass
@@ -54,8 +59,8 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.rng = random.Random(seed)
         self.table = Table(document, {}, {})
+        self.upstreams = Upstreams(self.config.connect_timeout_s)
         self.replace(document)
-        self.session: aiohttp.ClientSession | None = None
         self.draining = False
 
     def replace(self, document: RoutesDocument) -> None:
@@ -70,25 +75,21 @@ class Gateway:
         }
         admission = {}
         for name, route in document.models.items():
-            gate = old.admission.get(name) or Admission(
-                name, route.max_concurrency, route.max_waiting
-            )
-            gate.limit, gate.max_waiting = route.max_concurrency, route.max_waiting
+            gate = old.admission.get(name)
+            if gate is None:
+                gate = Admission(name, route.max_concurrency, route.max_waiting)
+            else:
+                gate.resize(route.max_concurrency, route.max_waiting)
             admission[name] = gate
         self.table = Table(document, endpoints, admission)
+        for url in old.endpoints.keys() - endpoints.keys():
+            self.upstreams.forget(url)
         log.info(
             "routes replaced: %d model(s), %d endpoint(s)", len(document.models), len(endpoints)
         )
 
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-        )
-
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        self.upstreams.close()
 
     # -- choosing ------------------------------------------------------------------
 
@@ -116,30 +117,45 @@ class Gateway:
     # -- proxying ------------------------------------------------------------------
 
     async def forward(self, request: web.Request, suffix: str, *, admit: bool) -> web.Response:
+        started = time.perf_counter()
         model = request.match_info["model"]
         route = self.route(model)
         version = self.version(model, route, request)
-        started = time.perf_counter()
         deadline = time.monotonic() + route.timeout_ms / 1000
         body = await request.read() if request.can_read_body else None
-        level = _level(request, body)
         gate = self.table.admission[model]
-        if admit:
-            try:
-                await gate.acquire(level, route.timeout_ms / 1000)
-            except Unavailable:
-                self.metrics.shed.labels(model, str(level)).inc()
-                self.metrics.requests.labels(model, version.version, "", "shed").inc()
-                raise
-        self.metrics.in_flight.labels(model).inc()
+        outcome, endpoint = "error", ""
         try:
-            response = await self._attempts(request, model, version, suffix, body, deadline)
-        finally:
-            self.metrics.in_flight.labels(model).dec()
             if admit:
-                gate.release()
-        self.metrics.latency.labels(model, version.version).observe(time.perf_counter() - started)
-        return response
+                level = _level(request, body)
+                try:
+                    await gate.acquire(level, route.timeout_ms / 1000)
+                except Unavailable:
+                    outcome = "shed"
+                    self.metrics.shed.labels(model, str(level)).inc()
+                    raise
+            in_flight = self.metrics.in_flight_of(model)
+            in_flight.inc()
+            try:
+                endpoint, response = await self._attempts(
+                    request, model, version, suffix, body, deadline
+                )
+            except GatewayTimeout:
+                outcome = "timeout"
+                raise
+            except (BadGateway, Unavailable) as exc:
+                outcome = "unreachable" if isinstance(exc, BadGateway) else str(exc.status)
+                raise
+            finally:
+                in_flight.dec()
+                if admit:
+                    gate.release()
+            outcome = str(response.status)
+            return response
+        finally:
+            self.metrics.answered(
+                model, version.version, endpoint, outcome, time.perf_counter() - started
+            )
 
     async def _attempts(
         self,
@@ -149,8 +165,9 @@ class Gateway:
         suffix: str,
         body: bytes | None,
         deadline: float,
-    ) -> web.Response:
-        assert self.session is not None
+    ) -> tuple[str, web.Response]:
+        """Sends the request to an endpoint of the version, and to another one when the
+        connection fails (infer is idempotent) or, once, when the runtime answers 503."""
         endpoints = [
             self.table.endpoints[u] for u in version.endpoints if u in self.table.endpoints
         ]
@@ -161,8 +178,13 @@ class Gateway:
             )
         tried: set[str] = set()
         headers = {k: request.headers[k] for k in _PASSED_HEADERS if k in request.headers}
+        asked_us = request.headers.get(TIMEOUT_HEADER, "")
+        asked_s = int(asked_us) / 1e6 if asked_us.isdigit() else None
+        if asked_s is not None:
+            deadline = min(deadline, time.monotonic() + asked_s)
         path = f"/v2/models/{model}/versions/{version.version}{suffix}"
         last_error: ServingError = BadGateway(f"no endpoint of model '{model}' could be reached")
+        busy_retried = False
         for _ in range(min(self.config.max_attempts, len(endpoints))):
             endpoint = pick(endpoints, time.monotonic(), self.rng, tried)
             if endpoint is None:
@@ -174,42 +196,44 @@ class Gateway:
             headers[TIMEOUT_HEADER] = str(int(remaining * 1e6))
             endpoint.outstanding += 1
             try:
-                async with self.session.request(
-                    request.method, endpoint.url + path, data=body, headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=remaining),
-                ) as upstream:  # fmt: skip
-                    payload = await upstream.read()
-                    status = upstream.status
-                    returned = {
-                        k: upstream.headers[k] for k in _RETURNED_HEADERS if k in upstream.headers
-                    }
-                    depth = upstream.headers.get(QUEUE_DEPTH_HEADER)
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                async with asyncio.timeout(remaining):
+                    answer = await self.upstreams.request(
+                        endpoint.url, request.method, path, headers, body
+                    )
+            except UpstreamError as exc:
                 endpoint.eject(time.monotonic(), self.config.eject_s)
-                self.metrics.requests.labels(
-                    model, version.version, endpoint.url, "unreachable"
-                ).inc()
-                self.metrics.retries.labels(model).inc()
-                log.warning("endpoint %s failed for model '%s' version '%s' (%s); trying another",
-                            endpoint.url, model, version.version, type(exc).__name__)  # fmt: skip
+                self.upstreams.forget(endpoint.url)
+                self.metrics.retries.labels(model, endpoint.url, "unreachable").inc()
+                log.warning(
+                    "endpoint %s failed for model '%s' version '%s' (%s); trying another",
+                    endpoint.url, model, version.version, exc,
+                )  # fmt: skip
                 last_error = BadGateway(f"endpoint {endpoint.url} of model '{model}' failed: {exc}")
                 continue
             except TimeoutError:
-                self.metrics.requests.labels(model, version.version, endpoint.url, "timeout").inc()
                 raise GatewayTimeout(
-                    f"model '{model}' version '{version.version}' did not answer in time"
+                    f"model '{model}' version '{version.version}' did not answer within "
+                    f"{remaining * 1000:.0f} ms at {endpoint.url}"
                 ) from None
             finally:
                 endpoint.outstanding -= 1
             endpoint.succeeded()
+            depth = answer.headers.get(QUEUE_DEPTH_HEADER)
             if depth is not None and depth.isdigit():
                 endpoint.queue_depth = int(depth)
-            self.metrics.requests.labels(model, version.version, endpoint.url, str(status)).inc()
-            if status == 503 and len(tried) < len(endpoints) and body is not None:
+            if answer.status == 503 and not busy_retried and len(tried) < len(endpoints):
+                busy_retried = True  # full or draining there: another pod may have room
+                self.metrics.retries.labels(model, endpoint.url, "busy").inc()
                 last_error = Unavailable(f"endpoint {endpoint.url} is busy", retry_after_s=1)
-                self.metrics.retries.labels(model).inc()
-                continue  # full or draining there: another pod may have room
-            return web.Response(body=payload, status=status, headers=returned)
+                continue
+            returned = {
+                name: answer.headers[key]
+                for key, name in _RETURNED_HEADERS.items()
+                if key in answer.headers
+            }
+            return endpoint.url, web.Response(
+                body=answer.body, status=answer.status, headers=returned
+            )
         if time.monotonic() >= deadline:
             raise GatewayTimeout(f"model '{model}' did not answer within its deadline")
         raise last_error
@@ -251,7 +275,7 @@ async def live(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    ok = not gateway.draining and gateway.session is not None
+    ok = not gateway.draining
     return web.json_response({"ready": ok}, status=200 if ok else 503)
 
 
@@ -282,12 +306,3 @@ def build_gateway_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/metrics", metrics)
     return app
-
-
-async def drain(gateway: Gateway, grace_s: float) -> None:
-    gateway.draining = True
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(  # noqa: ASYNC110 - a bounded poll
-        a.in_flight for a in gateway.table.admission.values()
-    ):
-        await asyncio.sleep(0.05)

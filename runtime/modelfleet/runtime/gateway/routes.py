@@ -63,6 +63,11 @@ class GatewayServer(_Strict):
     """Endpoints tried for one request when connections fail (infer is idempotent)."""
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Larger request bodies are refused with 413."""
+    connect_timeout_s: float = Field(default=1.0, gt=0)
+    """A connection to an endpoint not made in this time counts as a failure (retried
+    on another endpoint, the endpoint ejected)."""
+    drain_grace_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM: how long in-flight requests may take to finish before the exit."""
 
 
 class RoutesDocument(_Strict):
