@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.cluster.conftest import Cluster
+from tests.cluster.fleet import wait_for
 from tests.support.servers import ENV, GatewayProcess, Process, RuntimeProcess
 
 pytestmark = pytest.mark.cluster
@@ -45,21 +46,6 @@ POOL = yaml.safe_dump({
     "metadata": {"name": "gpu", "namespace": NS},
     "spec": {"replicas": {"min": 2, "max": 2}, "memoryBudgetMB": 1000, "resources": {"gpu": 1}},
 })  # fmt: skip
-
-
-def wait_for(what: str, check: Any, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (AssertionError, KeyError, IndexError, ValueError, OSError, StopIteration) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 class Operator:

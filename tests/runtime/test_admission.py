@@ -1,12 +1,14 @@
-"""Token bucket and result cache (pure, fake time)."""
+"""Token bucket, result cache and recent latencies (pure, fake time)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from modelfleet.runtime.cache import ResultCache, cache_key
 from modelfleet.runtime.config import RateLimit
 from modelfleet.runtime.ratelimit import TokenBucket
+from modelfleet.runtime.recent import RecentLatencies
 
 
 def test_token_bucket_admits_the_burst_then_says_how_long_to_wait() -> None:
@@ -61,3 +63,14 @@ def test_cache_ignores_entries_larger_than_itself_and_copies_values() -> None:
     value[0] = 99
     hit = cache.get(b"k")
     assert hit is not None and hit[0][0] == 1
+
+
+def test_recent_latencies_give_the_p99_of_the_last_window_only() -> None:
+    recent = RecentLatencies(size=1000, window_s=60)
+    assert recent.quantile_ms(0.99, now=0.0) is None
+    for i in range(100):
+        recent.record(float(i), 0.001 * (i + 1))  # 1 ms .. 100 ms
+    assert recent.quantile_ms(0.99, now=100.0) == pytest.approx(99.4, abs=0.2)
+    # Only the samples recorded at t >= 100 - 60 count: 41..100 ms.
+    assert recent.quantile_ms(0.0, now=100.0) == pytest.approx(41.0)
+    assert recent.quantile_ms(0.99, now=1000.0) is None

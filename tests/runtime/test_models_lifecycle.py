@@ -240,6 +240,19 @@ async def test_put_state_converges_while_other_models_keep_serving(admin: Any) -
     assert state["desired"]["models"][0]["batching"]["max_batch_size"] == 4
 
 
+async def test_admin_state_reports_recent_p99_and_when_each_copy_became_ready(admin: Any) -> None:
+    client, admin_client, _ = await admin([mlp_config()])
+    state = await (await admin_client.get("/admin/state", headers=AUTH)).json()
+    (before,) = state["actual"]["models"]
+    assert before["p99_ms"] is None and before["loaded_at"] > 1.7e9
+    for _ in range(20):
+        assert (await client.post("/v2/models/mlp/infer", json=GOOD)).status == 200
+    state = await (await admin_client.get("/admin/state", headers=AUTH)).json()
+    (after,) = state["actual"]["models"]
+    assert after["served"] == 20 and 0 < after["p99_ms"] < 5000
+    assert after["loaded_at"] == before["loaded_at"]  # no reload happened
+
+
 async def test_put_state_rejects_an_invalid_document_with_the_field(admin: Any) -> None:
     _, admin_client, _ = await admin([mlp_config()])
     bad = {"models": [mlp_config(batching={"max_batch_size": 0})]}

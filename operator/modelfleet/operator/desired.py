@@ -7,7 +7,9 @@ a :class:`Plan`. No I/O here; ``reconcile`` reads and writes around it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelfleet.operator.manifests import ADMIN_PORT, DATA_PORT, DRAIN_GRACE_S, TOKEN_PATH
 from modelfleet.operator.observed import Key, PodView
@@ -39,6 +41,15 @@ class VersionReport:
     """Set in the pass that evicted it: the version that took its place."""
     requests: int = 0
     errors: int = 0
+    p99_ms: float | None = None
+    """The highest p99 latency its pods report for the last minute."""
+    traffic: int | None = None
+    """The weight the routes give it when that differs from ``weight`` (a draining
+    version keeps its share, the stable one gets none, until the stable is ready)."""
+
+    @property
+    def routed_weight(self) -> int:
+        return self.weight if self.traffic is None else self.traffic
 
 
 @dataclass
@@ -49,6 +60,10 @@ class ModelReport:
     @property
     def stable(self) -> VersionReport:
         return self.versions[0]
+
+    @property
+    def draining(self) -> list[VersionReport]:
+        return [v for v in self.versions if v.role == "draining"]
 
 
 @dataclass
@@ -88,8 +103,58 @@ def measured_memory(pods: list[PodView]) -> dict[Key, float]:
     return measured
 
 
-def plan(pool_spec: PoolSpec, models: dict[str, ModelSpec], pods: list[PodView]) -> Plan:
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    """A version this pass keeps or places, with the document entry its pods get."""
+
+    version: str
+    role: Role
+    replicas: int
+    weight: int
+    entry: dict[str, object]
+
+
+def _stable_ready(key: Key, replicas: int, pods: list[PodView]) -> bool:
+    """Every replica the pool can hold is loaded, warm and answering."""
+    ready = sum(1 for p in pods if p.ready_for(key))
+    return ready >= max(1, min(replicas, len(pods)))
+
+
+def wanted_versions(
+    name: str, spec: ModelSpec, pods: list[PodView], current: Mapping[Key, list[str]],
+    serving: Mapping[Key, int],
+) -> list[_Wanted]:  # fmt: skip
+    """The spec's versions, then the versions it no longer names that still carry
+    traffic (``serving``): they stay, as ``draining``, with the traffic they have,
+    until the stable version is ready everywhere; then their traffic goes to 0 and,
+    once the routes in force show that, they are dropped (unloaded). A left-over
+    version that carries no traffic (a canary never routed to, a rollout superseded
+    by a later edit) is dropped at once."""
+    spec_versions = spec.versions()
+    out = [_Wanted(v.version, v.role, v.replicas, v.weight, runtime_model(name, spec, v))
+           for v in spec_versions]  # fmt: skip
+    named = {v.version for v in spec_versions}
+    stable = spec_versions[0]
+    stable_ready = _stable_ready((name, stable.version), stable.replicas, pods)
+    for key in sorted(k for k in current if k[0] == name and k[1] not in named):
+        weight = serving.get(key, 0)
+        entry = next((e for p in pods if (e := p.entry(key)) is not None), None)
+        if weight <= 0 or entry is None:
+            continue
+        traffic = 0 if stable_ready else weight
+        out.append(_Wanted(key[1], "draining", len(current[key]), traffic, entry))
+    return out
+
+
+def plan(
+    pool_spec: PoolSpec,
+    models: dict[str, ModelSpec],
+    pods: list[PodView],
+    serving: Mapping[Key, int] | None = None,
+) -> Plan:
+    """``serving``: the weights of the routes in force (versions receiving traffic)."""
     pods = sorted(pods, key=lambda p: p.name)
+    serving = serving or {}
     measured = measured_memory(pods)
     current: dict[Key, list[str]] = {}
     for pod in pods:
@@ -97,11 +162,18 @@ def plan(pool_spec: PoolSpec, models: dict[str, ModelSpec], pods: list[PodView])
             current.setdefault(key, []).append(pod.name)
     demands: list[Demand] = []
     memory: dict[Key, float] = {}
+    wanted: dict[str, list[_Wanted]] = {}
     for name, spec in models.items():
-        for v in spec.versions():
-            key = (name, v.version)
-            memory[key] = spec.memory_mb or measured.get(key) or DEFAULT_MEMORY_MB
-            demands.append(Demand(key, spec.priority, v.replicas, memory[key]))
+        wanted[name] = wanted_versions(name, spec, pods, current, serving)
+        for w in wanted[name]:
+            key = (name, w.version)
+            declared = w.entry.get("memory_mb")
+            memory[key] = (
+                (float(declared) if isinstance(declared, int | float) and declared else 0.0)
+                or measured.get(key)
+                or DEFAULT_MEMORY_MB
+            )
+            demands.append(Demand(key, spec.priority, w.replicas, memory[key]))
     placement = place([Pod(p.name, pool_spec.memory_budget_mb) for p in pods], demands, current)
 
     documents: dict[str, list[dict[str, object]]] = {p.name: [] for p in pods}
@@ -110,13 +182,13 @@ def plan(pool_spec: PoolSpec, models: dict[str, ModelSpec], pods: list[PodView])
     for name in sorted(models):
         spec = models[name]
         versions: list[VersionReport] = []
-        for v in spec.versions():
-            key = (name, v.version)
+        for w in wanted[name]:
+            key = (name, w.version)
             where = placement.pods_of.get(key, [])
             for pod_name in where:
-                documents[pod_name].append(runtime_model(name, spec, v))
+                documents[pod_name].append(w.entry)
             report = VersionReport(
-                v.version, v.role, v.weight, v.replicas, memory[key], list(where)
+                w.version, w.role, w.weight, w.replicas, memory[key], list(where)
             )
             report.unplaced = placement.unplaced.get(key, "")
             evictor = placement.evicted.get(key)
@@ -126,6 +198,8 @@ def plan(pool_spec: PoolSpec, models: dict[str, ModelSpec], pods: list[PodView])
                 if seen is not None:
                     report.requests += seen.served
                     report.errors += seen.errors
+                    if seen.p99_ms is not None:
+                        report.p99_ms = max(report.p99_ms or 0.0, seen.p99_ms)
                 if pod.name not in where:
                     continue
                 if pod.ready_for(key):
@@ -135,6 +209,10 @@ def plan(pool_spec: PoolSpec, models: dict[str, ModelSpec], pods: list[PodView])
                 else:
                     report.loading.append(pod.name)
             versions.append(report)
+        if any(v.role == "draining" and v.weight for v in versions):
+            for v in versions:  # the old versions keep the traffic until the stable is ready
+                if v.role == "stable":
+                    v.traffic = 0
         reports[name] = ModelReport(name, versions)
         routes[name] = route(spec, versions, pool_spec.gateway.max_concurrency)
 
@@ -148,16 +226,18 @@ def plan(pool_spec: PoolSpec, models: dict[str, ModelSpec], pods: list[PodView])
 def route(
     spec: ModelSpec, versions: list[VersionReport], max_concurrency: int
 ) -> dict[str, object]:
-    """Weights from the spec, endpoints only where the version is loaded and
-    ready; a version with no ready endpoint gets weight 0 and, when the spec's
-    weights leave nothing ready to route to, what is ready takes the traffic."""
-    entries = [
-        {"version": v.version, "weight": v.weight if v.endpoints else 0, "endpoints": v.endpoints}
-        for v in versions
-    ]
+    """Weights from the spec (or a rollout's), endpoints only where the version is
+    loaded and ready; a version with no ready endpoint gets weight 0 and, when the
+    weights leave nothing ready to route to, what is ready takes the traffic
+    (a draining version only when nothing else is ready)."""
+    entries: list[dict[str, Any]] = []
+    for v in versions:
+        weight = v.routed_weight if v.endpoints else 0
+        entries.append({"version": v.version, "weight": weight, "endpoints": v.endpoints})
     if not any(e["weight"] for e in entries):
+        staying = {v.version for v in versions if v.role != "draining" and v.endpoints}
         for e in entries:
-            e["weight"] = 1 if e["endpoints"] else 0
+            e["weight"] = 1 if e["endpoints"] and (e["version"] in staying or not staying) else 0
     return {
         "priority": spec.priority,
         "max_concurrency": max_concurrency,

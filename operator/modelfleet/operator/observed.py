@@ -14,6 +14,10 @@ Key = tuple[str, str]
 LIVE = ("loading", "warming", "ready")
 
 
+def _key(entry: dict[str, Any]) -> Key:
+    return (str(entry.get("name")), str(entry.get("version", "1")))
+
+
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -30,6 +34,10 @@ class ObservedVersion(_Lenient):
     queue_depth: int = 0
     served: int = 0
     errors: int = 0
+    p99_ms: float | None = None
+    """p99 latency of the pod's last 60 s of successful requests (None when idle)."""
+    loaded_at: float = 0.0
+    """When this copy became ready (epoch seconds): a reload changes it."""
 
     @property
     def key(self) -> Key:
@@ -41,7 +49,7 @@ class DesiredModels(_Lenient):
     """The runtime's desired models, every default filled in (compared, not interpreted)."""
 
     def keys(self) -> set[Key]:
-        return {(str(m.get("name")), str(m.get("version", "1"))) for m in self.models}
+        return {_key(m) for m in self.models}
 
 
 class ActualState(_Lenient):
@@ -66,9 +74,9 @@ class PodView:
     ip: str
     state: RuntimeState | None = None
     """The admin API's answer; None when the pod did not answer."""
-    remembered: tuple[Key, ...] = ()
-    """Versions of the pod's durable document (its ConfigMap entry): what it was
-    last told to host, used as its placement while it does not answer."""
+    remembered: tuple[dict[str, Any], ...] = ()
+    """Model entries of the pod's durable document (its ConfigMap entry): what it
+    was last told to host, used as its placement while it does not answer."""
 
     @property
     def reachable(self) -> bool:
@@ -83,10 +91,15 @@ class PodView:
         """Versions this pod currently holds a place for: what it was told to host
         plus what it still reports loaded (a restarted operator reads placements here)."""
         if self.state is None:
-            return set(self.remembered)
+            return {_key(m) for m in self.remembered}
         held = self.state.desired.keys()
         held |= {k for k, m in self.observed().items() if m.state in LIVE}
         return held
+
+    def entry(self, key: Key) -> dict[str, Any] | None:
+        """The model entry this pod was told to host for ``key`` (as it has it)."""
+        told = self.state.desired.models if self.state is not None else self.remembered
+        return next((dict(m) for m in told if _key(m) == key), None)
 
     def ready_for(self, key: Key) -> bool:
         if self.state is None or self.state.actual.draining:

@@ -34,8 +34,10 @@ from modelfleet.operator.manifests import (
 )
 from modelfleet.operator.observed import Key, PodView
 from modelfleet.operator.podapi import PodAPI, same_models, same_routes
+from modelfleet.operator.rates import RateWindow
 from modelfleet.operator.spec import API_VERSION, ModelSpec, PoolSpec
 from modelfleet.operator.status import (
+    Rates,
     comparable,
     condition,
     model_status,
@@ -45,7 +47,7 @@ from modelfleet.operator.status import (
 )
 
 log = logging.getLogger("modelfleet.operator")
-REFRESH_S = 30.0
+REFRESH_S = 10.0
 """Live figures (request counters, memory) in status are refreshed at most this often."""
 
 
@@ -75,14 +77,29 @@ def routes_file(models: dict[str, dict[str, object]]) -> str:
     return yaml.safe_dump({"server": server, "models": models}, sort_keys=False)
 
 
-def remembered(data: dict[str, str], pod: str) -> tuple[Key, ...]:
+def remembered(data: dict[str, str], pod: str) -> tuple[dict[str, Any], ...]:
+    """The model entries of a pod's durable document (its state ConfigMap key)."""
     try:
         document = yaml.safe_load(data.get(f"{pod}.yaml", "")) or {}
-        return tuple(
-            (str(m["name"]), str(m.get("version", "1"))) for m in document.get("models") or []
-        )
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError):
+        models = document.get("models") or []
+        return tuple(dict(m) for m in models if isinstance(m, dict) and "name" in m)
+    except (yaml.YAMLError, TypeError, AttributeError):
         return ()
+
+
+def routed(data: dict[str, str]) -> dict[Key, int]:
+    """The routes in force (the routes ConfigMap, written after the gateways took
+    them): each version's weight, when it has endpoints to receive traffic."""
+    try:
+        document = yaml.safe_load(data.get("routes.yaml", "")) or {}
+        out: dict[Key, int] = {}
+        for name, route in (document.get("models") or {}).items():
+            for v in route.get("versions") or []:
+                if v.get("endpoints") and int(v.get("weight", 0)) > 0:
+                    out[(str(name), str(v["version"]))] = int(v["weight"])
+        return out
+    except (yaml.YAMLError, TypeError, AttributeError, KeyError, ValueError):
+        return {}
 
 
 def state_data(
@@ -108,6 +125,8 @@ class Reconciler:
         """uid -> when this process last wrote the object's status."""
         self.services: set[tuple[str, str]] = set()
         """(uid, pool) of the models whose Service this process has applied."""
+        self.rates: dict[tuple[str, str], RateWindow] = {}
+        """(model uid, version) -> its request counters over the last minute."""
 
     async def ensure_pool_config(self, pool_obj: dict[str, Any]) -> None:
         """The ConfigMaps the pods mount must exist (with a key for every pod)
@@ -153,11 +172,16 @@ class Reconciler:
             pod.state = state
         unreachable = [p.name for p in pods if not p.reachable]
 
-        result = plan(pool_spec, models, pods)
+        routes_cm = await kube.get("v1", "ConfigMap", namespace, f"{pool_name}-routes")
+        in_force = routed((routes_cm or {}).get("data") or {})
+        result = plan(pool_spec, models, pods, in_force)
         pushed = await self._push_documents(api, pods, result)
-        await self._write_config(owner, pool_spec, previous_data, result)
+        # Gateways first, then the routes ConfigMap: the ConfigMap is the record of
+        # the routes in force, and a draining version leaves the pods only once it
+        # shows no traffic for it (possibly after an operator restart).
         await self._push_routes(api, namespace, pool_name, result)
-        await self._events(namespace, model_objs, result)
+        await self._write_config(owner, pool_spec, previous_data, result)
+        await self._events(namespace, model_objs, result, in_force)
         now = now_iso()
         for obj in model_objs:
             await self._model_status(obj, result, now)
@@ -225,8 +249,17 @@ class Reconciler:
                 log.info("pool %s: pushing routes to gateway %s", pool, gw["metadata"]["name"])
                 await api.put_gateway_routes(ip, result.routes)
 
-    async def _events(self, namespace: str, model_objs: list[dict[str, Any]], result: Plan) -> None:
+    async def _events(
+        self, namespace: str, model_objs: list[dict[str, Any]], result: Plan,
+        in_force: dict[Key, int],
+    ) -> None:  # fmt: skip
         by_name = {o["metadata"]["name"]: o for o in model_objs}
+        for name, route_doc in result.routes.items():
+            new = _shares(route_doc)
+            old = _percent({k[1]: w for k, w in in_force.items() if k[0] == name})
+            if name in by_name and new and new != old:
+                split = ", ".join(f"version {v} {p}%" for v, p in new.items())
+                await self.kube.event(by_name[name], "TrafficSplit", f"traffic now: {split}")
         roles = {(n, v.version): v.role for n, r in result.reports.items() for v in r.versions}
         for (name, version), pod in result.placed:
             if name in by_name:
@@ -249,9 +282,32 @@ class Reconciler:
     async def _model_status(self, obj: dict[str, Any], result: Plan, now: str) -> None:
         meta = obj["metadata"]
         report = result.reports[meta["name"]]
-        new = model_status(report, model_url(meta["name"], meta["namespace"]),
-                           obj.get("status") or {}, meta.get("generation", 0), now)  # fmt: skip
+        clock = time.monotonic()
+        rates: dict[str, Rates] = {}
+        for v in report.versions:
+            window = self.rates.setdefault((meta["uid"], v.version), RateWindow())
+            if (measured := window.add(clock, v.requests, v.errors)) is not None:
+                rates[v.version] = measured
+        previous = obj.get("status") or {}
+        new = model_status(report, model_url(meta["name"], meta["namespace"]), previous,
+                           meta.get("generation", 0), now, rates)  # fmt: skip
+        await self._rollout_events(obj, previous, new)
         await self._write_status(obj, new)
+
+    async def _rollout_events(
+        self, obj: dict[str, Any], previous: dict[str, Any], new: dict[str, Any]
+    ) -> None:
+        """An event for each rollout step, seen as a change of the Progressing reason."""
+        before = _reason(previous, "Progressing")
+        after = next(c for c in new["conditions"] if c["type"] == "Progressing")
+        if after["reason"] == before:
+            return
+        if after["reason"].startswith("Rollout"):
+            kind = "Warning" if after["reason"] in ("RolloutBlocked", "RolloutFailed") else "Normal"
+            await self.kube.event(obj, after["reason"], after["message"], kind)
+        elif before.startswith("Rollout") and after["reason"] == "Converged":
+            stable = new["versions"][0]["version"]
+            await self.kube.event(obj, "RolloutComplete", f"version {stable} serves all traffic")
 
     async def _write_status(self, obj: dict[str, Any], new: dict[str, Any]) -> None:
         """One status patch per object per pass, and only when something a user
@@ -273,6 +329,23 @@ class Reconciler:
         status = {"observedGeneration": meta.get("generation", 0),
                   "conditions": with_times(conds, previous, now_iso(), meta.get("generation", 0))}  # fmt: skip
         await self._write_status(obj, status)
+
+
+def _reason(status: dict[str, Any], kind: str) -> str:
+    return next((str(c.get("reason", "")) for c in status.get("conditions") or []
+                 if c.get("type") == kind), "")  # fmt: skip
+
+
+def _percent(weights: dict[str, int]) -> dict[str, int]:
+    total = sum(weights.values())
+    return {v: round(100 * w / total) for v, w in sorted(weights.items()) if w} if total else {}
+
+
+def _shares(route_doc: dict[str, object]) -> dict[str, int]:
+    """Each routed version's share of a model's traffic, in percent."""
+    versions = route_doc.get("versions")
+    assert isinstance(versions, list)
+    return _percent({str(v["version"]): int(v["weight"]) for v in versions if v["endpoints"]})
 
 
 async def mark_unknown_pool(kube: Kube, obj: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DEFAULT_MEMORY_MB = 1000.0
 """Memory assumed for a version that declares none and has not been measured yet."""
 
-Role = Literal["stable", "canary"]
+Role = Literal["stable", "canary", "draining"]
 
 
 class _Spec(BaseModel):
@@ -104,7 +104,8 @@ class Canary(_Spec):
 
 @dataclass(frozen=True, slots=True)
 class ModelVersion:
-    """One version a model asks for, with its role (issue 8 adds ``draining``)."""
+    """One version a model asks for, with its role (``draining`` versions are not in
+    the spec: the operator keeps them while their successor gets ready)."""
 
     version: str
     role: Role

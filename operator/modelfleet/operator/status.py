@@ -12,7 +12,9 @@ from typing import Any
 from modelfleet.operator.desired import ModelReport, VersionReport
 from modelfleet.operator.observed import PodView
 
-CONDITION_TYPES = ("Ready", "Placed", "Degraded", "Progressing")
+Rates = tuple[float, float]
+"""(requests per second, fraction of them that failed) over the last window."""
+CONDITION_TYPES = ("Ready", "Placed", "Degraded", "Progressing", "RolloutBlocked")
 
 
 def condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -42,6 +44,10 @@ def _version_problem(v: VersionReport) -> str:
     return "; ".join(parts)
 
 
+def _names(versions: list[VersionReport]) -> str:
+    return ", ".join(v.version for v in versions)
+
+
 def model_conditions(report: ModelReport) -> list[dict[str, Any]]:
     stable = report.stable
     versions = report.versions
@@ -50,9 +56,15 @@ def model_conditions(report: ModelReport) -> list[dict[str, Any]]:
     failed = [v for v in versions if v.failures]
     loading = [v for v in versions if v.loading]
     problems = "; ".join(p for p in (_version_problem(v) for v in versions) if p)
+    draining = report.draining
+    old_serving = [v for v in draining if v.weight and v.endpoints]
 
     if ready_n >= want:
         ready = condition("Ready", True, "AllReplicasReady", f"{ready_n} of {want} replicas ready")
+    elif old_serving:
+        ready = condition("Ready", True, "PreviousVersionServing",
+                          f"version {_names(old_serving)} serves while version {stable.version} "
+                          f"rolls out ({ready_n} of {want} replicas ready)")  # fmt: skip
     else:
         why = "Evicted" if stable.evicted_by or "evicted by" in stable.unplaced else (
             "Unplaced" if stable.unplaced else "LoadFailed" if stable.failures else "Loading")  # fmt: skip
@@ -73,13 +85,31 @@ def model_conditions(report: ModelReport) -> list[dict[str, Any]]:
     else:
         degraded = condition("Degraded", False, "AsExpected", "no problem seen")
 
-    if loading:
+    blocked = condition("RolloutBlocked", False, "NotBlocked", "no rollout is waiting for room")
+    if draining and stable.unplaced:
+        blocked = condition("RolloutBlocked", True, "InsufficientMemory",
+                            f"version {stable.version} cannot be placed: {stable.unplaced}; "
+                            f"version {_names(draining)} keeps serving")  # fmt: skip
+        progressing = condition("Progressing", False, "RolloutBlocked", blocked["message"])
+    elif draining and stable.failures:
+        progressing = condition("Progressing", False, "RolloutFailed",
+                                f"{problems}; version {_names(draining)} keeps serving")  # fmt: skip
+    elif old_serving:
+        where = ", ".join(stable.loading) or "its pods"
+        progressing = condition("Progressing", True, "RolloutLoading",
+                                f"version {stable.version} loading and warming on {where}; "
+                                f"version {_names(old_serving)} keeps the traffic")  # fmt: skip
+    elif draining:
+        progressing = condition("Progressing", True, "RolloutDraining",
+                                f"traffic moved to version {stable.version}; version "
+                                f"{_names(draining)} draining, unloaded next")  # fmt: skip
+    elif loading:
         names = ", ".join(f"version {v.version} on {', '.join(v.loading)}" for v in loading)
         progressing = condition("Progressing", True, "Loading", f"loading and warming: {names}")
     else:
         progressing = condition("Progressing", False, "Converged" if not (failed or unplaced)
                                 else "Stalled", problems or "every placed replica is ready")  # fmt: skip
-    return [ready, placed, degraded, progressing]
+    return [ready, placed, degraded, progressing, blocked]
 
 
 def unknown_pool_conditions(pool: str) -> list[dict[str, Any]]:
@@ -89,20 +119,27 @@ def unknown_pool_conditions(pool: str) -> list[dict[str, Any]]:
         condition("Placed", False, "UnknownPool", message),
         condition("Degraded", True, "UnknownPool", message),
         condition("Progressing", False, "UnknownPool", message),
+        condition("RolloutBlocked", False, "NotBlocked", "no rollout is waiting for room"),
     ]
 
 
-def version_status(v: VersionReport) -> dict[str, Any]:
-    return {
-        "version": v.version, "role": v.role, "weight": v.weight, "replicas": v.replicas,
+def version_status(v: VersionReport, rates: Rates | None = None) -> dict[str, Any]:
+    out = {
+        "version": v.version, "role": v.role, "weight": v.routed_weight, "replicas": v.replicas,
         "readyReplicas": len(v.endpoints), "pods": v.pods, "endpoints": v.endpoints,
         "memoryMB": v.memory_mb, "requests": v.requests, "errors": v.errors,
     }  # fmt: skip
+    if v.p99_ms is not None:
+        out["p99LatencyMs"] = v.p99_ms
+    if rates is not None:
+        out["requestRate"], out["errorRate"] = rates
+    return out
 
 
 def model_status(
-    report: ModelReport, url: str, previous: dict[str, Any], generation: int, now: str
-) -> dict[str, Any]:
+    report: ModelReport, url: str, previous: dict[str, Any], generation: int, now: str,
+    rates: dict[str, Rates] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The InferenceModel's status after a pass. An eviction is seen in the pass
     that makes it; later passes only see a version that does not fit, so the
     name of the winner is kept (``evictedBy``) while the version stays unplaced."""
@@ -122,7 +159,7 @@ def model_status(
         "observedGeneration": generation,
         "url": url,
         "readyReplicas": len(report.stable.endpoints),
-        "versions": [version_status(v) for v in report.versions],
+        "versions": [version_status(v, (rates or {}).get(v.version)) for v in report.versions],
         "conditions": conditions,
         # A merge patch removes a key only when told so with null.
         "evictedBy": {**dict.fromkeys(earlier), **evicted_by},
@@ -169,7 +206,16 @@ def pool_status(
     }  # fmt: skip
 
 
-VOLATILE = ("lastTransitionTime", "time", "memoryInUseMB", "requests", "errors")
+VOLATILE = (
+    "lastTransitionTime",
+    "time",
+    "memoryInUseMB",
+    "requests",
+    "errors",
+    "requestRate",
+    "errorRate",
+    "p99LatencyMs",
+)
 
 
 def comparable(status: dict[str, Any]) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,8 @@ def describe(model: HostedModel) -> dict[str, Any]:
         "inflight": model.inflight,
         "served": model.served,
         "errors": model.errors,
+        "p99_ms": model.recent.quantile_ms(0.99, time.perf_counter()),
+        "loaded_at": model.loaded_at,
     }
 
 

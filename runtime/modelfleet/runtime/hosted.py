@@ -18,6 +18,7 @@ from modelfleet.runtime.config import ModelConfig, Warmup
 from modelfleet.runtime.errors import RateLimited, Unavailable, expired_error
 from modelfleet.runtime.protocol import NP_DTYPES, Array, InferRequest
 from modelfleet.runtime.ratelimit import TokenBucket
+from modelfleet.runtime.recent import RecentLatencies
 
 if TYPE_CHECKING:
     from modelfleet.runtime.device import DeviceWorker
@@ -62,6 +63,10 @@ class HostedModel:
         self.idle.set()
         self.served = 0
         self.errors = 0
+        self.recent = RecentLatencies()
+        """Latencies of the last successful requests (the p99 the admin state reports)."""
+        self.loaded_at = 0.0
+        """Wall-clock time (epoch seconds) when this copy became ready; 0 before."""
         self.metrics = worker.metrics.for_model(*config.key)
         self.apply_settings(config)
 

@@ -197,6 +197,7 @@ class Repository:
             log.error("model '%s' version '%s' failed to load: %s", name, version, reason)
             return model
         model.state = State.READY
+        model.loaded_at = time.time()
         self.metrics.model_ready.labels(name, version).set(1)
         self._update_memory()
         log.info(

@@ -117,7 +117,9 @@ async def infer(request: web.Request) -> web.Response:
         metrics.failed(413)
         raise
     metrics.ok.inc()
-    metrics.latency.observe(time.perf_counter() - started)
+    finished = time.perf_counter()
+    metrics.latency.observe(finished - started)
+    model.recent.record(finished, finished - started)
     if cached:
         metrics.cache_hits.inc()
     model.served += 1

@@ -1,0 +1,193 @@
+"""A pool on the test control plane with real processes in its kwok pods.
+
+kwok pods run no containers, so for each pod a test starts a real runtime (or
+gateway) process bound to the pod's loopback IP, from the ConfigMap content the
+pod would mount; the operator runs unchanged (``python -m modelfleet operator``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.cluster.conftest import Cluster
+from tests.support.servers import ENV, Process
+
+ROOT = Path(__file__).resolve().parents[2]
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.25] * 16}]}
+).encode()
+
+
+def wait_for(what: str, check: Any, timeout: float = 90) -> Any:
+    """Polls ``check`` until it returns something true; fails naming ``what`` and
+    the last result (or exception)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (AssertionError, KeyError, IndexError, ValueError, OSError, StopIteration) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def model_yaml(name: str, ns: str, pool: str, **spec: Any) -> str:
+    body = {
+        "pool": pool, "version": "1", "memoryMB": 300,
+        "source": {"path": "mlp.safetensors", "architecture": "modelfleet.runtime.examples:mlp"},
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 4]}],
+        **spec,
+    }  # fmt: skip
+    return yaml.safe_dump({"apiVersion": "modelfleet.io/v1alpha1", "kind": "InferenceModel",
+                           "metadata": {"name": name, "namespace": ns}, "spec": body})  # fmt: skip
+
+
+def pool_yaml(name: str, ns: str, **spec: Any) -> str:
+    body = {"replicas": {"min": 2, "max": 2}, "memoryBudgetMB": 1000, **spec}
+    return yaml.safe_dump({"apiVersion": "modelfleet.io/v1alpha1", "kind": "InferencePool",
+                           "metadata": {"name": name, "namespace": ns}, "spec": body})  # fmt: skip
+
+
+class Fleet:
+    """The cluster, the operator process, and a process per kwok pod of one pool."""
+
+    def __init__(self, cluster: Cluster, tmp: Path, store: Path, ns: str, pool: str) -> None:
+        self.k, self.tmp, self.store, self.ns, self.pool = cluster, tmp, store, ns, pool
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.runtimes: dict[str, Process] = {}
+        self.gateway: Process | None = None
+        self.token = tmp / "token"
+
+    def start_operator(self) -> None:
+        env = {**ENV, "KUBECONFIG": str(self.k.kubeconfig)}
+        log = (self.tmp / "operator.log").open("a")
+        self.operator = subprocess.Popen(
+            [sys.executable, "-m", "modelfleet", "operator", "--namespace", self.ns],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop_operator(self) -> None:
+        if self.operator and self.operator.poll() is None:
+            self.operator.kill()
+            self.operator.wait(timeout=10)
+
+    def apply(self, manifest: str) -> None:
+        self.k.kubectl("apply", "-f", "-", input=manifest)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.k.kubectl(*args, "-n", self.ns, "-o", "json").stdout)
+
+    def pods(self, component: str) -> list[dict[str, Any]]:
+        selector = f"app.kubernetes.io/instance={self.pool},app.kubernetes.io/component={component}"
+        items = self.json("get", "pods", "-l", selector)["items"]
+        return [p for p in items if p["status"].get("podIP")]
+
+    def config(self, suffix: str, key: str) -> dict[str, Any]:
+        data = self.json("get", "configmap", f"{self.pool}-{suffix}")["data"]
+        return yaml.safe_load(data[key])  # type: ignore[no-any-return]
+
+    def start_runtime(self, pod: dict[str, Any]) -> Process:
+        """What the kubelet would run: `modelfleet serve --config state.yaml`, with the
+        pod's own ConfigMap entry; the model store is where the test keeps the models."""
+        name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+        document = self.config("state", f"{name}.yaml")
+        document["server"].update(
+            host=ip, model_store=str(self.store), admin_token_file=str(self.token)
+        )
+        self.runtimes[name] = Process(self.tmp, "serve", "--config", document, ip)
+        return self.runtimes[name]
+
+    def start_gateway(self, pod: dict[str, Any]) -> None:
+        document = self.config("routes", "routes.yaml")
+        document["server"].update(host=pod["status"]["podIP"], admin_token_file=str(self.token))
+        self.gateway = Process(self.tmp, "gateway", "--routes", document, pod["status"]["podIP"])
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.json("get", "inferencemodel", name).get("status") or {}
+
+    def condition(self, name: str, kind: str) -> dict[str, Any]:
+        return next(c for c in self.status(name).get("conditions", []) if c["type"] == kind)
+
+    def call(self, name: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        """One inference through the gateway: (HTTP status, the answering version)."""
+        assert self.gateway is not None
+        req = urllib.request.Request(
+            f"{self.gateway.url}/v2/models/{name}/infer", data=BODY, headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(resp.status), str(json.loads(resp.read())["model_version"])
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode(errors="replace")[:300]
+
+    def infer(self, name: str) -> int:
+        return self.call(name)[0]
+
+    def admin_state(self, pod: str) -> dict[str, Any]:
+        ip = self.runtimes[pod].host
+        req = urllib.request.Request(f"http://{ip}:8081/admin/state",
+                                     headers={"Authorization": f"Bearer {self.token.read_text()}"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())["actual"]  # type: ignore[no-any-return]
+
+    def hosted(self, pod: str) -> list[str]:
+        """Model versions a runtime process reports (its admin API), ``name:state``."""
+        return [f"{m['name']}:{m['state']}" for m in self.admin_state(pod)["models"]]
+
+    def versions_loaded(self, name: str) -> dict[str, set[str]]:
+        """Pod -> the versions of ``name`` it holds (any state)."""
+        return {pod: {m["version"] for m in self.admin_state(pod)["models"] if m["name"] == name}
+                for pod in self.runtimes}  # fmt: skip
+
+
+@contextlib.contextmanager
+def running_fleet(
+    k: Cluster, tmp: Path, store: Path, ns: str, pool: str, **pool_spec: Any
+) -> Iterator[Fleet]:
+    """CRDs, a namespace, the operator, a 2-pod pool with its processes; all torn
+    down after (the operator's log tail is printed for a failing test's report)."""
+    for crd in ("inferencepool.yaml", "inferencemodel.yaml"):
+        k.kubectl("apply", "-f", str(ROOT / "crds" / crd))
+    for crd in ("inferencepools", "inferencemodels"):
+        k.kubectl(
+            "wait", "--for=condition=Established", f"crd/{crd}.modelfleet.io", "--timeout=30s"
+        )
+    k.kubectl("create", "namespace", ns, check=False)
+    fleet = Fleet(k, tmp, store, ns, pool)
+    fleet.start_operator()
+    try:
+        fleet.apply(pool_yaml(pool, ns, **pool_spec))
+        runtime_pods = wait_for(
+            "2 runtime pods with IPs",
+            lambda: len(fleet.pods("runtime")) == 2 and fleet.pods("runtime"),
+        )
+        gateway_pods = wait_for("a gateway pod with an IP", lambda: fleet.pods("gateway"))
+        secret = fleet.json("get", "secret", f"{pool}-admin-token")
+        fleet.token.write_bytes(base64.b64decode(secret["data"]["token"]))
+        for pod in runtime_pods:
+            fleet.start_runtime(pod)
+        fleet.start_gateway(gateway_pods[0])
+        yield fleet
+    finally:
+        fleet.stop_operator()
+        for proc in [*fleet.runtimes.values(), *([fleet.gateway] if fleet.gateway else [])]:
+            proc.stop()
+        k.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        print((fleet.tmp / "operator.log").read_text()[-4000:])

@@ -1,0 +1,26 @@
+"""Per-version request and error rates from growing counters (fake time)."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelfleet.operator.rates import RateWindow
+
+
+def test_rates_need_a_few_seconds_of_samples_then_follow_the_counters() -> None:
+    window = RateWindow()
+    assert window.add(0.0, 0, 0) is None
+    assert window.add(2.0, 20, 0) is None
+    rate, errors = window.add(10.0, 95, 5) or (0, 0)
+    assert rate == pytest.approx(10.0) and errors == pytest.approx(0.05)
+
+
+def test_old_samples_leave_the_window_and_a_counter_reset_restarts_it() -> None:
+    window = RateWindow()
+    for t in range(0, 121, 2):  # 10 req/s for two minutes, then 1 req/s for 60 s
+        window.add(float(t), 10 * t, 0)
+    for t in range(122, 190, 2):
+        window.add(float(t), 1200 + (t - 120), 0)
+    rate, _ = window.add(190.0, 1270, 0) or (0, 0)
+    assert rate == pytest.approx(1.0, abs=0.1)
+    assert window.add(192.0, 3, 0) is None  # the pod restarted: counters began again
