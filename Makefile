@@ -16,6 +16,7 @@ help:
 	@echo "make bench      runtime and gateway benchmarks (table + PNG in bench-results/)"
 	@echo "make bench-peers   the runtime against LitServe, MLServer and Ray Serve"
 	@echo "make cluster-up / cluster-down   a local Kubernetes control plane to poke at"
+	@echo "make kind-up / kind-down   kind cluster + images + helm install + samples (needs Docker)"
 
 venv:
 	@bash scripts/venv.sh >/dev/null
@@ -53,3 +54,4 @@ clean:
 	rm -rf var bench-results .mypy_cache .ruff_cache
 
 -include tests/cluster/cluster.mk
+-include charts/kind.mk

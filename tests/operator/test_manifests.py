@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from modelfleet.operator.manifests import (
     pool_children,
     token_secret,
 )
+from modelfleet.operator.settings import SettingsError, admin_token
 from modelfleet.operator.spec import PoolSpec
 from tests.operator.builders import model_obj, pool_obj
 
@@ -145,3 +147,37 @@ def test_manifests_validate_against_the_kubernetes_1_34_schemas(manifest: dict[s
     import kubernetes_validate
 
     kubernetes_validate.validate(manifest, "1.34", strict=True)
+
+
+def test_the_runtime_image_defaults_to_the_operators_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    owner = Owner.of(pool_obj())
+    spec = PoolSpec.model_validate({k: v for k, v in pool_obj()["spec"].items() if k != "image"})
+    images = lambda: {c["image"] for o in pool_children(owner, spec)  # noqa: E731
+                      if o["kind"] in ("StatefulSet", "Deployment")
+                      for c in o["spec"]["template"]["spec"]["containers"]}  # fmt: skip
+    monkeypatch.delenv("MODELFLEET_RUNTIME_IMAGE", raising=False)
+    assert images() == {"modelfleet/runtime:0.1.0"}
+    monkeypatch.setenv("MODELFLEET_RUNTIME_IMAGE", "registry.example/runtime:2.0")
+    assert images() == {"registry.example/runtime:2.0"}
+    named = spec.model_copy(update={"image": "mine/runtime:1"})
+    assert {c["image"] for o in pool_children(owner, named) if o["kind"] == "StatefulSet"
+            for c in o["spec"]["template"]["spec"]["containers"]} == {"mine/runtime:1"}  # fmt: skip
+
+
+def test_the_admin_token_of_new_pools_comes_from_the_configured_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("MODELFLEET_ADMIN_TOKEN_FILE", raising=False)
+    assert len(admin_token()) >= 32 and admin_token() != admin_token()
+    token = tmp_path / "token"
+    token.write_text("s3cret-s3cret-s3cret\n")
+    monkeypatch.setenv("MODELFLEET_ADMIN_TOKEN_FILE", str(token))
+    assert admin_token() == "s3cret-s3cret-s3cret"
+    token.write_text("short")
+    with pytest.raises(SettingsError, match="at least 16 characters"):
+        admin_token()
+    monkeypatch.setenv("MODELFLEET_ADMIN_TOKEN_FILE", str(tmp_path / "absent"))
+    with pytest.raises(SettingsError, match="absent: No such file"):
+        admin_token()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from typing import Any
 
 import aiohttp
@@ -24,6 +23,7 @@ from modelfleet.operator.manifests import (
     token_secret,
 )
 from modelfleet.operator.reconcile import Reconciler, mark_unknown_pool
+from modelfleet.operator.settings import SettingsError, admin_token
 from modelfleet.operator.spec import API_VERSION, GROUP, PoolSpec
 
 log = logging.getLogger("modelfleet.operator")
@@ -103,11 +103,11 @@ async def pool_changed(body: kopf.Body, name: str, namespace: str | None, **_: A
     owner = Owner.of(pool)
     try:
         if await kube.get("v1", "Secret", namespace, f"{name}-admin-token") is None:
-            await kube.apply(token_secret(owner, secrets.token_urlsafe(32)))
+            await kube.apply(token_secret(owner, admin_token()))
         await reconciler.ensure_pool_config(pool)  # before the pods that mount it
         for child in pool_children(owner, PoolSpec.model_validate(pool["spec"])):
             await kube.apply(child)
-    except KubeError as exc:
+    except (KubeError, SettingsError) as exc:
         raise kopf.TemporaryError(
             f"applying pool {name}'s children failed: {exc}", delay=5
         ) from exc

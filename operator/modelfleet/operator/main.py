@@ -14,6 +14,14 @@ log = logging.getLogger("modelfleet.operator")
 def run_from_args(args: argparse.Namespace) -> int:
     """Watch the given namespaces (or all of them); 0 on a clean stop, 1 on a crash."""
     from modelfleet.operator import handlers  # noqa: F401  (registers the handlers)
+    from modelfleet.operator.settings import SettingsError, admin_token, runtime_image
+
+    try:
+        admin_token()  # a configured token file must be readable from the start
+    except SettingsError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    log.info("default runtime image: %s", runtime_image())
 
     namespaces: list[str] = list(getattr(args, "namespace", None) or [])
     clusterwide = bool(getattr(args, "all_namespaces", False) or not namespaces)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from modelfleet.operator.settings import runtime_image
 from modelfleet.operator.spec import API_VERSION, PoolSpec
 
 DATA_PORT, ADMIN_PORT = 8080, 8081
@@ -113,7 +114,7 @@ def runtime_statefulset(pool: Owner, spec: PoolSpec) -> dict[str, Any]:
         mounts.append({"name": "models", "mountPath": "/models", "readOnly": True})
     container = {
         "name": "runtime",
-        "image": spec.image,
+        "image": spec.image or runtime_image(),
         "command": ["modelfleet", "serve", "--config", STATE_PATH],
         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "ports": _ports(),
@@ -162,7 +163,7 @@ def runtime_headless_service(pool: Owner) -> dict[str, Any]:
 def gateway_deployment(pool: Owner, spec: PoolSpec) -> dict[str, Any]:
     pod_labels = labels(pool.name, "gateway")
     container = {
-        "name": "gateway", "image": spec.image,
+        "name": "gateway", "image": spec.image or runtime_image(),
         "command": ["modelfleet", "gateway", "--routes", ROUTES_PATH],
         "ports": _ports(),
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"},

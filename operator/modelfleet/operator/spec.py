@@ -183,8 +183,8 @@ class PoolSpec(_Spec):
     resources: Resources = Resources()
     memory_budget_mb: float = Field(default=16000, alias="memoryBudgetMB")
     """Device memory each pod gives to models; placement never exceeds it."""
-    image: str = "modelfleet/runtime:0.1.0"
-    """Runtime image (also runs the gateway)."""
+    image: str | None = None
+    """Runtime image (also runs the gateway); the operator's default when empty."""
     model_store: ModelStore = ModelStore()
     priority_class_name: str | None = None
     """PriorityClass of the runtime pods."""
