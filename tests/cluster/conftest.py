@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.controlplane import (
-    POD_CIDR,
     ClusterError,
     ControlPlane,
     build_binaries,
+    pod_ip_range,
     run_kubectl,
 )
 
@@ -50,7 +50,7 @@ def kube_cluster() -> Iterator[Cluster]:
         pytest.fail(f"cluster tests need the Kubernetes binaries: {exc}")
     user_config = os.environ.get("KUBECONFIG")
     if user_config and Path(user_config).exists():
-        cluster = Cluster(Path(user_config), bin_dir, POD_CIDR)
+        cluster = Cluster(Path(user_config), bin_dir, pod_ip_range(Path(user_config)))
         if cluster.kubectl("version", check=False).returncode == 0:
             yield cluster
             return
@@ -64,7 +64,7 @@ def kube_cluster() -> Iterator[Cluster]:
         plane.stop()
         pytest.fail(f"the test control plane did not start: {exc}")
     try:
-        yield Cluster(plane.kubeconfig, bin_dir, POD_CIDR, own=plane)
+        yield Cluster(plane.kubeconfig, bin_dir, plane.pod_ip_range, own=plane)
     finally:
         plane.stop()
         shutil.rmtree(plane.data, ignore_errors=True)

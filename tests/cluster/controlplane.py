@@ -15,6 +15,7 @@ import argparse
 import atexit
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,12 +32,20 @@ HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("MODELFLEET_CACHE", Path.home() / ".cache/modelfleet")) / "cluster"
 RUN_DIR = CACHE / "run"
 POD_CIDR = "127.1.0.0/16"
+"""Assumed for a cluster this module did not start (one it started records its own)."""
 NODES = 4
 GPUS_PER_NODE = 8
 
 
 class ClusterError(Exception):
     """The control plane could not be built or started; the message says why."""
+
+
+def pod_ip_range(kubeconfig: Path) -> str:
+    """The pod IP range of a cluster: the one a control plane of ours recorded beside
+    its kubeconfig (``make cluster-up``), else ``POD_CIDR``."""
+    recorded = kubeconfig.parent / "pod-cidr"
+    return recorded.read_text().strip() if recorded.exists() else POD_CIDR
 
 
 def build_binaries() -> Path:
@@ -116,6 +125,8 @@ class ControlPlane:
     """Starts the components; ``stop`` ends every process it started, by PID."""
 
     def __init__(self, bin_dir: Path, data_dir: Path | None = None) -> None:
+        # Pods get IPs from a loopback /16 chosen per control plane, so that two test
+        # runs on one machine (two clones, say) never hand out the same addresses.
         self.bin_dir = bin_dir
         self.data = data_dir or Path(tempfile.mkdtemp(prefix="modelfleet-cluster-"))
         self.pki = self.data / "pki"
@@ -123,7 +134,7 @@ class ControlPlane:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
-        self.pod_ip_range = POD_CIDR
+        self.pod_ip_range = f"127.{random.SystemRandom().randint(2, 254)}.0.0/16"
 
     @property
     def env(self) -> dict[str, str]:
@@ -174,6 +185,7 @@ class ControlPlane:
         import yaml
 
         self.kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.server, self.pki)))
+        (self.data / "pod-cidr").write_text(self.pod_ip_range + "\n")
         etcd_port, peer_port = free_port(), free_port()
         self._start("etcd", "--data-dir", str(self.data / "etcd"),
                     "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
@@ -206,7 +218,7 @@ class ControlPlane:
         self._start("kwok", f"--kubeconfig={self.kubeconfig}", f"--config={self.bin_dir / 'kwok-stages.yaml'}",
                     "--manage-all-nodes=false",
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                    f"--cidr={POD_CIDR}", "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40")  # fmt: skip
+                    f"--cidr={self.pod_ip_range}", "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40")  # fmt: skip
         self._wait("the default service account",
                    lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0)  # fmt: skip
         self.kubectl("apply", "-f", "-", input=nodes_yaml())
@@ -278,6 +290,7 @@ def up() -> int:
     print(f"binaries (kubectl, helm, ...): {bin_dir}")
     print(f"export KUBECONFIG={plane.kubeconfig}")
     print(f"export PATH={bin_dir}:$PATH")
+    print(f"pod IPs: {plane.pod_ip_range}")
     return 0
 
 
