@@ -130,10 +130,10 @@ def busy_sibling_ceiling(store: Path, name: str) -> float:
 
 
 def request_body(
-    name: str, encoding: str, rng: np.random.Generator
+    name: str, encoding: str, rng: np.random.Generator, rows: int = 1
 ) -> tuple[bytes, dict[str, str], np.ndarray]:
     spec = MODELS[name]["inputs"][0]
-    shape = [1, *(d for d in spec["shape"][1:])]
+    shape = [rows, *(d for d in spec["shape"][1:])]
     x = rng.standard_normal(shape).astype(np.float32)
     entry: dict[str, Any] = {"name": spec["name"], "shape": shape, "datatype": "FP32"}
     if encoding == "json":
@@ -156,12 +156,18 @@ def scrape(metrics: str, name: str) -> tuple[float, float]:
 
 
 async def sweep(
-    base: str, name: str, encoding: str, levels: list[int], duration: float, store: Path
+    base: str,
+    name: str,
+    encoding: str,
+    levels: list[int],
+    duration: float,
+    store: Path,
+    rows: int = 1,
 ) -> list[tuple[Point, float]]:
     import aiohttp
 
     rng = np.random.default_rng(0)
-    body, headers, x = request_body(name, encoding, rng)
+    body, headers, x = request_body(name, encoding, rng, rows)
     config = ModelConfig.model_validate(model_config(name))
     reference = (
         load_module(config, store, torch.device("cpu"))(torch.from_numpy(x)).detach().numpy()
@@ -180,8 +186,8 @@ async def sweep(
             point = await closed_loop(url, body, headers, c, duration)
             async with session.get(f"{base}/metrics") as resp:
                 after = scrape(await resp.text(), name)
-            batches, rows = after[0] - before[0], after[1] - before[1]
-            out.append((point, rows / batches if batches else float("nan")))
+            batches, batched = after[0] - before[0], after[1] - before[1]
+            out.append((point, batched / batches if batches else float("nan")))
             print(f"  {name}/{encoding} c={c:3d}: {point.throughput:8.0f} req/s  "
                   f"p50 {point.p50:6.2f} ms  p99 {point.p99:6.2f} ms  errors {point.errors}",
                   flush=True)  # fmt: skip
@@ -242,6 +248,11 @@ def main() -> int:
     parser.add_argument("--cases", default="mlp/json,cnn/json,cnn/binary")
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument(
+        "--rows", type=int, default=1, choices=[1, 2, 4, 8, 16],
+        help="rows (images) per request; the ratios count rows, so --rows 16 shows what "
+        "the runtime reaches with a sixteenth of the HTTP work per row",
+    )  # fmt: skip
+    parser.add_argument(
         "--server", action="append", default=[], metavar="KEY=VALUE",
         help="override a server setting of the runtime, e.g. gil_switch_interval_us=20",
     )  # fmt: skip
@@ -288,7 +299,7 @@ def main() -> int:
                 pin(1)
             for name, encoding in cases:
                 served[f"{name}/{encoding}"] = asyncio.run(
-                    sweep(base, name, encoding, levels, args.duration, store)
+                    sweep(base, name, encoding, levels, args.duration, store, args.rows)
                 )
         finally:
             proc.terminate()
@@ -305,22 +316,24 @@ def main() -> int:
         name = case.split("/")[0]
         by_bs = {bs: (before[name][bs] + after[name][bs]) / 2 for bs in before[name]}
         best_bs = max(by_bs, key=lambda b: by_bs[b])
-        ceiling, forward_ms = by_bs[best_bs], 1000 / by_bs[1]
+        ceiling, forward_ms = by_bs[best_bs], 1000 * args.rows / by_bs[args.rows]
         results["cases"][case] = {
             "ceiling_rows_per_s": ceiling, "best_batch": best_bs, "forward_ms_batch1": forward_ms,
             "ceiling_before": max(before[name].values()), "ceiling_after": max(after[name].values()),
-            "ceiling_cpu1_busy": sibling.get(name),
+            "ceiling_cpu1_busy": sibling.get(name), "rows_per_request": args.rows,
             "points": [],
         }  # fmt: skip
         for point, avg_batch in points:
             results["cases"][case]["points"].append({
                 "concurrency": point.concurrency, "throughput": point.throughput,
                 "p50_ms": point.p50, "p99_ms": point.p99, "avg_batch": avg_batch,
-                "errors": point.errors, "ratio_to_ceiling": point.throughput / ceiling,
+                "errors": point.errors,
+                "ratio_to_ceiling": point.throughput * args.rows / ceiling,
             })  # fmt: skip
             rows.append([
                 case, point.concurrency, f"{point.throughput:,.0f}", f"{point.p50:.2f}",
-                f"{point.p99:.2f}", f"{avg_batch:.1f}", f"{point.throughput / ceiling:.0%}",
+                f"{point.p99:.2f}", f"{avg_batch:.1f}",
+                f"{point.throughput * args.rows / ceiling:.0%}",
                 f"{point.p50 - forward_ms:+.2f}" if point.concurrency == 1 else "",
             ])  # fmt: skip
     print()
@@ -337,7 +350,7 @@ def main() -> int:
         if best and data["ceiling_cpu1_busy"]:
             busy = data["ceiling_cpu1_busy"]
             print(f"  (the forward pass alone with CPU 1 busy: {busy:,.0f} rows/s; the best point "
-                  f"is {best['throughput'] / busy:.0%} of that)")  # fmt: skip
+                  f"is {best['throughput'] * args.rows / busy:.0%} of that)")  # fmt: skip
     (out / "runtime.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "runtime.png")
     print(f"\nwrote {out / 'runtime.json'} and {out / 'runtime.png'}")
