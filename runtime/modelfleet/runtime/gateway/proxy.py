@@ -24,7 +24,7 @@ from modelfleet.runtime.gateway.admission import Admission
 from modelfleet.runtime.gateway.balancer import Endpoint, pick
 from modelfleet.runtime.gateway.metrics import GatewayMetrics
 from modelfleet.runtime.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
-from modelfleet.runtime.gateway.split import choose_version
+from modelfleet.runtime.gateway.split import Spread, choose_version
 from modelfleet.runtime.gateway.upstream import UpstreamError, Upstreams
 
 log = logging.getLogger("modelfleet.gateway")
@@ -58,6 +58,7 @@ class Gateway:
         self.config = document.server
         self.metrics = GatewayMetrics()
         self.rng = random.Random(seed)
+        self.spreads: dict[str, Spread] = {}  # per model, kept across route replacements
         self.table = Table(document, {}, {})
         self.upstreams = Upstreams(self.config.connect_timeout_s)
         self.replace(document)
@@ -82,6 +83,7 @@ class Gateway:
                 gate.resize(route.max_concurrency, route.max_waiting)
             admission[name] = gate
         self.table = Table(document, endpoints, admission)
+        self.spreads = {m: s for m, s in self.spreads.items() if m in document.models}
         for url in old.endpoints.keys() - endpoints.keys():
             self.upstreams.forget(url)
         log.info(
@@ -107,7 +109,10 @@ class Gateway:
                     return v
             known = ", ".join(v.version for v in route.versions)
             raise NotFound(f"model '{model}' has no version '{forced}'; known: {known}")
-        chosen = choose_version(route.versions, request.headers.get(SESSION_HEADER), self.rng)
+        spread = self.spreads.get(model)
+        if spread is None:
+            spread = self.spreads[model] = Spread(self.rng.random())
+        chosen = choose_version(route.versions, request.headers.get(SESSION_HEADER), spread)
         if chosen is None:
             raise Unavailable(
                 f"model '{model}' has no version with traffic weight", retry_after_s=1
