@@ -5,9 +5,10 @@ interval in document order, sized by weight. Changing one weight moves only the
 keys in the slices that shrink or grow: 10 -> 20 moves about 10% of the keys.
 
 A request without a key takes the next point of its model's ``Spread``, a
-low-discrepancy sequence rather than a random draw: over any N requests each
-version's share is within about 1/N of its weight (random draws stray by
-~1/sqrt(N): 2 points over 2,000 requests at 25% about 4% of the time).
+low-discrepancy sequence rather than a random draw: after any N requests each
+version's count is within a few requests of its share (random draws stray by
+~sqrt(N) requests: by more than 2 points over 2,000 requests at 25% about 4% of
+the time).
 """
 
 from __future__ import annotations
