@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from bench.ceiling import Ceiling, load_ceiling, paired_ratios
 from bench.loadgen import Point, closed_loop, table
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.examples import write_examples
@@ -63,70 +65,34 @@ def pin(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
+def batch_sizes(name: str, max_batch: int = 32) -> list[int]:
+    """Every power of two up to ``max_batch`` (or the served maximum, if larger)."""
+    served = ModelConfig.model_validate(model_config(name))
+    return [1 << i for i in range(max(max_batch, served.batching.max_batch_size).bit_length())]
+
+
 def raw_forward(
     store: Path, name: str, seconds: float = 0.25, rounds: int = 5, max_batch: int = 32
 ) -> dict[int, float]:
     """Rows per second of the bare forward pass, per batch size (1 thread, CPU 0).
 
     Both the module as served and the plain eager module are measured, at every
-    batch size up to ``max_batch`` (or the served maximum, if larger) whatever
-    the runtime's own maximum is. The host's speed drifts by +-25% within
-    seconds, so each figure is the median of ``rounds`` short runs interleaved
-    across batch sizes: a lucky peak would flatter the ceiling's denominator
-    no more than an unlucky dip. The faster module at each batch size counts.
+    batch size up to ``max_batch`` whatever the runtime's own maximum is; each
+    figure is the median of ``rounds`` short runs interleaved across batch
+    sizes, and the faster module at each batch size counts.
     """
-    served = ModelConfig.model_validate(model_config(name))
-    eager = served.model_copy(update={"optimize": "none"})
-    shape = [d if d > 0 else 1 for d in served.inputs[0].shape[1:]]
-    sizes = [1 << i for i in range(max(max_batch, served.batching.max_batch_size).bit_length())]
-    modules = [
-        load_module(config, store, torch.device("cpu"))
-        for config in {served.optimize: served, "none": eager}.values()
-    ]
-    samples: dict[tuple[int, int], list[float]] = {}
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for m, module in enumerate(modules):
-                for bs in sizes:
-                    x = torch.randn(bs, *shape)
-                    for _ in range(3):
-                        module(x)
-                    n, t0 = 0, time.perf_counter()
-                    while time.perf_counter() - t0 < seconds:
-                        module(x)
-                        n += 1
-                    rate = bs * n / (time.perf_counter() - t0)
-                    samples.setdefault((m, bs), []).append(rate)
-    return {bs: max(statistics.median(samples[m, bs]) for m in range(len(modules))) for bs in sizes}
+    ceiling = load_ceiling(ModelConfig.model_validate(model_config(name)), store)
+    return ceiling.sweep(batch_sizes(name, max_batch), seconds, rounds)
 
 
-def measure_ceilings(store: Path, names: list[str]) -> dict[str, dict[int, float]]:
-    """The raw forward pass of each model, on CPU 0 with one torch thread; printed."""
-    pin(0)
-    torch.set_num_threads(1)
-    ceilings = {n: raw_forward(store, n) for n in names}
-    for n, by_bs in ceilings.items():
+def measure_ceilings(store: Path, names: list[str]) -> dict[str, Ceiling]:
+    """Loads each model's raw forward pass and sweeps its batch sizes; printed."""
+    ceilings = {}
+    for n in names:
+        ceilings[n] = load_ceiling(ModelConfig.model_validate(model_config(n)), store)
+        by_bs = ceilings[n].sweep(batch_sizes(n))
         print(f"  {n}: " + ", ".join(f"bs {b}: {r:,.0f} rows/s" for b, r in by_bs.items()))
     return ceilings
-
-
-def busy_sibling_ceiling(store: Path, name: str) -> float:
-    """The same raw forward pass while another process spins on CPU 1.
-
-    Not the ceiling the ratios use; it shows what the forward pass can do while
-    the other CPU is busy, as it is when the runtime's event loop and the load
-    generator run there (on this host a busy sibling CPU slows it by 10-40%).
-    """
-    spinner = subprocess.Popen(
-        [sys.executable, "-c", "import os; os.sched_setaffinity(0, {1})\nwhile True: pass"]
-    )
-    try:
-        time.sleep(0.2)
-        pin(0)
-        return max(raw_forward(store, name, rounds=3).values())
-    finally:
-        spinner.kill()
-        spinner.wait()
 
 
 def request_body(
@@ -147,12 +113,62 @@ def request_body(
     return head + raw, headers, x
 
 
-def scrape(metrics: str, name: str) -> tuple[float, float]:
+def scrape(metrics: str, name: str) -> tuple[float, float, float]:
+    """(batches, rows, forward seconds) the runtime has run for ``name`` so far."""
+
     def value(metric: str) -> float:
         m = re.search(rf'^{metric}{{model="{name}",version="1"}} (\S+)$', metrics, re.M)
         return float(m.group(1)) if m else 0.0
 
-    return value("modelfleet_batch_size_count"), value("modelfleet_batch_size_sum")
+    return (
+        value("modelfleet_batch_size_count"),
+        value("modelfleet_batch_size_sum"),
+        value("modelfleet_compute_seconds_sum"),
+    )
+
+
+@dataclass
+class Measured:
+    """One concurrency level: its served windows, each between two ceiling windows."""
+
+    point: Point
+    """All served windows pooled (throughput, p50, p99 over every request)."""
+    avg_batch: float
+    ratios: list[float]
+    """Each window's rows/s over the mean of the ceiling windows beside it."""
+    ceilings: list[float]
+    forward_ms: float
+    """One forward pass of a request's rows, from windows beside the served ones."""
+    inside_rows_per_s: float = float("nan")
+    """Rows per second of forward-pass time inside the runtime (its compute metric):
+    set against the ceiling, it tells a slower forward pass from an idle device."""
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+
+async def measure_level(
+    url: str, body: bytes, headers: dict[str, str], c: int, ceiling: Ceiling,
+    *, rows: int, duration: float, rounds: int, bs: int,
+) -> tuple[Point, list[float], list[float], list[float]]:  # fmt: skip
+    """``rounds`` served windows of ``duration / rounds`` s at concurrency ``c``,
+    each preceded and the last also followed by a ceiling window at batch ``bs``
+    and a shorter one at ``rows`` (the forward time a request of its own would take)."""
+    window_s = duration / rounds
+    ceilings = [ceiling.window(bs)]
+    singles = [ceiling.window(rows, 0.1)]
+    points = []
+    for _ in range(rounds):
+        points.append(await closed_loop(url, body, headers, c, window_s, warmup_s=0.15))
+        ceilings.append(ceiling.window(bs))
+        singles.append(ceiling.window(rows, 0.1))
+    ratios = paired_ratios([p.throughput * rows for p in points], ceilings)
+    pooled = Point(
+        c, sum(p.requests for p in points), sum(p.errors for p in points),
+        sum(p.seconds for p in points), [ms for p in points for ms in p.latencies_ms],
+    )  # fmt: skip
+    return pooled, ratios, ceilings, [1000 * rows / r for r in singles]
 
 
 async def sweep(
@@ -162,8 +178,11 @@ async def sweep(
     levels: list[int],
     duration: float,
     store: Path,
+    ceiling: Ceiling,
+    *,
     rows: int = 1,
-) -> list[tuple[Point, float]]:
+    rounds: int = 4,
+) -> list[Measured]:
     import aiohttp
 
     rng = np.random.default_rng(0)
@@ -173,6 +192,7 @@ async def sweep(
         load_module(config, store, torch.device("cpu"))(torch.from_numpy(x)).detach().numpy()
     )
     url = f"{base}/v2/models/{name}/infer"
+    bs = ceiling.best_batch
     out = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with session.post(url, data=body, headers=headers) as resp:
@@ -183,14 +203,22 @@ async def sweep(
         for c in levels:
             async with session.get(f"{base}/metrics") as resp:
                 before = scrape(await resp.text(), name)
-            point = await closed_loop(url, body, headers, c, duration)
+            point, ratios, ceilings, single_ms = await measure_level(
+                url, body, headers, c, ceiling,
+                rows=rows, duration=duration, rounds=rounds, bs=bs,
+            )  # fmt: skip
             async with session.get(f"{base}/metrics") as resp:
                 after = scrape(await resp.text(), name)
-            batches, batched = after[0] - before[0], after[1] - before[1]
-            out.append((point, batched / batches if batches else float("nan")))
+            batches, batched, busy = (a - b for a, b in zip(after, before, strict=True))
+            m = Measured(point, batched / batches if batches else float("nan"), ratios, ceilings,
+                         statistics.median(single_ms),
+                         batched / busy if busy else float("nan"))  # fmt: skip
+            out.append(m)
             print(f"  {name}/{encoding} c={c:3d}: {point.throughput:8.0f} req/s  "
-                  f"p50 {point.p50:6.2f} ms  p99 {point.p99:6.2f} ms  errors {point.errors}",
-                  flush=True)  # fmt: skip
+                  f"p50 {point.p50:6.2f} ms  p99 {point.p99:6.2f} ms  errors {point.errors}  "
+                  f"of ceiling {m.ratio:4.0%} (windows {min(ratios):.0%}-{max(ratios):.0%}; "
+                  f"ceiling {min(ceilings):,.0f}-{max(ceilings):,.0f} rows/s; forward inside "
+                  f"{m.inside_rows_per_s:,.0f} rows/s)", flush=True)  # fmt: skip
     return out
 
 
@@ -243,7 +271,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="bench-results")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per point")
+    parser.add_argument("--duration", type=float, default=3.0,
+                        help="served seconds per point, split into --rounds windows")  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=4,
+        help="served windows per point, each between two ceiling windows (paired ratios)",
+    )  # fmt: skip
     parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     parser.add_argument("--cases", default="mlp/json,cnn/json,cnn/binary")
     parser.add_argument("--port", type=int, default=18080)
@@ -262,7 +295,14 @@ def main() -> int:
         help="runtime confined to CPU 0 and the load generator to CPU 1 "
         "(default: both float; the forward pass uses one torch thread either way)",
     )
+    parser.add_argument(
+        "--load-cpu", type=int, metavar="N",
+        help="run the load generator on CPU N only (e.g. the CPU the runtime's "
+        "device_cpus leave to its event loop); default: it floats",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.rounds < 1 or args.duration <= 0:
+        parser.error("--rounds must be at least 1 and --duration positive")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -272,7 +312,7 @@ def main() -> int:
         write_examples(store)
         names = sorted({n for n, _ in cases})
         print(f"raw forward pass (CPU 0, 1 torch thread, torch {torch.__version__}):", flush=True)
-        before = measure_ceilings(store, names)
+        ceilings = measure_ceilings(store, names)
         config = {
             "server": {"host": "127.0.0.1", "port": args.port, "model_store": str(store),
                        "torch_threads": 1, "memory_budget_mb": 1024},
@@ -288,69 +328,62 @@ def main() -> int:
                "--config", str(cfg)]  # fmt: skip
         if args.pin:
             cmd = ["taskset", "-c", "0", *cmd]
-        else:  # the runtime would inherit CPU 0 from the ceiling measurement
-            os.sched_setaffinity(0, range(os.cpu_count() or 1))
         proc = subprocess.Popen(cmd, env=env)
-        served: dict[str, list[tuple[Point, float]]] = {}
+        served: dict[str, list[Measured]] = {}
         try:
             base = f"http://127.0.0.1:{args.port}"
             wait_ready(base, proc)
             if args.pin:
                 pin(1)
+            elif args.load_cpu is not None:
+                pin(args.load_cpu)
             for name, encoding in cases:
                 served[f"{name}/{encoding}"] = asyncio.run(
-                    sweep(base, name, encoding, levels, args.duration, store, args.rows)
-                )
+                    sweep(base, name, encoding, levels, args.duration, store, ceilings[name],
+                          rows=args.rows, rounds=args.rounds)
+                )  # fmt: skip
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-        print("raw forward pass again, after the sweep:", flush=True)
-        after = measure_ceilings(store, names)
-        sibling = (
-            {n: busy_sibling_ceiling(store, n) for n in names} if (os.cpu_count() or 1) > 1 else {}
-        )
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs", "torch": torch.__version__,
-                               "duration_s": args.duration, "cases": {}}  # fmt: skip
+                               "duration_s": args.duration, "rounds": args.rounds,
+                               "server": config["server"], "cases": {}}  # fmt: skip
     rows = []
-    for case, points in served.items():
+    for case, measured in served.items():
         name = case.split("/")[0]
-        by_bs = {bs: (before[name][bs] + after[name][bs]) / 2 for bs in before[name]}
-        best_bs = max(by_bs, key=lambda b: by_bs[b])
-        ceiling, forward_ms = by_bs[best_bs], 1000 * args.rows / by_bs[args.rows]
+        ceiling = ceilings[name]
         results["cases"][case] = {
-            "ceiling_rows_per_s": ceiling, "best_batch": best_bs, "forward_ms_batch1": forward_ms,
-            "ceiling_before": max(before[name].values()), "ceiling_after": max(after[name].values()),
-            "ceiling_cpu1_busy": sibling.get(name), "rows_per_request": args.rows,
-            "points": [],
+            "best_batch": ceiling.best_batch, "sweep_rows_per_s": ceiling.by_batch,
+            "rows_per_request": args.rows, "points": [],
         }  # fmt: skip
-        for point, avg_batch in points:
+        for m in measured:
+            point = m.point
             results["cases"][case]["points"].append({
                 "concurrency": point.concurrency, "throughput": point.throughput,
-                "p50_ms": point.p50, "p99_ms": point.p99, "avg_batch": avg_batch,
-                "errors": point.errors,
-                "ratio_to_ceiling": point.throughput * args.rows / ceiling,
+                "p50_ms": point.p50, "p99_ms": point.p99, "avg_batch": m.avg_batch,
+                "errors": point.errors, "ratio_to_ceiling": m.ratio,
+                "window_ratios": m.ratios, "ceiling_windows": m.ceilings,
+                "forward_ms": m.forward_ms, "inside_rows_per_s": m.inside_rows_per_s,
             })  # fmt: skip
             rows.append([
                 case, point.concurrency, f"{point.throughput:,.0f}", f"{point.p50:.2f}",
-                f"{point.p99:.2f}", f"{avg_batch:.1f}",
-                f"{point.throughput * args.rows / ceiling:.0%}",
-                f"{point.p50 - forward_ms:+.2f}" if point.concurrency == 1 else "",
+                f"{point.p99:.2f}", f"{m.avg_batch:.1f}", f"{m.ratio:.0%}",
+                f"{min(m.ratios):.0%}-{max(m.ratios):.0%}",
+                f"{statistics.median(m.ceilings):,.0f}",
+                f"{point.p50 - m.forward_ms:+.2f}" if point.concurrency == 1 else "",
             ])  # fmt: skip
     print()
-    print(table(rows, ["case", "conc", "req/s", "p50 ms", "p99 ms", "avg batch",
-                       "of ceiling", "added ms (c=1)"]))  # fmt: skip
+    print(table(rows, ["case", "conc", "req/s", "p50 ms", "p99 ms", "avg batch", "of ceiling",
+                       "windows", "ceiling rows/s", "added ms (c=1)"]))  # fmt: skip
+    print("(of ceiling: the median over the windows of served rows/s divided by the mean of the "
+          "raw forward windows measured just before and just after it)")  # fmt: skip
     for case, data in results["cases"].items():
         ok = [p for p in data["points"] if p["p99_ms"] <= 50]
-        best = max(ok, key=lambda p: p["throughput"]) if ok else None
-        summary = (f"{best['ratio_to_ceiling']:.0%} of the ceiling at c={best['concurrency']}"
+        best = max(ok, key=lambda p: p["ratio_to_ceiling"]) if ok else None
+        summary = (f"{best['ratio_to_ceiling']:.0%} of the ceiling at c={best['concurrency']} "
+                   f"(p99 {best['p99_ms']:.1f} ms)"
                    if best else "no point with p99 <= 50 ms")  # fmt: skip
-        print(f"{case}: ceiling {data['ceiling_rows_per_s']:,.0f} rows/s (batch {data['best_batch']}; "
-              f"{data['ceiling_before']:,.0f} before the sweep, {data['ceiling_after']:,.0f} after); "
-              f"best with p99 <= 50 ms: {summary}")  # fmt: skip
-        if best and data["ceiling_cpu1_busy"]:
-            busy = data["ceiling_cpu1_busy"]
-            print(f"  (the forward pass alone with CPU 1 busy: {busy:,.0f} rows/s; the best point "
-                  f"is {best['throughput'] * args.rows / busy:.0%} of that)")  # fmt: skip
+        print(f"{case}: ceiling at batch {data['best_batch']}; best with p99 <= 50 ms: {summary}")
     (out / "runtime.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "runtime.png")
     print(f"\nwrote {out / 'runtime.json'} and {out / 'runtime.png'}")

@@ -29,3 +29,22 @@ def test_a_request_can_carry_several_rows_in_either_encoding() -> None:
             assert body[len(head) :] == x.tobytes()
         else:
             assert entry["data"] == x.reshape(-1).tolist()
+
+
+def test_each_served_window_is_divided_by_the_mean_of_the_ceilings_beside_it() -> None:
+    from bench.ceiling import paired_ratios
+
+    # A host that halves its speed in the middle: the window measured then is judged
+    # against the slow ceilings around it, not against the fast start.
+    assert paired_ratios([800, 400, 800], [1000, 1000, 500, 1000]) == [0.8, 0.4 / 0.75, 0.8 / 0.75]
+
+
+def test_paired_ratios_refuse_windows_without_a_ceiling_on_each_side() -> None:
+    import pytest
+
+    from bench.ceiling import paired_ratios
+
+    with pytest.raises(ValueError, match="3 served windows need 4 ceiling windows"):
+        paired_ratios([1, 2, 3], [1, 2, 3])
+    with pytest.raises(ValueError, match="measured no rows"):
+        paired_ratios([1], [0, 1])

@@ -1,3 +1,4 @@
 from modelfleet.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when the forward process (spawn) imports it
+    raise SystemExit(main())

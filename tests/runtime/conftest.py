@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from modelfleet.runtime.config import parse_document
 from modelfleet.runtime.runtime import Runtime
 from modelfleet.runtime.server import build_data_app
+from tests.support.servers import RuntimeProcess
 
 MLP_INPUTS = [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}]
 MLP_OUTPUTS = [{"name": "output", "datatype": "FP32", "shape": [-1, 4]}]
@@ -42,6 +43,20 @@ def tiny_model(name: str, factory: str, datatype: str = "FP32", **overrides: Any
     }
     config.update(overrides)
     return config
+
+
+@pytest.fixture
+def serve(tmp_path: Path, model_store: Path) -> Iterator[Any]:
+    """Starts runtimes as real processes (``serve(models, **server)``); stops them after."""
+    servers: list[RuntimeProcess] = []
+
+    def start(models: list[dict[str, Any]], **server: Any) -> RuntimeProcess:
+        servers.append(RuntimeProcess(tmp_path, models, model_store, **server))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()
 
 
 Started = tuple[TestClient[Any, Any], Runtime]

@@ -7,7 +7,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,9 @@ import numpy as np
 import pytest
 
 from tests.runtime.conftest import mlp_config, tiny_model
-from tests.support.servers import RuntimeProcess
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def serve(tmp_path: Path, model_store: Path) -> Iterator[Any]:
-    servers: list[RuntimeProcess] = []
-
-    def start(models: list[dict[str, Any]], **server: Any) -> RuntimeProcess:
-        servers.append(RuntimeProcess(tmp_path, models, model_store, **server))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 def test_tritonclient_http_works_unchanged(serve: Any) -> None:

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
@@ -184,6 +192,19 @@ class ServerConfig(_Strict):
     pass that shares the process with a busy event loop up to 5x slower."""
     model_store: str = "."
     """Relative model sources are resolved against this directory."""
+    executor: Literal["thread", "process"] = "thread"
+    """Where forward passes run. ``thread``: a thread of this process, sharing its
+    GIL with the event loop. ``process``: a child process that holds the modules
+    and runs nothing else, so HTTP work never delays a forward pass; each batch
+    then travels through a pipe (worth it when the forward pass is CPU-bound and
+    requests are small, as on a CPU-only host)."""
+    device_cpus: tuple[NonNegativeInt, ...] | None = Field(default=None, min_length=1)
+    """CPUs (Linux numbering) that the device thread runs on alone; the event loop
+    and every other thread of the process get the remaining CPUs. Off by default
+    (the OS places every thread). On a CPU-only host with ``torch_threads: 1`` give
+    the forward pass one CPU of its own, e.g. ``[0]``: it then neither migrates
+    nor takes turns with the event loop. With ``executor: process`` they are the
+    forward process's CPUs."""
 
 
 class RuntimeDocument(_Strict):

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 
+from modelfleet.runtime.affinity import pin_this_thread
 from modelfleet.runtime.batcher import Pending
 from modelfleet.runtime.config import TensorSpec
 from modelfleet.runtime.errors import ServingError
+from modelfleet.runtime.forward_process import ForwardProcess, RemoteModel
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import NP_DTYPES, Array
 from modelfleet.runtime.scheduler import pick
@@ -96,11 +98,16 @@ class DeviceWorker:
         *,
         aging_ms: float,
         clock: Callable[[], float] = time.monotonic,
+        cpus: set[int] | None = None,
     ) -> None:
         self.device = device
         self.metrics = metrics
         self.aging_s = aging_ms / 1000.0
         self.clock = clock
+        self.cpus = cpus
+        self.process: ForwardProcess | None = None
+        """The forward process (``executor: process``), set before the first load."""
+        """CPUs the device thread confines itself to (``None``: wherever the OS puts it)."""
         self.models: list[HostedModel] = []
         self.cond = threading.Condition()
         self._jobs: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = deque()
@@ -165,6 +172,8 @@ class DeviceWorker:
     # -- the device thread ----------------------------------------------------------
 
     def _run(self) -> None:
+        if self.cpus:
+            pin_this_thread(self.cpus)
         while True:
             with self.cond:
                 work = self._next()
@@ -176,7 +185,9 @@ class DeviceWorker:
             model, batch, expired, picked_at = work
             if expired:
                 self._call_soon(model.fail_expired_all, expired)
-            if batch:
+            if batch and self.process is not None:
+                self._dispatch(model, batch, picked_at)
+            elif batch:
                 self._execute(model, batch, picked_at)
 
     def _next(self) -> Any:
@@ -186,6 +197,9 @@ class DeviceWorker:
                 return None
             if self._jobs:
                 return Job(*self._jobs.popleft())
+            if self.process is not None and not self.process.has_room():
+                self.cond.wait()  # the pipeline is full: a finished batch notifies
+                continue
             now = self.clock()
             queues = [m.queue for m in self.models if len(m.queue)]
             chosen, wake = pick(queues, now, self.aging_s) if queues else (None, None)
@@ -208,47 +222,84 @@ class DeviceWorker:
         else:
             self._call_soon(_settle, future, result, None)
 
-    def _execute(self, model: HostedModel, batch: list[Pending], picked_at: float) -> None:
-        name, version = model.key
+    def _inputs(self, model: HostedModel, batch: list[Pending], picked_at: float) -> list[Array]:
+        """Records the batch's metrics and returns its inputs, concatenated along dim 0."""
         metrics = model.metrics
-        module = model.module
-        specs = model.config.outputs
-        rows = sum(p.rows for p in batch)
         for p in batch:
             metrics.queue_time.observe(picked_at - p.enqueued_at)
-        metrics.batch_size.observe(rows)
+        metrics.batch_size.observe(sum(p.rows for p in batch))
         metrics.queue_depth.set(len(model.queue))
+        if len(batch) == 1:
+            return list(batch[0].payload)
+        return [
+            np.concatenate([p.payload[i] for p in batch]) for i in range(len(model.config.inputs))
+        ]
+
+    def _execute(self, model: HostedModel, batch: list[Pending], picked_at: float) -> None:
+        """Runs one batch here, on the device thread (``executor: thread``)."""
+        name, version = model.key
         started = time.perf_counter()
+        outputs: list[Array] | None = None
+        error: Exception | None = None
         try:
-            if module is None:
+            arrays = self._inputs(model, batch, picked_at)
+            if not isinstance(model.module, torch.nn.Module):
                 raise ModelFailure(f"model '{name}' version '{version}' is not loaded")
-            if len(batch) == 1:
-                arrays = list(batch[0].payload)
-            else:
-                arrays = [
-                    np.concatenate([p.payload[i] for p in batch])
-                    for i in range(len(model.config.inputs))
-                ]
-            outputs = forward(module, arrays, specs, self.device)
-            for spec, out in zip(specs, outputs, strict=True):
+            outputs = forward(model.module, arrays, model.config.outputs, self.device)
+        except Exception as exc:
+            error = exc
+        self._finish(model, batch, outputs, error, time.perf_counter() - started)
+
+    def _dispatch(self, model: HostedModel, batch: list[Pending], picked_at: float) -> None:
+        """Hands one batch to the forward process (``executor: process``); the
+        process's result thread finishes it while this thread picks the next."""
+        assert self.process is not None
+        arrays = self._inputs(model, batch, picked_at)
+        module = model.module
+        if not isinstance(module, RemoteModel):
+            name, version = model.key
+            error = ModelFailure(f"model '{name}' version '{version}' is not loaded")
+            self._finish(model, batch, None, error, 0.0)
+            return
+
+        def done(outputs: list[Array] | None, error: Exception | None, seconds: float) -> None:
+            self._finish(model, batch, outputs, error, seconds)
+            with self.cond:
+                self.cond.notify()  # a pipeline slot is free
+
+        self.process.submit(module.handle, arrays, done)
+
+    def _finish(
+        self,
+        model: HostedModel,
+        batch: list[Pending],
+        outputs: list[Array] | None,
+        error: Exception | None,
+        seconds: float,
+    ) -> None:
+        """Checks a batch's outputs and hands each request its rows (or the error)."""
+        name, version = model.key
+        rows = sum(p.rows for p in batch)
+        model.metrics.compute_time.observe(seconds)
+        if outputs is not None:
+            for spec, out in zip(model.config.outputs, outputs, strict=True):
                 if out.ndim == 0 or out.shape[0] != rows:
-                    raise ModelFailure(
+                    error = ModelFailure(
                         f"model '{name}' returned output '{spec.name}' with shape "
                         f"{list(out.shape)} for a batch of {rows} rows"
                     )
-        except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, ServingError)
+                    break
+        if error is not None:
+            failure = (
+                error
+                if isinstance(error, ServingError)
                 else ModelFailure(
-                    f"model '{name}' version '{version}' failed on a batch of {rows}: {exc}"
+                    f"model '{name}' version '{version}' failed on a batch of {rows}: {error}"
                 )
             )
-            log.warning("%s", error.message)
-            self._call_soon(_deliver, batch, None, error)
+            log.warning("%s", failure.message)
+            self._call_soon(_deliver, batch, None, failure)
             return
-        finally:
-            metrics.compute_time.observe(time.perf_counter() - started)
         self._call_soon(_deliver, batch, outputs, None)
 
 

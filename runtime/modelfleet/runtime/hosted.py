@@ -16,6 +16,7 @@ from modelfleet.runtime.batcher import ModelQueue, Pending
 from modelfleet.runtime.cache import ResultCache, cache_key
 from modelfleet.runtime.config import ModelConfig, Warmup
 from modelfleet.runtime.errors import RateLimited, Unavailable, expired_error
+from modelfleet.runtime.forward_process import RemoteModel
 from modelfleet.runtime.protocol import NP_DTYPES, Array, InferRequest
 from modelfleet.runtime.ratelimit import TokenBucket
 from modelfleet.runtime.recent import RecentLatencies
@@ -47,7 +48,8 @@ class HostedModel:
         self.default_level = default_level
         self.state = State.LOADING
         self.reason: str | None = None
-        self.module: torch.nn.Module | None = None
+        self.module: torch.nn.Module | RemoteModel | None = None
+        """The loaded module, or its handle in the forward process."""
         self.memory_bytes = 0
         self.queue = ModelQueue(
             name=config.name,

@@ -97,4 +97,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
         print(f"modelfleet serve: {exc}", file=sys.stderr)
         return 2
     document = document.model_copy(update={"server": with_flags(document.server, args)})
-    return run(serve(document))
+    try:
+        return run(serve(document))
+    except ConfigError as exc:  # a setting that only the running host can check
+        print(f"modelfleet serve: {exc}", file=sys.stderr)
+        return 2

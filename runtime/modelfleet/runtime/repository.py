@@ -21,6 +21,7 @@ import torch
 from modelfleet.runtime.config import ModelConfig, ServerConfig
 from modelfleet.runtime.device import DeviceWorker, forward
 from modelfleet.runtime.errors import ModelLoadError, NotFound, Unavailable
+from modelfleet.runtime.forward_process import RemoteModel
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.loader import load_module, module_bytes, resolve_source
 from modelfleet.runtime.metrics import RuntimeMetrics
@@ -166,14 +167,22 @@ class Repository:
             config, self.worker, default_level=self.server.default_priority_level
         )
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        module: torch.nn.Module | RemoteModel | None = None
         try:
             self._check_budget(config)
-            loop = asyncio.get_running_loop()
-            before = self._allocated()
-            module = await loop.run_in_executor(
-                None, load_module, config, self.server.model_store, self.worker.device
-            )
-            measured = max(self._allocated() - before, module_bytes(module))
+            process = self.worker.process
+            if process is not None:  # executor: process
+                module = await loop.run_in_executor(
+                    None, process.load, config, str(self.server.model_store)
+                )
+                measured = module.memory_bytes
+            else:
+                before = self._allocated()
+                module = await loop.run_in_executor(
+                    None, load_module, config, self.server.model_store, self.worker.device
+                )
+                measured = max(self._allocated() - before, module_bytes(module))
             budget = int(self.server.memory_budget_mb * MiB)
             if self.memory_in_use() + measured > budget:
                 raise ModelLoadError(
@@ -186,11 +195,16 @@ class Repository:
             model.state = State.WARMING
             device = self.worker.device
             for arrays in model.warmup_batches():
-                await self.worker.run_on_device(
-                    functools.partial(forward, module, arrays, config.outputs, device)
-                )
+                if isinstance(module, RemoteModel):  # in the forward process, beside serving
+                    await loop.run_in_executor(None, module.warm, arrays)
+                else:
+                    await self.worker.run_on_device(
+                        functools.partial(forward, module, arrays, config.outputs, device)
+                    )
         except Exception as exc:
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(module, RemoteModel):
+                await loop.run_in_executor(None, module.process.unload, module.handle)
             model.state, model.reason, model.module, model.memory_bytes = (
                 State.FAILED, reason, None, 0,
             )  # fmt: skip
@@ -229,6 +243,11 @@ class Repository:
         await model.idle.wait()
         self.worker.remove(model)
         self.draining.remove(model)
+        if isinstance(model.module, RemoteModel):
+            remote = model.module
+            await asyncio.get_running_loop().run_in_executor(
+                None, remote.process.unload, remote.handle
+            )
         model.module = None
         model.memory_bytes = 0
         if self.worker.device.type == "cuda":

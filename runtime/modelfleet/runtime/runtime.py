@@ -9,8 +9,10 @@ import time
 
 import torch
 
+from modelfleet.runtime.affinity import pin_this_thread, split_cpus
 from modelfleet.runtime.config import RuntimeDocument, ServerConfig
 from modelfleet.runtime.device import DeviceWorker, pick_device
+from modelfleet.runtime.forward_process import ForwardProcess
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.repository import Repository
 
@@ -26,23 +28,47 @@ class Runtime:
         sys.setswitchinterval(self.config.gil_switch_interval_us / 1e6)
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
+        self.device_cpus: set[int] | None = None
+        if self.config.device_cpus:
+            self.device_cpus, others = split_cpus(self.config.device_cpus)
+            pin_this_thread(others)  # threads started from here on inherit it
+            where = "forward process" if self.config.executor == "process" else "device thread"
+            log.info("%s on CPU %s, the rest of the process on CPU %s",
+                     where, sorted(self.device_cpus), sorted(others))  # fmt: skip
         self.metrics = RuntimeMetrics()
         self.worker = DeviceWorker(
-            pick_device(self.config.device), self.metrics, aging_ms=self.config.aging_ms
-        )
+            pick_device(self.config.device), self.metrics, aging_ms=self.config.aging_ms,
+            cpus=self.device_cpus if self.config.executor == "thread" else None,
+        )  # fmt: skip
         self.repository = Repository(self.config, self.worker, self.metrics)
         self.draining = False
         self.started = False
 
     async def start(self) -> None:
         """Starts the worker and loads the initial models (warm-up included)."""
+        if self.config.executor == "process":
+            self.worker.process = ForwardProcess(
+                str(self.worker.device),
+                torch_threads=self.config.torch_threads,
+                cpus=self.device_cpus,
+            )
         self.worker.start()
         log.info("runtime on %s; loading %d model(s)", self.worker.device, len(self.initial.models))
         await self.repository.apply(self.initial.models, wait=True)
         self.started = True
 
     def is_ready(self) -> bool:
-        return self.started and not self.draining and not self.repository.loading()
+        return (
+            self.started
+            and not self.draining
+            and not self.repository.loading()
+            and self.forward_process_failure() is None
+        )
+
+    def forward_process_failure(self) -> str | None:
+        """Why the forward process is gone (``executor: process``); None while it runs."""
+        process = self.worker.process
+        return None if process is None or process.alive() else process.died
 
     async def drain(self, grace_s: float | None = None) -> bool:
         """Readiness false, new requests refused, queued and in-flight ones finish.
@@ -66,3 +92,5 @@ class Runtime:
     async def close(self) -> None:
         await self.repository.close()
         await self.worker.stop()
+        if self.worker.process is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.worker.process.close)

@@ -32,6 +32,9 @@ def _runtime(request: web.Request) -> Runtime:
 
 
 async def live(request: web.Request) -> web.Response:
+    failure = _runtime(request).forward_process_failure()
+    if failure is not None:  # nothing can be served until the pod restarts
+        return web.json_response({"live": False, "reason": failure}, status=503)
     return web.json_response({"live": True})
 
 

@@ -1,0 +1,127 @@
+"""The raw forward pass that every served figure is divided by, measured in
+short windows between the served windows (paired measurement).
+
+This host's speed drifts by a factor of up to 1.7 within seconds (the same
+one-second forward loop on CPU 0 measured 1,885 and 3,290 rows/s ten seconds
+apart), so a ceiling measured once before and once after a sweep says little
+about the seconds in between. Instead each served window sits between two
+ceiling windows of the same model, and its ratio is taken against their mean:
+a slow or fast spell of the host moves both sides of that ratio together.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from modelfleet.runtime.config import ModelConfig
+
+
+def paired_ratios(served: Sequence[float], ceilings: Sequence[float]) -> list[float]:
+    """Each served rate over the mean of the ceiling windows on either side of it.
+
+    ``served[i]`` was measured between ``ceilings[i]`` and ``ceilings[i + 1]``.
+    """
+    if len(ceilings) != len(served) + 1:
+        raise ValueError(
+            f"{len(served)} served windows need {len(served) + 1} ceiling windows "
+            f"around them, got {len(ceilings)}"
+        )
+    if any(c <= 0 for c in ceilings):
+        raise ValueError(f"a ceiling window measured no rows: {list(ceilings)}")
+    return [s / ((a + b) / 2) for s, a, b in zip(served, ceilings, ceilings[1:], strict=False)]
+
+
+def pinned(cpu: int) -> set[int] | None:
+    """Pins this process to ``cpu`` (where it exists); returns the previous set."""
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) <= cpu:
+        return None
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    return previous
+
+
+def rows_per_second(module: torch.nn.Module, x: torch.Tensor, seconds: float) -> float:
+    """Forward passes of ``x`` back to back for ``seconds`` (after 2 untimed ones)."""
+    with torch.inference_mode():
+        for _ in range(2):
+            module(x)
+        n, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            module(x)
+            n += 1
+    return x.shape[0] * n / elapsed
+
+
+class Ceiling:
+    """One model's raw forward pass, loaded once, measured on ``cpu`` with one
+    torch thread. ``modules`` are the candidates (as served, and eager): the
+    faster one at each batch size is the ceiling."""
+
+    def __init__(
+        self, config: ModelConfig, modules: Sequence[torch.nn.Module], cpu: int = 0
+    ) -> None:
+        self.config = config
+        self.modules = list(modules)
+        self.cpu = cpu
+        self.shape = [d if d > 0 else 1 for d in config.inputs[0].shape[1:]]
+        self.best_module: dict[int, int] = {}
+        self.by_batch: dict[int, float] = {}
+        """The last sweep's rows/s per batch size."""
+
+    @property
+    def best_batch(self) -> int:
+        """The batch size with the highest rows/s in the last sweep."""
+        return max(self.by_batch, key=self.by_batch.__getitem__)
+
+    def sweep(
+        self, sizes: Sequence[int], seconds: float = 0.25, rounds: int = 5
+    ) -> dict[int, float]:
+        """Rows/s per batch size: the median of ``rounds`` short runs interleaved
+        across sizes and modules; the faster module counts (and is remembered
+        for the windows)."""
+        samples: dict[tuple[int, int], list[float]] = {}
+        previous = pinned(self.cpu)
+        try:
+            torch.set_num_threads(1)
+            for _ in range(rounds):
+                for m, module in enumerate(self.modules):
+                    for bs in sizes:
+                        rate = rows_per_second(module, torch.randn(bs, *self.shape), seconds)
+                        samples.setdefault((m, bs), []).append(rate)
+        finally:
+            if previous is not None:
+                os.sched_setaffinity(0, previous)
+        out = {}
+        for bs in sizes:
+            medians = [statistics.median(samples[m, bs]) for m in range(len(self.modules))]
+            self.best_module[bs] = max(range(len(medians)), key=medians.__getitem__)
+            out[bs] = medians[self.best_module[bs]]
+        self.by_batch = out
+        return out
+
+    def window(self, bs: int, seconds: float = 0.25) -> float:
+        """One short measurement at batch size ``bs`` (the module that won the sweep)."""
+        module = self.modules[self.best_module.get(bs, 0)]
+        previous = pinned(self.cpu)
+        try:
+            torch.set_num_threads(1)
+            return rows_per_second(module, torch.randn(bs, *self.shape), seconds)
+        finally:
+            if previous is not None:
+                os.sched_setaffinity(0, previous)
+
+
+def load_ceiling(config: ModelConfig, store: Path, cpu: int = 0) -> Ceiling:
+    """The model as served and its eager form, both loaded from ``store``."""
+    from modelfleet.runtime.loader import load_module
+
+    eager = config.model_copy(update={"optimize": "none"})
+    variants = {config.optimize: config, "none": eager}.values()
+    modules = [load_module(c, store, torch.device("cpu")) for c in variants]
+    return Ceiling(config, modules, cpu)

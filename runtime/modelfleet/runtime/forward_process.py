@@ -1,0 +1,313 @@
+"""The forward pass in a process of its own (``server.executor: process``).
+
+With ``executor: thread`` (the default) forward passes run on the device
+thread of the serving process and share its GIL with the event loop: while
+the event loop holds the GIL (parsing, encoding, socket writes), the device
+thread waits for it between two forward passes, and the forward pass loses
+that time. With ``executor: process`` the modules live in a child process
+that does nothing but load them and run forward passes on its own GIL; the
+device thread of the serving process still picks the batches (scheduler,
+priorities, deadlines) and ships each one over a pipe.
+
+Costs: each batch's inputs and outputs are pickled through a pipe (tens of
+microseconds for small tensors, more for large images), and torch is imported
+in two processes. The child ignores SIGINT and SIGTERM: the serving process
+drains first and then closes it; it exits by itself when the parent's pipes
+close (the parent died).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from modelfleet.runtime.config import ModelConfig
+from modelfleet.runtime.errors import ModelLoadError, ServingError
+from modelfleet.runtime.protocol import Array
+
+log = logging.getLogger("modelfleet.runtime")
+
+
+class RemoteError(Exception):
+    """An exception the module raised in the forward process (its text, re-raised here)."""
+
+
+class ForwardProcessDied(ServingError):
+    """The child process that runs the forward passes is gone (a crash, an OOM kill)."""
+
+    status = 500
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteModel:
+    """A module loaded in the forward process: the handle the device thread runs."""
+
+    handle: int
+    key: tuple[str, str]
+    memory_bytes: int
+    process: ForwardProcess
+
+    def warm(self, arrays: Sequence[Array]) -> None:
+        """One warm-up forward pass (blocks: call it from an executor)."""
+        self.process.warm(self.handle, arrays)
+
+
+Done = Callable[[list[Array] | None, Exception | None, float], None]
+"""Called with (outputs, error, forward seconds) when a submitted batch is done."""
+
+PIPELINE_DEPTH = 2
+"""Batches handed to the child and not yet answered: while it runs one, the
+next waits in the pipe, so the child never waits for this process's GIL."""
+
+
+class ForwardProcess:
+    """The serving process's side of the child.
+
+    ``submit`` (the device thread) sends a batch without waiting; a result
+    thread reads the answers in order and calls each batch's ``done``.
+    ``load``/``unload``/``warm`` block (call them from an executor); the child
+    does them on a thread of its own, so they do not stop the forward passes
+    of the models already serving.
+    """
+
+    def __init__(self, device: str, *, torch_threads: int | None, cpus: set[int] | None) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._run, run_child = ctx.Pipe()
+        self._control, control_child = ctx.Pipe()
+        self._control_lock = threading.Lock()
+        self._handles = itertools.count(1)
+        self._process = ctx.Process(
+            target=child_main,
+            args=(run_child, control_child, device, torch_threads, cpus),
+            name="modelfleet-forward",
+            daemon=True,
+        )
+        self._process.start()
+        run_child.close()
+        control_child.close()
+        self.died: str | None = None
+        """Why the child is gone, once it is."""
+        self._closing = False
+        self._inflight: deque[Done] = deque()
+        self._inflight_lock = threading.Lock()
+        self._results = threading.Thread(
+            target=self._receive, name="modelfleet-forward-results", daemon=True
+        )
+        self._results.start()
+        log.info("forward process started (pid %d)", self._process.pid)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def alive(self) -> bool:
+        if self.died is None and not self._process.is_alive():
+            self._mark_dead()
+        return self.died is None
+
+    def _mark_dead(self) -> ForwardProcessDied:
+        if self.died is None:
+            self._process.join(timeout=1)
+            code = self._process.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+            self.died = f"the forward process (pid {self._process.pid}) is gone ({how})"
+            log.error("%s: every model in it is unavailable", self.died)
+        return ForwardProcessDied(self.died)
+
+    def _control_call(self, message: tuple[Any, ...]) -> Any:
+        with self._control_lock:
+            try:
+                self._control.send(message)
+                status, payload = self._control.recv()
+            except (EOFError, OSError, BrokenPipeError) as exc:
+                raise self._mark_dead() from exc
+        if status == "error":
+            raise ModelLoadError(payload)
+        return payload
+
+    def load(self, config: ModelConfig, store: str) -> RemoteModel:
+        """Loads (and, with ``optimize: trace``, traces) the module in the child;
+        raises ``ModelLoadError`` with the child's message."""
+        handle = next(self._handles)
+        try:
+            measured = self._control_call(("load", handle, config.model_dump(mode="json"), store))
+        except ForwardProcessDied as exc:
+            raise ModelLoadError(exc.message) from exc
+        return RemoteModel(handle, config.key, int(measured), self)
+
+    def unload(self, handle: int) -> None:
+        """Frees a module in the child (and the CUDA cache there); a dead child holds nothing."""
+        if self.died is None:
+            try:
+                self._control_call(("unload", handle))
+            except ForwardProcessDied:
+                pass
+
+    def warm(self, handle: int, arrays: Sequence[Array]) -> None:
+        """A warm-up forward pass in the child; raises ``ModelLoadError`` on failure."""
+        self._control_call(("warm", handle, list(arrays)))
+
+    def has_room(self) -> bool:
+        """Whether another batch may be submitted now (a dead child takes any: it fails them)."""
+        return self.died is not None or len(self._inflight) < PIPELINE_DEPTH
+
+    def submit(self, handle: int, arrays: Sequence[Array], done: Done) -> None:
+        """Sends one batch to the child; ``done`` is called from the result thread."""
+        if self.died is not None:
+            done(None, ForwardProcessDied(self.died), 0.0)
+            return
+        with self._inflight_lock:
+            self._inflight.append(done)
+        try:
+            self._run.send((handle, list(arrays)))
+        except (OSError, ValueError) as exc:  # the child is gone (or we closed)
+            self._fail_inflight(self._mark_dead(), exc)
+
+    def _receive(self) -> None:
+        from modelfleet.runtime.device import ModelFailure
+
+        while True:
+            try:
+                status, payload, seconds = self._run.recv()
+            except (EOFError, OSError) as exc:
+                if not self._closing:
+                    self._fail_inflight(self._mark_dead(), exc)
+                return
+            with self._inflight_lock:
+                done = self._inflight.popleft()
+            if status == "ok":
+                done(payload, None, seconds)
+            else:
+                served, message = payload
+                done(None, ModelFailure(message) if served else RemoteError(message), seconds)
+
+    def _fail_inflight(self, error: ForwardProcessDied, cause: BaseException) -> None:
+        with self._inflight_lock:
+            waiting = list(self._inflight)
+            self._inflight.clear()
+        if waiting:
+            log.error("%s: %d batch(es) lost (%s)", error.message, len(waiting), cause)
+        for done in waiting:
+            done(None, error, 0.0)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Closes the pipes (the child exits on EOF) and waits; kills it if it lingers."""
+        self._closing = True
+        for conn in (self._run, self._control):
+            conn.close()
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout)
+
+
+# -- the child ------------------------------------------------------------------------
+
+
+def child_main(
+    run: Connection,
+    control: Connection,
+    device_name: str,
+    torch_threads: int | None,
+    cpus: set[int] | None,
+) -> None:
+    """Entry point of the forward process: forward passes on the main thread,
+    loads and unloads on a second one."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    import torch
+
+    from modelfleet.runtime.device import forward
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    device = torch.device(device_name)
+    modules: dict[int, tuple[torch.nn.Module, ModelConfig]] = {}
+    lock = threading.Lock()
+    threading.Thread(
+        target=_serve_control, args=(control, device, modules, lock), daemon=True
+    ).start()
+    while True:
+        try:
+            handle, arrays = run.recv()
+        except (EOFError, OSError):
+            return
+        with lock:
+            entry = modules.get(handle)
+        started = time.perf_counter()
+        try:
+            if entry is None:
+                raise LookupError(f"no module {handle} is loaded in the forward process")
+            module, config = entry
+            outputs = forward(module, arrays, config.outputs, device)
+            reply: tuple[str, Any, float] = ("ok", outputs, time.perf_counter() - started)
+        except Exception as exc:
+            served = isinstance(exc, ServingError)
+            reply = ("error", (served, _describe(exc)), time.perf_counter() - started)
+        try:
+            run.send(reply)
+        except (EOFError, OSError):
+            return
+
+
+def _serve_control(
+    control: Connection, device: Any, modules: dict[int, Any], lock: threading.Lock
+) -> None:
+    import torch
+
+    from modelfleet.runtime.device import forward
+    from modelfleet.runtime.loader import load_module, module_bytes
+
+    while True:
+        try:
+            message = control.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the serving process is gone: nothing left to serve
+        try:
+            if message[0] == "load":
+                _, handle, raw, store = message
+                config = ModelConfig.model_validate(raw)
+                cuda = device.type == "cuda"
+                before = torch.cuda.memory_allocated(device) if cuda else 0
+                module = load_module(config, store, device)
+                used = torch.cuda.memory_allocated(device) - before if cuda else 0
+                with lock:
+                    modules[handle] = (module, config)
+                reply: tuple[str, Any] = ("ok", max(int(used), module_bytes(module)))
+            elif message[0] == "warm":
+                _, handle, arrays = message
+                with lock:
+                    module, config = modules[handle]
+                forward(module, arrays, config.outputs, device)
+                reply = ("ok", None)
+            else:
+                with lock:
+                    modules.pop(message[1], None)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                reply = ("ok", 0)
+        except Exception as exc:
+            reply = ("error", _describe(exc))
+        try:
+            control.send(reply)
+        except (EOFError, OSError):
+            os._exit(0)
+
+
+def _describe(exc: Exception) -> str:
+    message = getattr(exc, "message", None)
+    if isinstance(message, str):
+        return message
+    return str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,190 @@
+"""``executor: process``: forward passes in a child process; and ``device_cpus``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from modelfleet.runtime.affinity import split_cpus
+from modelfleet.runtime.config import ConfigError, ModelConfig
+from modelfleet.runtime.forward_process import ForwardProcess
+from modelfleet.runtime.hosted import State
+from modelfleet.runtime.loader import load_module
+from tests.runtime.conftest import StartRuntime, infer_body, mlp_config, tiny_model
+
+pytestmark = pytest.mark.integration
+
+
+async def test_process_executor_batches_and_answers_like_the_unbatched_forward(
+    start_runtime: StartRuntime, model_store: Path
+) -> None:
+    client, runtime = await start_runtime(
+        [mlp_config(batching={"max_batch_size": 8, "max_queue_delay_ms": 5})],
+        executor="process",
+    )
+    assert runtime.worker.process is not None and runtime.worker.process.alive()
+    reference = load_module(
+        ModelConfig.model_validate(mlp_config()), model_store, torch.device("cpu")
+    )
+    inputs = np.random.default_rng(1).standard_normal((48, 1, 16)).astype(np.float32)
+
+    async def one(x: np.ndarray) -> list[float]:
+        resp = await client.post(
+            "/v2/models/mlp/infer", json=infer_body("input", x.tolist(), [1, 16])
+        )
+        assert resp.status == 200, await resp.text()
+        return list((await resp.json())["outputs"][0]["data"])
+
+    answers = await asyncio.gather(*(one(x) for x in inputs))
+    with torch.inference_mode():
+        expected = reference(torch.from_numpy(inputs.reshape(48, 16))).numpy()
+    np.testing.assert_allclose(np.array(answers), expected, rtol=1e-5, atol=1e-6)
+    metrics = await (await client.get("/metrics")).text()
+    batches = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('modelfleet_batch_size_count{model="mlp"')
+    )
+    assert batches < len(inputs), "concurrent requests should have been batched together"
+
+
+async def test_a_failing_load_or_warm_up_in_the_forward_process_names_its_reason(
+    start_runtime: StartRuntime,
+) -> None:
+    client, runtime = await start_runtime(
+        [
+            mlp_config(),
+            mlp_config(name="noarch", architecture="no.such.module:factory"),
+            tiny_model("coldfail", "broken"),  # warm-up runs it: the load fails
+        ],
+        executor="process",
+    )
+    noarch = runtime.repository.failed[("noarch", "1")]
+    assert noarch.state is State.FAILED and "cannot import architecture" in (noarch.reason or "")
+    coldfail = runtime.repository.failed[("coldfail", "1")]
+    assert "this model always fails" in (coldfail.reason or "")
+    resp = await client.post("/v2/models/mlp/infer", json=infer_body("input", [0.5] * 16, [1, 16]))
+    assert resp.status == 200
+
+
+async def test_a_model_raising_in_the_forward_process_answers_500_naming_the_model(
+    start_runtime: StartRuntime,
+) -> None:
+    client, _ = await start_runtime(
+        [mlp_config(), tiny_model("bad", "broken", warmup={"enabled": False})],
+        executor="process",
+    )
+    resp = await client.post("/v2/models/bad/infer", json=infer_body("x", [1.0] * 4, [1, 4]))
+    assert resp.status == 500
+    error = (await resp.json())["error"]
+    assert "model 'bad' version '1' failed on a batch of 1" in error
+    assert "this model always fails" in error
+    resp = await client.post("/v2/models/mlp/infer", json=infer_body("input", [0.5] * 16, [1, 16]))
+    assert resp.status == 200
+
+
+async def test_a_killed_forward_process_fails_requests_with_500_and_liveness_with_503(
+    start_runtime: StartRuntime,
+) -> None:
+    client, runtime = await start_runtime([mlp_config()], executor="process")
+    process = runtime.worker.process
+    assert process is not None and process.pid is not None
+    os.kill(process.pid, signal.SIGKILL)
+    await asyncio.get_running_loop().run_in_executor(None, process._process.join, 10)
+    assert not process.alive()
+    resp = await client.post("/v2/models/mlp/infer", json=infer_body("input", [0.5] * 16, [1, 16]))
+    assert resp.status == 500
+    assert "the forward process" in (await resp.json())["error"]
+    live = await client.get("/v2/health/live")
+    assert live.status == 503 and "killed by signal 9" in (await live.json())["reason"]
+    assert (await client.get("/v2/health/ready")).status == 503
+
+
+async def test_unloading_frees_the_module_in_the_forward_process(
+    start_runtime: StartRuntime,
+) -> None:
+    _, runtime = await start_runtime([mlp_config()], executor="process")
+    remote = runtime.repository.models[("mlp", "1")].module
+    process = runtime.worker.process
+    assert process is not None and remote is not None and not isinstance(remote, torch.nn.Module)
+    assert runtime.repository.memory_in_use() > 0
+    await runtime.repository.apply((), wait=True)
+    assert runtime.repository.memory_in_use() == 0
+    answered = threading.Event()
+    seen: list[Any] = []
+
+    def done(outputs: Any, error: Exception | None, seconds: float) -> None:
+        seen.append(error)
+        answered.set()
+
+    process.submit(remote.handle, [np.zeros((1, 16), dtype=np.float32)], done)
+    assert await asyncio.get_running_loop().run_in_executor(None, answered.wait, 10)
+    assert f"no module {remote.handle} is loaded" in str(seen[0])
+
+
+def test_closing_the_forward_process_ends_the_child() -> None:
+    process = ForwardProcess("cpu", torch_threads=1, cpus=None)
+    assert process.alive()
+    process.close()
+    assert not process._process.is_alive()
+
+
+def test_device_cpus_outside_this_process_are_refused_naming_the_cpu() -> None:
+    with pytest.raises(ConfigError, match=r"device_cpus: CPU 4096 is not available"):
+        split_cpus([4096])
+
+
+def test_device_cpus_get_their_cpus_and_everything_else_the_rest() -> None:
+    allowed = os.sched_getaffinity(0)
+    first = min(allowed)
+    device, others = split_cpus([first])
+    assert device == {first}
+    assert others == (allowed - {first} or {first})
+
+
+def _allowed(pid: int) -> set[int]:
+    line = next(
+        x
+        for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if x.startswith("Cpus_allowed_list")
+    )
+    cpus: set[int] = set()
+    for part in line.split(":")[1].strip().split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def test_a_served_process_executor_pins_the_child_and_drains_on_sigterm(serve: Any) -> None:
+    import tritonclient.http as triton
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("this test needs 2 CPUs to check the split of device_cpus (found 1)")
+    first = min(os.sched_getaffinity(0))
+    server = serve([mlp_config()], executor="process", device_cpus=[first], torch_threads=1)
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    forward = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(forward) == 1, f"expected one forward process among the children {children}"
+    child = int(forward[0])
+    assert _allowed(child) == {first}
+    assert first not in _allowed(server.proc.pid)
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    x = np.ones((3, 16), dtype=np.float32)
+    tensor = triton.InferInput("input", [3, 16], "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    out = client.infer("mlp", [tensor]).as_numpy("output")
+    assert out is not None and out.shape == (3, 4)
+    assert server.stop() == 0
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists(), "the forward process outlived the runtime"
