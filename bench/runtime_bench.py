@@ -52,6 +52,16 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+PROFILES: dict[str, tuple[dict[str, Any], int | None, str]] = {
+    "thread": ({}, None, "the runtime's defaults (forward passes on a thread of the serving "
+               "process; nothing pinned, the load generator floats)"),
+    "process": ({"executor": "process", "device_cpus": [0]}, 1,
+                "the CPU-host set-up (executor: process, device_cpus: [0]; the event loop "
+                "and the load generator on CPU 1)"),
+}  # fmt: skip
+"""Server settings, the load generator's CPU (None: it floats), and what it is."""
+
+
 def model_config(name: str) -> dict[str, Any]:
     spec = MODELS[name]
     return {
@@ -278,6 +288,11 @@ def main() -> int:
         help="served windows per point, each between two ceiling windows (paired ratios)",
     )  # fmt: skip
     parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    parser.add_argument(
+        "--profiles", default="thread,process",
+        help="runtime set-ups to measure, each as its own runtime process: "
+        + "; ".join(f"{k}: {v[2]}" for k, v in PROFILES.items()),
+    )  # fmt: skip
     parser.add_argument("--cases", default="mlp/json,cnn/json,cnn/binary")
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument(
@@ -307,50 +322,60 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     levels = [int(c) for c in args.concurrency.split(",")]
     cases = [tuple(c.split("/")) for c in args.cases.split(",")]
+    profiles = [p for p in args.profiles.split(",") if p]
+    unknown = sorted(set(profiles) - set(PROFILES))
+    if unknown or not profiles:
+        parser.error(f"--profiles: unknown {unknown}; choose from {', '.join(PROFILES)}")
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "models"
         write_examples(store)
         names = sorted({n for n, _ in cases})
         print(f"raw forward pass (CPU 0, 1 torch thread, torch {torch.__version__}):", flush=True)
         ceilings = measure_ceilings(store, names)
-        config = {
-            "server": {"host": "127.0.0.1", "port": args.port, "model_store": str(store),
-                       "torch_threads": 1, "memory_budget_mb": 1024},
-            "models": [model_config(n) for n in names],
-        }  # fmt: skip
-        for item in args.server:
-            key, _, value = item.partition("=")
-            config["server"][key] = yaml.safe_load(value)
-        cfg = Path(tmp) / "bench.yaml"
-        cfg.write_text(yaml.safe_dump(config))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        cmd = [sys.executable, "-m", "modelfleet", "--log-level", "WARNING", "serve",
-               "--config", str(cfg)]  # fmt: skip
-        if args.pin:
-            cmd = ["taskset", "-c", "0", *cmd]
-        proc = subprocess.Popen(cmd, env=env)
         served: dict[str, list[Measured]] = {}
-        try:
-            base = f"http://127.0.0.1:{args.port}"
-            wait_ready(base, proc)
+        servers: dict[str, dict[str, Any]] = {}
+        for profile in profiles:
+            overrides, load_cpu, _ = PROFILES[profile]
+            print(f"profile {profile}: {overrides or 'the runtime defaults'}", flush=True)
+            config = {
+                "server": {"host": "127.0.0.1", "port": args.port, "model_store": str(store),
+                           "torch_threads": 1, "memory_budget_mb": 1024, **overrides},
+                "models": [model_config(n) for n in names],
+            }  # fmt: skip
+            for item in args.server:
+                key, _, value = item.partition("=")
+                config["server"][key] = yaml.safe_load(value)
+            servers[profile] = config["server"]
+            cfg = Path(tmp) / f"bench-{profile}.yaml"
+            cfg.write_text(yaml.safe_dump(config))
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+            cmd = [sys.executable, "-m", "modelfleet", "--log-level", "WARNING", "serve",
+                   "--config", str(cfg)]  # fmt: skip
             if args.pin:
-                pin(1)
-            elif args.load_cpu is not None:
-                pin(args.load_cpu)
-            for name, encoding in cases:
-                served[f"{name}/{encoding}"] = asyncio.run(
-                    sweep(base, name, encoding, levels, args.duration, store, ceilings[name],
-                          rows=args.rows, rounds=args.rounds)
-                )  # fmt: skip
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+                cmd = ["taskset", "-c", "0", *cmd]
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))  # the runtime inherits it
+            proc = subprocess.Popen(cmd, env=env)
+            try:
+                base = f"http://127.0.0.1:{args.port}"
+                wait_ready(base, proc)
+                if args.pin:
+                    pin(1)
+                elif args.load_cpu is not None or load_cpu is not None:
+                    pin(args.load_cpu if args.load_cpu is not None else load_cpu)
+                for name, encoding in cases:
+                    served[f"{profile} {name}/{encoding}"] = asyncio.run(
+                        sweep(base, name, encoding, levels, args.duration, store, ceilings[name],
+                              rows=args.rows, rounds=args.rounds)
+                    )  # fmt: skip
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs", "torch": torch.__version__,
                                "duration_s": args.duration, "rounds": args.rounds,
-                               "server": config["server"], "cases": {}}  # fmt: skip
+                               "servers": servers, "cases": {}}  # fmt: skip
     rows = []
     for case, measured in served.items():
-        name = case.split("/")[0]
+        name = case.split(" ")[1].split("/")[0]
         ceiling = ceilings[name]
         results["cases"][case] = {
             "best_batch": ceiling.best_batch, "sweep_rows_per_s": ceiling.by_batch,

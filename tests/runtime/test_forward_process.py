@@ -188,3 +188,39 @@ def test_a_served_process_executor_pins_the_child_and_drains_on_sigterm(serve: A
     while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{child}").exists(), "the forward process outlived the runtime"
+
+
+async def test_at_most_two_batches_are_handed_to_the_forward_process_at_once(
+    start_runtime: StartRuntime,
+) -> None:
+    from modelfleet.runtime.forward_process import PIPELINE_DEPTH
+
+    client, runtime = await start_runtime(
+        [
+            tiny_model(
+                "slow",
+                "slow",
+                architecture_kwargs={"delay_ms": 40},
+                batching={"max_batch_size": 1},
+                warmup={"enabled": False},
+            )
+        ],
+        executor="process",
+    )
+    process = runtime.worker.process
+    assert process is not None
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(len(process._inflight))
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    body = infer_body("x", [1.0] * 4, [1, 4])
+    answers = await asyncio.gather(
+        *(client.post("/v2/models/slow/infer", json=body) for _ in range(6))
+    )
+    watcher.cancel()
+    assert [r.status for r in answers] == [200] * 6
+    assert max(seen) == PIPELINE_DEPTH, f"outstanding batches seen: {sorted(set(seen))}"

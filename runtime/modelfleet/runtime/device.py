@@ -112,6 +112,9 @@ class DeviceWorker:
         self.cond = threading.Condition()
         self._jobs: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = deque()
         self._stopping = False
+        self._waiting_for_room = False
+        """The device thread waits for a pipeline slot of the forward process, not for
+        work: new requests need not wake it (only a finished batch does)."""
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -143,7 +146,8 @@ class DeviceWorker:
         it displaced from a full queue (503 at once when it displaces none)."""
         with self.cond:
             displaced = model.queue.push(item)
-            self.cond.notify()
+            if not self._waiting_for_room:
+                self.cond.notify()
         return displaced
 
     def would_refuse(self, model: HostedModel, level: int) -> bool:
@@ -158,7 +162,7 @@ class DeviceWorker:
         """Counts requests being received for ``model`` (eager batching waits for them)."""
         with self.cond:
             model.queue.arriving += delta
-            if model.queue.arriving == 0:
+            if model.queue.arriving == 0 and not self._waiting_for_room:
                 self.cond.notify()
 
     async def run_on_device(self, fn: Callable[[], T]) -> T:
@@ -198,7 +202,11 @@ class DeviceWorker:
             if self._jobs:
                 return Job(*self._jobs.popleft())
             if self.process is not None and not self.process.has_room():
-                self.cond.wait()  # the pipeline is full: a finished batch notifies
+                self._waiting_for_room = True
+                try:
+                    self.cond.wait()  # the pipeline is full: a finished batch notifies
+                finally:
+                    self._waiting_for_room = False
                 continue
             now = self.clock()
             queues = [m.queue for m in self.models if len(m.queue)]
