@@ -131,10 +131,11 @@ async def test_unloading_frees_the_module_in_the_forward_process(
     assert f"no module {remote.handle} is loaded" in str(seen[0])
 
 
-def test_closing_the_forward_process_ends_the_child() -> None:
-    process = ForwardProcess("cpu", torch_threads=1, cpus=None)
+async def test_closing_the_forward_process_ends_the_child() -> None:
+    process = ForwardProcess("cpu", torch_threads=1, cpus=None, loop=asyncio.get_running_loop())
     assert process.alive()
-    process.close()
+    process.detach()
+    await asyncio.get_running_loop().run_in_executor(None, process.close)
     assert not process._process.is_alive()
 
 

@@ -260,7 +260,7 @@ class DeviceWorker:
 
     def _dispatch(self, model: HostedModel, batch: list[Pending], picked_at: float) -> None:
         """Hands one batch to the forward process (``executor: process``); the
-        process's result thread finishes it while this thread picks the next."""
+        event loop finishes it when the answer arrives, while this thread picks the next."""
         assert self.process is not None
         arrays = self._inputs(model, batch, picked_at)
         module = model.module

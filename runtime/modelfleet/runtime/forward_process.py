@@ -18,6 +18,7 @@ close (the parent died).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import multiprocessing
@@ -70,17 +71,32 @@ PIPELINE_DEPTH = 2
 next waits in the pipe, so the child never waits for this process's GIL."""
 
 
+SPIN_S = 0.002
+"""With ``device_cpus`` (the child has CPUs of its own) it polls its pipe this long
+after each batch before it blocks: a sleeping CPU takes tens to hundreds of
+microseconds to wake on a virtual machine, longer than the next request takes
+to arrive under load. Without ``device_cpus`` it never spins (the CPU is shared)."""
+
+
 class ForwardProcess:
     """The serving process's side of the child.
 
-    ``submit`` (the device thread) sends a batch without waiting; a result
-    thread reads the answers in order and calls each batch's ``done``.
+    ``submit`` (the device thread) sends a batch without waiting; the event
+    loop reads the answers as they arrive (the pipe is one of its readers, so
+    an answer wakes it directly) and calls each batch's ``done`` in order.
     ``load``/``unload``/``warm`` block (call them from an executor); the child
     does them on a thread of its own, so they do not stop the forward passes
     of the models already serving.
     """
 
-    def __init__(self, device: str, *, torch_threads: int | None, cpus: set[int] | None) -> None:
+    def __init__(
+        self,
+        device: str,
+        *,
+        torch_threads: int | None,
+        cpus: set[int] | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._run, run_child = ctx.Pipe()
         self._control, control_child = ctx.Pipe()
@@ -97,13 +113,12 @@ class ForwardProcess:
         control_child.close()
         self.died: str | None = None
         """Why the child is gone, once it is."""
-        self._closing = False
+        self._closing_for_good = False
+        self._detached = False
         self._inflight: deque[Done] = deque()
         self._inflight_lock = threading.Lock()
-        self._results = threading.Thread(
-            target=self._receive, name="modelfleet-forward-results", daemon=True
-        )
-        self._results.start()
+        self._loop = loop
+        loop.add_reader(self._run.fileno(), self._on_results)
         log.info("forward process started (pid %d)", self._process.pid)
 
     @property
@@ -117,7 +132,7 @@ class ForwardProcess:
 
     def _mark_dead(self) -> ForwardProcessDied:
         if self.died is None:
-            self._process.join(timeout=1)
+            self._process.join(timeout=0.5)
             code = self._process.exitcode
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
             self.died = f"the forward process (pid {self._process.pid}) is gone ({how})"
@@ -162,7 +177,7 @@ class ForwardProcess:
         return self.died is not None or len(self._inflight) < PIPELINE_DEPTH
 
     def submit(self, handle: int, arrays: Sequence[Array], done: Done) -> None:
-        """Sends one batch to the child; ``done`` is called from the result thread."""
+        """Sends one batch to the child; ``done`` is called on the event loop."""
         if self.died is not None:
             done(None, ForwardProcessDied(self.died), 0.0)
             return
@@ -173,14 +188,18 @@ class ForwardProcess:
         except (OSError, ValueError) as exc:  # the child is gone (or we closed)
             self._fail_inflight(self._mark_dead(), exc)
 
-    def _receive(self) -> None:
+    def _on_results(self) -> None:
+        """On the event loop, when the run pipe is readable: every answer waiting."""
         from modelfleet.runtime.device import ModelFailure
 
         while True:
             try:
+                if not self._run.poll():
+                    return
                 status, payload, seconds = self._run.recv()
             except (EOFError, OSError) as exc:
-                if not self._closing:
+                self.detach()
+                if not self._closing_for_good:
                     self._fail_inflight(self._mark_dead(), exc)
                 return
             with self._inflight_lock:
@@ -200,9 +219,16 @@ class ForwardProcess:
         for done in waiting:
             done(None, error, 0.0)
 
+    def detach(self) -> None:
+        """Stops reading answers (on the event loop; before ``close``)."""
+        if not self._detached:
+            self._detached = True
+            self._loop.remove_reader(self._run.fileno())
+
     def close(self, timeout: float = 5.0) -> None:
-        """Closes the pipes (the child exits on EOF) and waits; kills it if it lingers."""
-        self._closing = True
+        """Closes the pipes (the child exits on EOF) and waits; kills it if it lingers.
+        Call ``detach`` on the event loop first."""
+        self._closing_for_good = True
         for conn in (self._run, self._control):
             conn.close()
         self._process.join(timeout)
@@ -239,8 +265,13 @@ def child_main(
     threading.Thread(
         target=_serve_control, args=(control, device, modules, lock), daemon=True
     ).start()
+    spin_s = SPIN_S if cpus else 0.0
     while True:
         try:
+            if spin_s:  # a CPU of its own: poll a while before sleeping (no wake-up cost)
+                until = time.perf_counter() + spin_s
+                while not run.poll() and time.perf_counter() < until:
+                    pass
             handle, arrays = run.recv()
         except (EOFError, OSError):
             return

@@ -51,6 +51,7 @@ class Runtime:
                 str(self.worker.device),
                 torch_threads=self.config.torch_threads,
                 cpus=self.device_cpus,
+                loop=asyncio.get_running_loop(),
             )
         self.worker.start()
         log.info("runtime on %s; loading %d model(s)", self.worker.device, len(self.initial.models))
@@ -93,4 +94,5 @@ class Runtime:
         await self.repository.close()
         await self.worker.stop()
         if self.worker.process is not None:
+            self.worker.process.detach()
             await asyncio.get_running_loop().run_in_executor(None, self.worker.process.close)
