@@ -24,7 +24,7 @@ from modelfleet.runtime.affinity import pin_this_thread
 from modelfleet.runtime.batcher import Pending
 from modelfleet.runtime.config import TensorSpec
 from modelfleet.runtime.errors import ServingError
-from modelfleet.runtime.forward_process import ForwardProcess, RemoteModel
+from modelfleet.runtime.forward_process import ForwardProcess
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import NP_DTYPES, Array
 from modelfleet.runtime.scheduler import pick
@@ -105,16 +105,13 @@ class DeviceWorker:
         self.aging_s = aging_ms / 1000.0
         self.clock = clock
         self.cpus = cpus
-        self.process: ForwardProcess | None = None
-        """The forward process (``executor: process``), set before the first load."""
         """CPUs the device thread confines itself to (``None``: wherever the OS puts it)."""
+        self.process: ForwardProcess | None = None
+        """The forward process (``executor: process``, see ``LoopDispatcher``); None here."""
         self.models: list[HostedModel] = []
         self.cond = threading.Condition()
         self._jobs: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = deque()
         self._stopping = False
-        self._waiting_for_room = False
-        """The device thread waits for a pipeline slot of the forward process, not for
-        work: new requests need not wake it (only a finished batch does)."""
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -146,8 +143,7 @@ class DeviceWorker:
         it displaced from a full queue (503 at once when it displaces none)."""
         with self.cond:
             displaced = model.queue.push(item)
-            if not self._waiting_for_room:
-                self.cond.notify()
+            self.cond.notify()
         return displaced
 
     def would_refuse(self, model: HostedModel, level: int) -> bool:
@@ -162,7 +158,7 @@ class DeviceWorker:
         """Counts requests being received for ``model`` (eager batching waits for them)."""
         with self.cond:
             model.queue.arriving += delta
-            if model.queue.arriving == 0 and not self._waiting_for_room:
+            if model.queue.arriving == 0:
                 self.cond.notify()
 
     async def run_on_device(self, fn: Callable[[], T]) -> T:
@@ -189,9 +185,7 @@ class DeviceWorker:
             model, batch, expired, picked_at = work
             if expired:
                 self._call_soon(model.fail_expired_all, expired)
-            if batch and self.process is not None:
-                self._dispatch(model, batch, picked_at)
-            elif batch:
+            if batch:
                 self._execute(model, batch, picked_at)
 
     def _next(self) -> Any:
@@ -201,13 +195,6 @@ class DeviceWorker:
                 return None
             if self._jobs:
                 return Job(*self._jobs.popleft())
-            if self.process is not None and not self.process.has_room():
-                self._waiting_for_room = True
-                try:
-                    self.cond.wait()  # the pipeline is full: a finished batch notifies
-                finally:
-                    self._waiting_for_room = False
-                continue
             now = self.clock()
             queues = [m.queue for m in self.models if len(m.queue)]
             chosen, wake = pick(queues, now, self.aging_s) if queues else (None, None)
@@ -257,25 +244,6 @@ class DeviceWorker:
         except Exception as exc:
             error = exc
         self._finish(model, batch, outputs, error, time.perf_counter() - started)
-
-    def _dispatch(self, model: HostedModel, batch: list[Pending], picked_at: float) -> None:
-        """Hands one batch to the forward process (``executor: process``); the
-        event loop finishes it when the answer arrives, while this thread picks the next."""
-        assert self.process is not None
-        arrays = self._inputs(model, batch, picked_at)
-        module = model.module
-        if not isinstance(module, RemoteModel):
-            name, version = model.key
-            error = ModelFailure(f"model '{name}' version '{version}' is not loaded")
-            self._finish(model, batch, None, error, 0.0)
-            return
-
-        def done(outputs: list[Array] | None, error: Exception | None, seconds: float) -> None:
-            self._finish(model, batch, outputs, error, seconds)
-            with self.cond:
-                self.cond.notify()  # a pipeline slot is free
-
-        self.process.submit(module.handle, arrays, done)
 
     def _finish(
         self,

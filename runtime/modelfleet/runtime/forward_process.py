@@ -6,8 +6,8 @@ the event loop holds the GIL (parsing, encoding, socket writes), the device
 thread waits for it between two forward passes, and the forward pass loses
 that time. With ``executor: process`` the modules live in a child process
 that does nothing but load them and run forward passes on its own GIL; the
-device thread of the serving process still picks the batches (scheduler,
-priorities, deadlines) and ships each one over a pipe.
+event loop of the serving process picks the batches (scheduler, priorities,
+deadlines: ``loop_dispatcher``) and ships each one over a pipe.
 
 Costs: each batch's inputs and outputs are pickled through a pipe (tens of
 microseconds for small tensors, more for large images), and torch is imported
@@ -51,7 +51,7 @@ class ForwardProcessDied(ServingError):
 
 @dataclass(frozen=True, slots=True)
 class RemoteModel:
-    """A module loaded in the forward process: the handle the device thread runs."""
+    """A module loaded in the forward process: the handle a batch names."""
 
     handle: int
     key: tuple[str, str]
@@ -81,7 +81,7 @@ to arrive under load. Without ``device_cpus`` it never spins (the CPU is shared)
 class ForwardProcess:
     """The serving process's side of the child.
 
-    ``submit`` (the device thread) sends a batch without waiting; the event
+    ``submit`` (on the event loop) sends a batch without waiting; the event
     loop reads the answers as they arrive (the pipe is one of its readers, so
     an answer wakes it directly) and calls each batch's ``done`` in order.
     ``load``/``unload``/``warm`` block (call them from an executor); the child
@@ -134,7 +134,11 @@ class ForwardProcess:
         if self.died is None:
             self._process.join(timeout=0.5)
             code = self._process.exitcode
-            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+            how = (
+                "exit status unknown" if code is None
+                else f"killed by signal {-code}" if code < 0
+                else f"exit {code}"
+            )  # fmt: skip
             self.died = f"the forward process (pid {self._process.pid}) is gone ({how})"
             log.error("%s: every model in it is unavailable", self.died)
         return ForwardProcessDied(self.died)

@@ -13,6 +13,7 @@ from modelfleet.runtime.affinity import pin_this_thread, split_cpus
 from modelfleet.runtime.config import RuntimeDocument, ServerConfig
 from modelfleet.runtime.device import DeviceWorker, pick_device
 from modelfleet.runtime.forward_process import ForwardProcess
+from modelfleet.runtime.loop_dispatcher import LoopDispatcher
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.repository import Repository
 
@@ -36,10 +37,14 @@ class Runtime:
             log.info("%s on CPU %s, the rest of the process on CPU %s",
                      where, sorted(self.device_cpus), sorted(others))  # fmt: skip
         self.metrics = RuntimeMetrics()
-        self.worker = DeviceWorker(
-            pick_device(self.config.device), self.metrics, aging_ms=self.config.aging_ms,
-            cpus=self.device_cpus if self.config.executor == "thread" else None,
-        )  # fmt: skip
+        device = pick_device(self.config.device)
+        self.worker: DeviceWorker
+        if self.config.executor == "process":  # the event loop schedules, a child computes
+            self.worker = LoopDispatcher(device, self.metrics, aging_ms=self.config.aging_ms)
+        else:
+            self.worker = DeviceWorker(
+                device, self.metrics, aging_ms=self.config.aging_ms, cpus=self.device_cpus
+            )
         self.repository = Repository(self.config, self.worker, self.metrics)
         self.draining = False
         self.started = False

@@ -1,0 +1,149 @@
+"""The scheduler on the event loop, for ``executor: process``.
+
+With the forward passes in a child process (``forward_process``), a device
+thread in the serving process would only pick batches and pickle them, and
+every request would cost a wake-up of that thread and a hand-over of the GIL
+between it and the event loop, on the same CPUs that parse and answer HTTP.
+Here the event loop does the scheduler's work itself, at the moments when
+something can change:
+
+* a request is queued, or the last request being received for a model is
+  decoded (eager batching);
+* the child answers a batch (a pipeline slot is free);
+* a model's ``max_queue_delay_ms`` runs out (a timer).
+
+Each time, it fills the free pipeline slots with the scheduler's choices
+(request priority, aging, model priority: the same ``pick`` as the device
+thread). At concurrency 1 a request goes from its handler straight into the
+pipe to the child: no thread in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from modelfleet.runtime.batcher import Pending
+from modelfleet.runtime.device import DeviceWorker, ModelFailure
+from modelfleet.runtime.forward_process import RemoteModel
+from modelfleet.runtime.protocol import Array
+from modelfleet.runtime.scheduler import pick
+
+if TYPE_CHECKING:
+    from modelfleet.runtime.hosted import HostedModel
+
+T = TypeVar("T")
+
+
+class LoopDispatcher(DeviceWorker):
+    """A ``DeviceWorker`` without a thread: the event loop picks each batch and
+    hands it to the forward process, and finishes it when the answer arrives.
+
+    Every method runs on the event loop; the lock (``cond``) is kept only because
+    the models' settings are applied under it.
+    """
+
+    _timer: asyncio.TimerHandle | None = None
+    _timer_at = math.inf
+    _pumping = False
+    """A pump is running (a re-entrant call only sets ``_again``)."""
+    _again = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def submit(self, model: HostedModel, item: Pending) -> Pending | None:
+        with self.cond:
+            displaced = model.queue.push(item)
+        self._pump()
+        return displaced
+
+    def arriving(self, model: HostedModel, delta: int) -> None:
+        with self.cond:
+            model.queue.arriving += delta
+            settled = model.queue.arriving == 0
+        if settled:
+            self._pump()
+
+    async def run_on_device(self, fn: Callable[[], T]) -> T:
+        """There is no device thread here: ``fn`` runs on an executor thread."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        fn(*args)  # already on the event loop
+
+    # -- picking and dispatching ------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Fills the free pipeline slots. Re-entrant calls (a batch failing at
+        once, e.g. the child is gone) only ask the running one to look again."""
+        if self._pumping:
+            self._again = True
+            return
+        self._pumping = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                self._fill()
+        finally:
+            self._pumping = False
+
+    def _fill(self) -> None:
+        process = self.process
+        while not self._stopping and process is not None and process.has_room():
+            now = self.clock()
+            with self.cond:
+                queues = [m.queue for m in self.models if len(m.queue)]
+                chosen, wake = pick(queues, now, self.aging_s) if queues else (None, None)
+                if chosen is None:
+                    self._wake_at(wake, now)
+                    return
+                model = next(m for m in self.models if m.queue is chosen)
+                batch, expired = chosen.take_batch(now)
+            if expired:
+                model.fail_expired_all(expired)
+            if batch:
+                self._dispatch(model, batch, now)
+
+    def _wake_at(self, wake: float | None, now: float) -> None:
+        """Arms the timer for the earliest batch that is not ready yet."""
+        if wake is None or (self._timer is not None and self._timer_at <= wake):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_at = wake
+        self._timer = self._loop.call_later(max(0.0, wake - now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        self._pump()
+
+    def _dispatch(self, model: HostedModel, batch: list[Pending], picked_at: float) -> None:
+        """Hands one batch to the forward process; ``done`` runs on the event loop
+        when its answer arrives, and refills the slot it frees."""
+        assert self.process is not None
+        name, version = model.key
+        module = model.module
+        try:
+            if not isinstance(module, RemoteModel):
+                raise ModelFailure(f"model '{name}' version '{version}' is not loaded")
+            arrays = self._inputs(model, batch, picked_at)
+        except Exception as exc:  # e.g. inputs whose variable dims do not concatenate
+            self._finish(model, batch, None, exc, 0.0)
+            return
+
+        def done(outputs: list[Array] | None, error: Exception | None, seconds: float) -> None:
+            self._finish(model, batch, outputs, error, seconds)
+            self._pump()
+
+        self.process.submit(module.handle, arrays, done)

@@ -1,0 +1,183 @@
+"""``executor: process``: the event loop schedules batches into the forward process.
+
+A fake forward process stands in for the child: it records what it was sent
+and answers when a test says so, so that the pipeline's state is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from modelfleet.runtime.batcher import Pending
+from modelfleet.runtime.config import ModelConfig
+from modelfleet.runtime.errors import Unavailable
+from modelfleet.runtime.forward_process import ForwardProcessDied, RemoteModel
+from modelfleet.runtime.hosted import HostedModel, State
+from modelfleet.runtime.loop_dispatcher import LoopDispatcher
+from modelfleet.runtime.metrics import RuntimeMetrics
+from modelfleet.runtime.protocol import Array
+from tests.runtime.conftest import mlp_config
+
+Done = Any
+
+
+class FakeProcess:
+    """Two pipeline slots, answers on demand (each output row = input row's first 4 x 2)."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self.depth = depth
+        self.sent: list[tuple[int, list[Array], Done]] = []
+        self.died: str | None = None
+        self.arrived = asyncio.Event()
+
+    def has_room(self) -> bool:
+        return self.died is not None or len(self.sent) < self.depth
+
+    def submit(self, handle: int, arrays: Sequence[Array], done: Done) -> None:
+        if self.died is not None:
+            done(None, ForwardProcessDied(self.died), 0.0)
+            return
+        self.sent.append((handle, list(arrays), done))
+        self.arrived.set()
+
+    def answer(self) -> None:
+        _, arrays, done = self.sent.pop(0)
+        done([arrays[0][:, :4] * 2], None, 0.001)
+
+
+def make(
+    dispatcher: LoopDispatcher, process: FakeProcess, name: str = "mlp", **overrides: Any
+) -> HostedModel:
+    config = ModelConfig.model_validate(mlp_config(name=name, **overrides))
+    model = HostedModel(config, dispatcher, default_level=5)
+    model.module = RemoteModel(len(dispatcher.models) + 1, config.key, 0, process)  # type: ignore[arg-type]
+    model.state = State.READY
+    dispatcher.add(model)
+    return model
+
+
+def request(
+    dispatcher: LoopDispatcher,
+    model: HostedModel,
+    value: float,
+    *,
+    level: int = 5,
+    budget_s: float = 30.0,
+) -> Pending:
+    now = time.monotonic()
+    item = Pending(
+        payload=[np.full((1, 16), value, dtype=np.float32)], rows=1, level=level,
+        enqueued_at=now, deadline=now + budget_s,
+        future=asyncio.get_running_loop().create_future(),
+    )  # fmt: skip
+    dispatcher.submit(model, item)
+    return item
+
+
+@pytest.fixture
+async def setup() -> tuple[LoopDispatcher, FakeProcess]:
+    dispatcher = LoopDispatcher(torch.device("cpu"), RuntimeMetrics(), aging_ms=100)
+    process = FakeProcess()
+    dispatcher.process = process  # type: ignore[assignment]
+    dispatcher.start()
+    return dispatcher, process
+
+
+async def test_a_lone_request_goes_straight_to_the_forward_process(
+    setup: tuple[LoopDispatcher, FakeProcess],
+) -> None:
+    dispatcher, process = setup
+    model = make(dispatcher, process)
+    item = request(dispatcher, model, 1.0)
+    # No loop iteration, no thread: it is in the pipe when submit returns.
+    assert len(process.sent) == 1 and process.sent[0][1][0].shape == (1, 16)
+    process.answer()
+    outputs = await item.future
+    np.testing.assert_array_equal(outputs[0], np.full((1, 4), 2.0, dtype=np.float32))
+
+
+async def test_requests_collect_while_the_pipeline_is_full_and_go_as_one_batch(
+    setup: tuple[LoopDispatcher, FakeProcess],
+) -> None:
+    dispatcher, process = setup
+    model = make(dispatcher, process, batching={"max_batch_size": 4, "max_queue_delay_ms": 50})
+    first = [request(dispatcher, model, v) for v in (1.0, 2.0)]
+    assert [a[0].shape[0] for _, a, _ in process.sent] == [1, 1]  # both slots taken
+    waiting = [request(dispatcher, model, float(v)) for v in range(3, 9)]
+    assert len(process.sent) == 2 and len(model.queue) == 6
+    process.answer()  # a slot frees: the next batch is the 4 oldest waiting (max_batch_size)
+    assert [a[0].shape[0] for _, a, _ in process.sent] == [1, 4]
+    assert [float(r[0]) for r in process.sent[1][1][0]] == [3.0, 4.0, 5.0, 6.0]
+    while process.sent:
+        process.answer()
+    for item, value in zip(first + waiting, range(1, 9), strict=True):
+        rows = (await item.future)[0]
+        np.testing.assert_array_equal(rows, np.full((1, 4), 2.0 * value, dtype=np.float32))
+
+
+async def test_a_batch_that_is_not_ready_goes_when_its_queue_delay_runs_out(
+    setup: tuple[LoopDispatcher, FakeProcess],
+) -> None:
+    dispatcher, process = setup
+    model = make(
+        dispatcher, process,
+        batching={"max_batch_size": 8, "max_queue_delay_ms": 40, "eager": False},
+    )  # fmt: skip
+    started = time.monotonic()
+    request(dispatcher, model, 1.0)
+    request(dispatcher, model, 2.0)
+    assert process.sent == []  # not full, not eager: waits for more
+    await asyncio.wait_for(process.arrived.wait(), timeout=1.0)
+    waited = time.monotonic() - started
+    assert 0.035 <= waited < 0.5, f"dispatched after {waited * 1000:.1f} ms"
+    assert process.sent[0][1][0].shape[0] == 2
+
+
+async def test_a_freed_slot_goes_to_the_higher_priority_request(
+    setup: tuple[LoopDispatcher, FakeProcess],
+) -> None:
+    dispatcher, process = setup
+    low = make(dispatcher, process, name="low")
+    high = make(dispatcher, process, name="high")
+    request(dispatcher, low, 1.0)
+    request(dispatcher, low, 2.0)
+    request(dispatcher, low, 3.0, level=5)
+    request(dispatcher, high, 4.0, level=1)
+    process.answer()
+    handle, arrays, _ = process.sent[-1]
+    assert handle == 2 and float(arrays[0][0, 0]) == 4.0  # high, although it came last
+
+
+async def test_a_request_past_its_deadline_in_the_queue_is_answered_503_and_never_run(
+    setup: tuple[LoopDispatcher, FakeProcess],
+) -> None:
+    dispatcher, process = setup
+    model = make(dispatcher, process)
+    request(dispatcher, model, 1.0)
+    request(dispatcher, model, 2.0)
+    late = request(dispatcher, model, 3.0, budget_s=0.0)
+    process.answer()
+    with pytest.raises(Unavailable):
+        await late.future
+    assert all(float(a[0][0, 0]) != 3.0 for _, a, _ in process.sent)
+
+
+async def test_a_dead_forward_process_fails_every_queued_request_with_500(
+    setup: tuple[LoopDispatcher, FakeProcess],
+) -> None:
+    dispatcher, process = setup
+    model = make(dispatcher, process, batching={"max_batch_size": 1})
+    items = [request(dispatcher, model, float(v)) for v in range(50)]
+    process.died = "the forward process (pid 1) is gone (killed by signal 9)"
+    process.answer()  # its slot frees: the 48 queued fail one by one, without recursion
+    for item in items[2:]:
+        with pytest.raises(ForwardProcessDied, match="killed by signal 9"):
+            await item.future
+    assert len(model.queue) == 0
