@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import re
@@ -68,6 +69,21 @@ def model_config(name: str) -> dict[str, Any]:
         "name": name, "version": "1", "source": f"{name}.safetensors",
         "queue": {"max_size": 1024, "timeout_ms": 30000}, **spec,
     }  # fmt: skip
+
+
+def with_overrides(config: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """A copy of ``config`` with each ``a.b=value`` of ``items`` set (values parsed as YAML)."""
+    config = copy.deepcopy(config)
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--model {item!r}: expected KEY=VALUE")
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return config
 
 
 def pin(cpu: int) -> None:
@@ -305,6 +321,11 @@ def main() -> int:
         help="override a server setting of the runtime, e.g. gil_switch_interval_us=20",
     )  # fmt: skip
     parser.add_argument(
+        "--model", action="append", default=[], metavar="KEY=VALUE",
+        help="override a setting of every served model (dotted for nested ones), "
+        "e.g. batching.max_batch_size=4",
+    )  # fmt: skip
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="runtime confined to CPU 0 and the load generator to CPU 1 "
@@ -340,7 +361,7 @@ def main() -> int:
             config = {
                 "server": {"host": "127.0.0.1", "port": args.port, "model_store": str(store),
                            "torch_threads": 1, "memory_budget_mb": 1024, **overrides},
-                "models": [model_config(n) for n in names],
+                "models": [with_overrides(model_config(n), args.model) for n in names],
             }  # fmt: skip
             for item in args.server:
                 key, _, value = item.partition("=")
