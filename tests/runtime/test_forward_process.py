@@ -187,11 +187,11 @@ def test_a_served_process_executor_pins_the_child_and_drains_on_sigterm(serve: A
     tensor.set_data_from_numpy(x, binary_data=True)
     out = client.infer("mlp", [tensor]).as_numpy("output")
     assert out is not None and out.shape == (3, 4)
-    # Forward passes on the device CPU; the child's I/O threads (receive, answer,
-    # loads) on the others, so that pipes and pickles take nothing from the device.
+    # Forward passes on the device CPU; the child's loading thread on the others,
+    # so that a load beside serving takes nothing from the device.
     tasks = [int(t) for t in os.listdir(f"/proc/{child}/task") if int(t) != child]
     elsewhere = [t for t in tasks if first not in _allowed(t, f"/proc/{child}/task/{t}")]
-    assert len(elsewhere) >= 3, f"threads of the child and their CPUs: {tasks} {elsewhere}"
+    assert len(elsewhere) >= 1, f"threads of the child and their CPUs: {tasks} {elsewhere}"
     assert server.stop() == 0
     deadline = time.monotonic() + 10
     while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:

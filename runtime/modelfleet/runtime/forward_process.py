@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from modelfleet.runtime.affinity import pin_this_thread
 from modelfleet.runtime.config import ModelConfig
@@ -70,6 +70,13 @@ Done = Callable[[list[Array] | None, Exception | None, float], None]
 PIPELINE_DEPTH = 2
 """Batches handed to the child and not yet answered: while it runs one, the
 next waits in the pipe, so the child never waits for this process's GIL."""
+
+
+SPIN_S = 0.002
+"""With ``device_cpus`` (the child has CPUs of its own) it polls its pipe this long
+after each batch before it blocks: a sleeping CPU takes tens to hundreds of
+microseconds to wake on a virtual machine, longer than the next request takes
+to arrive under load. Without ``device_cpus`` it never spins (the CPU is shared)."""
 
 
 class ForwardProcess:
@@ -245,17 +252,8 @@ def child_main(
     torch_threads: int | None,
     cpus: set[int] | None,
 ) -> None:
-    """Entry point of the forward process.
-
-    The main thread does nothing but forward passes. Two I/O threads feed it:
-    one receives and unpickles the next batch while the current one runs, the
-    other pickles and sends the answers; a third does loads and unloads. With
-    ``cpus`` the main thread runs there and the others on the rest of the
-    machine, so that the device's CPUs spend no time on pipes and pickles
-    (measured: pickling a 16-row answer right after a forward pass took
-    ~120 µs on cache-cold CPU, against ~10 µs warm). Forward passes release
-    the GIL, so the I/O threads run beside them.
-    """
+    """Entry point of the forward process: forward passes on the main thread,
+    loads and unloads on a second one."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     others: set[int] | None = None
@@ -271,16 +269,19 @@ def child_main(
     device = torch.device(device_name)
     modules: dict[int, tuple[torch.nn.Module, ModelConfig]] = {}
     lock = threading.Lock()
-    inbox: _Mailbox[tuple[int, list[Array]] | None] = _Mailbox()
-    outbox: _Mailbox[tuple[str, Any, float]] = _Mailbox()
-    for target, args in (
-        (_serve_control, (control, device, modules, lock)),
-        (_receive, (run, inbox)),
-        (_answer, (run, outbox)),
-    ):
-        threading.Thread(target=_on_cpus, args=(others, target, *args), daemon=True).start()
-    while (work := inbox.get()) is not None:
-        handle, arrays = work
+    threading.Thread(  # loads and warm-ups off the device's CPUs: serving goes on there
+        target=_serve_control, args=(control, device, modules, lock, others), daemon=True
+    ).start()
+    spin_s = SPIN_S if cpus else 0.0
+    while True:
+        try:
+            if spin_s:  # a CPU of its own: poll a while before sleeping (no wake-up cost)
+                until = time.perf_counter() + spin_s
+                while not run.poll() and time.perf_counter() < until:
+                    pass
+            handle, arrays = run.recv()
+        except (EOFError, OSError):
+            return
         with lock:
             entry = modules.get(handle)
         started = time.perf_counter()
@@ -293,63 +294,26 @@ def child_main(
         except Exception as exc:
             served = isinstance(exc, ServingError)
             reply = ("error", (served, _describe(exc)), time.perf_counter() - started)
-        outbox.put(reply)
-
-
-M = TypeVar("M")
-
-
-class _Mailbox(Generic[M]):
-    """A hand-over between two threads of the child (a deque and a condition)."""
-
-    def __init__(self) -> None:
-        self._items: deque[M] = deque()
-        self._cond = threading.Condition(threading.Lock())
-
-    def put(self, item: M) -> None:
-        with self._cond:
-            self._items.append(item)
-            self._cond.notify()
-
-    def get(self) -> M:
-        with self._cond:
-            while not self._items:
-                self._cond.wait()
-            return self._items.popleft()
-
-
-def _on_cpus(cpus: set[int] | None, target: Callable[..., None], *args: Any) -> None:
-    if cpus:
-        pin_this_thread(cpus)
-    target(*args)
-
-
-def _receive(run: Connection, inbox: _Mailbox[tuple[int, list[Array]] | None]) -> None:
-    """Unpickles the batches as they come (EOF: the serving process is gone)."""
-    while True:
         try:
-            inbox.put(run.recv())
+            run.send(reply)
         except (EOFError, OSError):
-            inbox.put(None)
             return
 
 
-def _answer(run: Connection, outbox: _Mailbox[tuple[str, Any, float]]) -> None:
-    while True:
-        try:
-            run.send(outbox.get())
-        except (EOFError, OSError):
-            os._exit(0)  # the serving process is gone
-
-
 def _serve_control(
-    control: Connection, device: Any, modules: dict[int, Any], lock: threading.Lock
+    control: Connection,
+    device: Any,
+    modules: dict[int, Any],
+    lock: threading.Lock,
+    cpus: set[int] | None,
 ) -> None:
     import torch
 
     from modelfleet.runtime.device import forward
     from modelfleet.runtime.loader import load_module, module_bytes
 
+    if cpus:
+        pin_this_thread(cpus)
     while True:
         try:
             message = control.recv()
