@@ -242,6 +242,11 @@ def test_values_reach_the_objects(helm: Path) -> None:
     assert not [r for r in by_kind(docs, "ClusterRole") if not r["metadata"]["name"].endswith("-discovery")]  # fmt: skip
     (pool,) = by_kind(docs, "InferencePool")
     assert "image" not in pool["spec"]  # the operator's default: the chart's runtime image
+    assert pool["spec"]["runtime"] == {"executor": "thread"}
+    cpu_pool = render(
+        helm, "--set", "defaultPool.enabled=true", "--set", "defaultPool.executor=process"
+    )
+    assert by_kind(cpu_pool, "InferencePool")[0]["spec"]["runtime"] == {"executor": "process"}
     wide = render(helm, "--set", "watch.allNamespaces=true")
     (deployment,) = by_kind(wide, "Deployment")
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"][2:] == ["operator", "--all-namespaces"]  # fmt: skip

@@ -12,7 +12,7 @@ import yaml
 
 from modelfleet.operator.desired import plan
 from modelfleet.operator.status import model_status, pool_status
-from tests.operator.builders import model, model_spec_dict, pod, pool
+from tests.operator.builders import model, model_spec_dict, pod, pool, pool_obj
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -194,3 +194,11 @@ def test_the_schema_uses_only_known_keywords(name: str) -> None:
         assert set(column) <= {"name", "type", "jsonPath", "description", "priority", "format"}, (
             column
         )
+
+
+def test_the_pool_schema_takes_the_runtime_settings_and_names_a_bad_executor() -> None:
+    good = pool_obj(runtime={"executor": "process", "torchThreads": 2})
+    assert errors("inferencepool.yaml", good) == []
+    bad = errors("inferencepool.yaml", pool_obj(runtime={"executor": "gpu", "torchThreads": 0}))
+    assert any(e.startswith("spec.runtime.executor") for e in bad), bad
+    assert any(e.startswith("spec.runtime.torchThreads") for e in bad), bad

@@ -112,3 +112,13 @@ def test_same_routes_compares_what_the_gateway_reports() -> None:
     reported = parse_routes({"models": result.routes}).model_dump(mode="json")["models"]
     assert same_routes(reported, result.routes)
     assert not same_routes({}, result.routes) and not same_routes(None, result.routes)
+
+
+def test_the_pools_runtime_settings_reach_every_pods_document() -> None:
+    pods = [pod("cpu-0", "127.1.0.2")]
+    custom = pool(runtime={"executor": "process", "torchThreads": 1}, resources={"gpu": 0})
+    for spec, executor, threads in ((pool(), "thread", None), (custom, "process", 1)):
+        result = plan(spec, {"mlp": model(replicas=1)}, pods)
+        document = parse_document(yaml.safe_load(state_file(spec, result.documents["cpu-0"])))
+        assert document.server.executor == executor
+        assert document.server.torch_threads == threads

@@ -83,7 +83,7 @@ class Plan:
 def server_section(pool_spec: PoolSpec) -> dict[str, object]:
     """The ``server`` part of a runtime pod's document: the pool's budget is the
     runtime's budget, so placement and the runtime agree on what fits."""
-    return {
+    server: dict[str, object] = {
         "host": "0.0.0.0",
         "port": DATA_PORT,
         "admin_port": ADMIN_PORT,
@@ -91,7 +91,11 @@ def server_section(pool_spec: PoolSpec) -> dict[str, object]:
         "memory_budget_mb": pool_spec.memory_budget_mb,
         "drain_grace_s": DRAIN_GRACE_S,
         "model_store": "/models",
+        "executor": pool_spec.runtime.executor,
     }
+    if pool_spec.runtime.torch_threads is not None:
+        server["torch_threads"] = pool_spec.runtime.torch_threads
+    return server
 
 
 def measured_memory(pods: list[PodView]) -> dict[Key, float]:

@@ -178,6 +178,14 @@ class GatewaySpec(_Spec):
     """Requests in flight per model at each gateway pod."""
 
 
+class RuntimeSettings(_Spec):
+    executor: Literal["thread", "process"] = "thread"
+    """Where each pod runs forward passes: a thread of the serving process, or a
+    child process with its own GIL (the runtime's ``server.executor``)."""
+    torch_threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads in each pod; torch's own default when absent."""
+
+
 class PoolSpec(_Spec):
     replicas: Replicas = Replicas()
     resources: Resources = Resources()
@@ -192,6 +200,7 @@ class PoolSpec(_Spec):
     tolerations: tuple[dict[str, object], ...] = ()
     """Kubernetes Toleration objects, passed through unchanged."""
     gateway: GatewaySpec = GatewaySpec()
+    runtime: RuntimeSettings = RuntimeSettings()
 
 
 def runtime_model(name: str, spec: ModelSpec, version: ModelVersion) -> dict[str, object]:
