@@ -111,11 +111,15 @@ def raw_forward(
     return ceiling.sweep(batch_sizes(name, max_batch), seconds, rounds)
 
 
-def measure_ceilings(store: Path, names: list[str]) -> dict[str, Ceiling]:
-    """Loads each model's raw forward pass and sweeps its batch sizes; printed."""
+def measure_ceilings(
+    store: Path, names: list[str], overrides: list[str] | None = None
+) -> dict[str, Ceiling]:
+    """Loads each model's raw forward pass (as served: with the ``--model``
+    overrides) and sweeps its batch sizes; printed."""
     ceilings = {}
     for n in names:
-        ceilings[n] = load_ceiling(ModelConfig.model_validate(model_config(n)), store)
+        served = with_overrides(model_config(n), overrides or [])
+        ceilings[n] = load_ceiling(ModelConfig.model_validate(served), store)
         by_bs = ceilings[n].sweep(batch_sizes(n))
         print(f"  {n}: " + ", ".join(f"bs {b}: {r:,.0f} rows/s" for b, r in by_bs.items()))
     return ceilings
@@ -352,7 +356,7 @@ def main() -> int:
         write_examples(store)
         names = sorted({n for n, _ in cases})
         print(f"raw forward pass (CPU 0, 1 torch thread, torch {torch.__version__}):", flush=True)
-        ceilings = measure_ceilings(store, names)
+        ceilings = measure_ceilings(store, names, args.model)
         served: dict[str, list[Measured]] = {}
         servers: dict[str, dict[str, Any]] = {}
         for profile in profiles:

@@ -120,11 +120,12 @@ def test_the_schema_accepts_a_good_model_and_names_the_field_of_a_bad_one() -> N
         "spec": model_spec_dict(canary={"version": "2", "weight": 10, "source": {"path": "b.pt2"}})
     }
     assert errors("inferencemodel.yaml", good) == []
-    bad = {"spec": model_spec_dict(batching={"maxBatchSize": 0},
+    bad = {"spec": model_spec_dict(batching={"maxBatchSize": 0}, optimize="compile",
                                    canary={"version": "2", "weight": 120, "source": {"path": "b.pt2"}})}  # fmt: skip
     found = errors("inferencemodel.yaml", bad)
     assert any(e.startswith("spec.batching.maxBatchSize") for e in found), found
     assert any(e.startswith("spec.canary.weight") for e in found), found
+    assert any(e.startswith("spec.optimize") for e in found), found
 
 
 def declared(node: dict[str, Any], value: Any, path: str) -> list[str]:

@@ -122,3 +122,14 @@ def test_the_pools_runtime_settings_reach_every_pods_document() -> None:
         document = parse_document(yaml.safe_load(state_file(spec, result.documents["cpu-0"])))
         assert document.server.executor == executor
         assert document.server.torch_threads == threads
+
+
+def test_a_models_optimize_setting_reaches_the_runtime_document() -> None:
+    pods = [pod("gpu-0", "127.1.0.2")]
+    for spec, wanted in (
+        (model(replicas=1), "none"),
+        (model(replicas=1, optimize="trace"), "trace"),
+    ):
+        result = plan(pool(), {"mlp": spec}, pods)
+        document = parse_document(yaml.safe_load(state_file(pool(), result.documents["gpu-0"])))
+        assert document.models[0].optimize == wanted

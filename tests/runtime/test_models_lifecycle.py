@@ -253,6 +253,23 @@ async def test_admin_state_reports_recent_p99_and_when_each_copy_became_ready(ad
     assert after["loaded_at"] == before["loaded_at"]  # no reload happened
 
 
+async def test_put_state_with_a_new_optimize_setting_reloads_the_module(admin: Any) -> None:
+    _, admin_client, runtime = await admin([mlp_config()])
+    assert not isinstance(runtime.repository.models[("mlp", "1")].module, torch.jit.ScriptModule)
+    traced = [mlp_config(optimize="trace")]
+    resp = await admin_client.put("/admin/state", json={"models": traced}, headers=AUTH)
+    assert resp.status == 202
+    await wait_until(
+        lambda: (
+            isinstance(
+                getattr(runtime.repository.models.get(("mlp", "1")), "module", None),
+                torch.jit.ScriptModule,
+            )
+            and str(runtime.repository.models[("mlp", "1")].state) == "ready"
+        )
+    )
+
+
 async def test_put_state_rejects_an_invalid_document_with_the_field(admin: Any) -> None:
     _, admin_client, _ = await admin([mlp_config()])
     bad = {"models": [mlp_config(batching={"max_batch_size": 0})]}
@@ -293,6 +310,29 @@ async def test_optimize_trace_serves_the_same_answers(start_runtime: StartRuntim
     x = np.random.default_rng(3).standard_normal((5, 16)).astype(np.float32)
     body = infer_body("input", x.tolist(), [5, 16])
     plain = await (await client.post("/v2/models/mlp/infer", json=body)).json()
+    fast = await (await client.post("/v2/models/fast/infer", json=body)).json()
+    np.testing.assert_allclose(
+        fast["outputs"][0]["data"], plain["outputs"][0]["data"], rtol=1e-4, atol=1e-5
+    )
+
+
+async def test_optimize_inference_serves_the_cnn_with_onednn_kernels_and_the_same_answers(
+    start_runtime: StartRuntime,
+) -> None:
+    cnn: dict[str, Any] = {
+        "source": "cnn.safetensors", "architecture": "modelfleet.runtime.examples:cnn",
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+        "batching": {"max_batch_size": 4},
+    }  # fmt: skip
+    client, runtime = await start_runtime(
+        [{"name": "cnn", **cnn}, {"name": "fast", "optimize": "inference", **cnn}]
+    )
+    module = runtime.repository.models[("fast", "1")].module
+    assert isinstance(module, torch.jit.ScriptModule) and "mkldnn" in str(module.graph)
+    x = np.random.default_rng(4).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    body = infer_body("image", x.ravel().tolist(), [3, 1, 28, 28])
+    plain = await (await client.post("/v2/models/cnn/infer", json=body)).json()
     fast = await (await client.post("/v2/models/fast/infer", json=body)).json()
     np.testing.assert_allclose(
         fast["outputs"][0]["data"], plain["outputs"][0]["data"], rtol=1e-4, atol=1e-5

@@ -136,6 +136,8 @@ class ModelSpec(_Spec):
     rate_limit: RateLimit | None = None
     cache: Cache = Cache()
     warmup: Warmup = Warmup()
+    optimize: Literal["none", "trace", "inference"] = "none"
+    """The runtime's ``optimize`` for every version of the model."""
     canary: Canary | None = None
 
     def versions(self) -> list[ModelVersion]:
@@ -219,6 +221,7 @@ def runtime_model(name: str, spec: ModelSpec, version: ModelVersion) -> dict[str
         "queue": spec.queue.model_dump(mode="json"),
         "cache": spec.cache.model_dump(mode="json"),
         "warmup": spec.warmup.model_dump(mode="json"),
+        "optimize": spec.optimize,
     }
     if source.architecture:
         entry["architecture"] = source.architecture

@@ -156,7 +156,7 @@ class ForwardProcess:
         return payload
 
     def load(self, config: ModelConfig, store: str) -> RemoteModel:
-        """Loads (and, with ``optimize: trace``, traces) the module in the child;
+        """Loads (and, with ``optimize``, traces) the module in the child;
         raises ``ModelLoadError`` with the child's message."""
         handle = next(self._handles)
         try:

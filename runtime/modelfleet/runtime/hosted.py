@@ -29,7 +29,7 @@ log = logging.getLogger("modelfleet.runtime")
 # Settings that need a fresh load when they change; the rest apply in place.
 RELOAD_FIELDS = (
     "source", "format", "architecture", "architecture_kwargs", "sha256", "trusted",
-    "inputs", "outputs",
+    "inputs", "outputs", "optimize",
 )  # fmt: skip
 
 
