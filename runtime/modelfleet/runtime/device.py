@@ -89,6 +89,8 @@ class DeviceWorker:
     Picking on the device thread means the device never waits for a busy event
     loop between two batches: the next batch starts the moment the previous
     one ends. Queues are shared with the loop under one lock (``self.cond``).
+    This is ``executor: thread``; with ``executor: process`` the forward passes
+    run in a child process and the event loop picks (``LoopDispatcher``).
     """
 
     def __init__(
