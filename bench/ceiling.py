@@ -46,30 +46,63 @@ def pinned(cpu: int) -> set[int] | None:
     return previous
 
 
-def rows_per_second(module: torch.nn.Module, x: torch.Tensor, seconds: float) -> float:
-    """Forward passes of ``x`` back to back for ``seconds`` (after 2 untimed ones)."""
+def rows_per_second(
+    module: torch.nn.Module, batches: Sequence[torch.Tensor], seconds: float
+) -> float:
+    """Forward passes back to back for ``seconds``, each on the next of
+    ``batches`` in turn (after 2 untimed ones)."""
     with torch.inference_mode():
-        for _ in range(2):
+        for x in batches[:2]:
             module(x)
-        n, t0 = 0, time.perf_counter()
+        n, rows, t0 = 0, 0, time.perf_counter()
         while (elapsed := time.perf_counter() - t0) < seconds:
+            x = batches[n % len(batches)]
             module(x)
             n += 1
-    return x.shape[0] * n / elapsed
+            rows += x.shape[0]
+    return rows / elapsed
+
+
+def batches_of(images: torch.Tensor, bs: int, count: int | None = None) -> list[torch.Tensor]:
+    """``count`` (default: one per image) batches of ``bs`` consecutive images of
+    ``images``, wrapping around: the batches a stream of requests cycling
+    through ``images`` one image at a time would form."""
+    n = images.shape[0]
+    index = torch.arange((count or n) * bs) % n
+    return list(images[index].reshape(-1, bs, *images.shape[1:]))
 
 
 class Ceiling:
     """One model's raw forward pass, loaded once, measured on ``cpu`` with one
     torch thread. ``modules`` are the candidates (as served, and eager): the
-    faster one at each batch size is the ceiling."""
+    faster one at each batch size is the ceiling.
+
+    The forward passes cycle through ``images`` (dim 0: one input row each), the
+    same rows the load generator sends: this CNN's speed depends on its data
+    (max pooling branches on it, and a repeated input trains the CPU's branch
+    predictor), so a ceiling measured on one repeated input is not the ceiling
+    of the traffic served. One image (``images`` of length 1) is the old,
+    repeated-input benchmark.
+    """
 
     def __init__(
-        self, config: ModelConfig, modules: Sequence[torch.nn.Module], cpu: int = 0
+        self,
+        config: ModelConfig,
+        modules: Sequence[torch.nn.Module],
+        cpu: int = 0,
+        images: torch.Tensor | None = None,
     ) -> None:
         self.config = config
         self.modules = list(modules)
         self.cpu = cpu
         self.shape = [d if d > 0 else 1 for d in config.inputs[0].shape[1:]]
+        if images is None:
+            images = torch.randn(64, *self.shape, generator=torch.Generator().manual_seed(0))
+        if list(images.shape[1:]) != self.shape or images.shape[0] < 1:
+            raise ValueError(f"ceiling images of shape {list(images.shape)}, "
+                             f"expected [N >= 1, {', '.join(map(str, self.shape))}]")  # fmt: skip
+        self.images = images
+        self._batches: dict[int, list[torch.Tensor]] = {}
         self.best_module: dict[int, int] = {}
         self.by_batch: dict[int, float] = {}
         """The last sweep's rows/s per batch size."""
@@ -78,6 +111,12 @@ class Ceiling:
     def best_batch(self) -> int:
         """The batch size with the highest rows/s in the last sweep."""
         return max(self.by_batch, key=self.by_batch.__getitem__)
+
+    def batches(self, bs: int) -> list[torch.Tensor]:
+        """The inputs measured at batch size ``bs`` (built once)."""
+        if bs not in self._batches:
+            self._batches[bs] = batches_of(self.images, bs)
+        return self._batches[bs]
 
     def sweep(
         self, sizes: Sequence[int], seconds: float = 0.25, rounds: int = 5
@@ -92,7 +131,7 @@ class Ceiling:
             for _ in range(rounds):
                 for m, module in enumerate(self.modules):
                     for bs in sizes:
-                        rate = rows_per_second(module, torch.randn(bs, *self.shape), seconds)
+                        rate = rows_per_second(module, self.batches(bs), seconds)
                         samples.setdefault((m, bs), []).append(rate)
         finally:
             if previous is not None:
@@ -111,17 +150,19 @@ class Ceiling:
         previous = pinned(self.cpu)
         try:
             torch.set_num_threads(1)
-            return rows_per_second(module, torch.randn(bs, *self.shape), seconds)
+            return rows_per_second(module, self.batches(bs), seconds)
         finally:
             if previous is not None:
                 os.sched_setaffinity(0, previous)
 
 
-def load_ceiling(config: ModelConfig, store: Path, cpu: int = 0) -> Ceiling:
+def load_ceiling(
+    config: ModelConfig, store: Path, cpu: int = 0, images: torch.Tensor | None = None
+) -> Ceiling:
     """The model as served and its eager form, both loaded from ``store``."""
     from modelfleet.runtime.loader import load_module
 
     eager = config.model_copy(update={"optimize": "none"})
     variants = {config.optimize: config, "none": eager}.values()
     modules = [load_module(c, store, torch.device("cpu")) for c in variants]
-    return Ceiling(config, modules, cpu)
+    return Ceiling(config, modules, cpu, images)

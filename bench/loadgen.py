@@ -10,6 +10,7 @@ Shared by the runtime and gateway benchmarks (and usable against any server).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 from collections.abc import Sequence
@@ -81,14 +82,23 @@ async def exchange(
 
 async def closed_loop(
     url: str,
-    body: bytes,
+    body: bytes | Sequence[bytes],
     headers: dict[str, str],
     concurrency: int,
     duration_s: float,
     warmup_s: float = 0.5,
 ) -> Point:
-    """Runs ``concurrency`` connections for ``warmup_s + duration_s``; measures the last part."""
-    host, port, raw = build_request(url, body, headers)
+    """Runs ``concurrency`` connections for ``warmup_s + duration_s``; measures the last part.
+
+    ``body`` may be a list: each request then sends the next one of them in turn
+    (across all connections), so that concurrent requests carry different data.
+    """
+    bodies = [body] if isinstance(body, bytes) else list(body)
+    if not bodies:
+        raise ValueError("closed_loop needs at least one request body")
+    built = [build_request(url, b, headers) for b in bodies]
+    host, port, _ = built[0]
+    raws = itertools.cycle([raw for _, _, raw in built])
     start = time.perf_counter()
     measure_from = start + warmup_s
     stop_at = measure_from + duration_s
@@ -104,7 +114,7 @@ async def closed_loop(
                 if t0 >= stop_at:
                     return
                 try:
-                    status, _ = await exchange(reader, writer, raw)
+                    status, _ = await exchange(reader, writer, next(raws))
                 except (OSError, asyncio.IncompleteReadError):
                     status = 0
                     writer.close()

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import yaml
 
-from bench.ceiling import Ceiling, load_ceiling, paired_ratios
+from bench.ceiling import Ceiling, batches_of, load_ceiling, paired_ratios
 from bench.loadgen import Point, closed_loop, table
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.examples import write_examples
@@ -112,14 +112,18 @@ def raw_forward(
 
 
 def measure_ceilings(
-    store: Path, names: list[str], overrides: list[str] | None = None
+    store: Path,
+    names: list[str],
+    overrides: list[str] | None = None,
+    images: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Ceiling]:
     """Loads each model's raw forward pass (as served: with the ``--model``
-    overrides) and sweeps its batch sizes; printed."""
+    overrides), to be measured on ``images[name]``, and sweeps its batch sizes; printed."""
     ceilings = {}
     for n in names:
         served = with_overrides(model_config(n), overrides or [])
-        ceilings[n] = load_ceiling(ModelConfig.model_validate(served), store)
+        config = ModelConfig.model_validate(served)
+        ceilings[n] = load_ceiling(config, store, images=(images or {}).get(n))
         by_bs = ceilings[n].sweep(batch_sizes(n))
         print(f"  {n}: " + ", ".join(f"bs {b}: {r:,.0f} rows/s" for b, r in by_bs.items()))
     return ceilings
@@ -129,18 +133,47 @@ def request_body(
     name: str, encoding: str, rng: np.random.Generator, rows: int = 1
 ) -> tuple[bytes, dict[str, str], np.ndarray]:
     spec = MODELS[name]["inputs"][0]
-    shape = [rows, *(d for d in spec["shape"][1:])]
-    x = rng.standard_normal(shape).astype(np.float32)
-    entry: dict[str, Any] = {"name": spec["name"], "shape": shape, "datatype": "FP32"}
+    x = rng.standard_normal([rows, *spec["shape"][1:]]).astype(np.float32)
+    body, headers = encode_request(name, encoding, x)
+    return body, headers, x
+
+
+def encode_request(name: str, encoding: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """An OIP infer request carrying ``x`` as the model's input, JSON or binary."""
+    spec = MODELS[name]["inputs"][0]
+    entry: dict[str, Any] = {"name": spec["name"], "shape": list(x.shape), "datatype": "FP32"}
     if encoding == "json":
         entry["data"] = x.reshape(-1).tolist()
-        return json.dumps({"inputs": [entry]}).encode(), {"Content-Type": "application/json"}, x
+        return json.dumps({"inputs": [entry]}).encode(), {"Content-Type": "application/json"}
     raw = x.tobytes()
     entry["parameters"] = {"binary_data_size": len(raw)}
     head = json.dumps({"inputs": [entry]}).encode()
     headers = {"Inference-Header-Content-Length": str(len(head)),
                "Content-Type": "application/octet-stream"}  # fmt: skip
-    return head + raw, headers, x
+    return head + raw, headers
+
+
+def sample_images(name: str, count: int, seed: int = 0) -> torch.Tensor:
+    """``count`` distinct input rows of ``name`` (standard normal, seeded): what the
+    load generator sends and the ceiling is measured on."""
+    if count < 1:
+        raise SystemExit(f"--inputs {count}: at least one distinct input is needed")
+    shape = MODELS[name]["inputs"][0]["shape"][1:]
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.standard_normal([count, *shape]).astype(np.float32))
+
+
+def request_bodies(
+    name: str, encoding: str, images: torch.Tensor, rows: int = 1
+) -> tuple[list[bytes], dict[str, str], list[np.ndarray]]:
+    """One request per image of ``images`` (``rows`` consecutive images each,
+    wrapping around), all with the same headers."""
+    xs = [b.numpy() for b in batches_of(images, rows)]
+    encoded = [encode_request(name, encoding, x) for x in xs]
+    headers = encoded[0][1]
+    if any(h != headers for _, h in encoded):
+        raise ValueError("requests of one shape should share their headers")
+    return [body for body, _ in encoded], headers, xs
 
 
 def scrape(metrics: str, name: str) -> tuple[float, float, float]:
@@ -179,7 +212,7 @@ class Measured:
 
 
 async def measure_level(
-    url: str, body: bytes, headers: dict[str, str], c: int, ceiling: Ceiling,
+    url: str, body: list[bytes], headers: dict[str, str], c: int, ceiling: Ceiling,
     *, rows: int, duration: float, rounds: int, bs: int,
 ) -> tuple[Point, list[float], list[float], list[float]]:  # fmt: skip
     """``rounds`` served windows of ``duration / rounds`` s at concurrency ``c``,
@@ -213,28 +246,31 @@ async def sweep(
     rows: int = 1,
     rounds: int = 4,
 ) -> list[Measured]:
+    """Each concurrency of ``levels`` against the runtime at ``base``; the requests
+    cycle through the ceiling's images. Raises if the runtime's answers differ
+    from the forward pass."""
     import aiohttp
 
-    rng = np.random.default_rng(0)
-    body, headers, x = request_body(name, encoding, rng, rows)
+    bodies, headers, xs = request_bodies(name, encoding, ceiling.images, rows)
     config = ModelConfig.model_validate(model_config(name))
-    reference = (
-        load_module(config, store, torch.device("cpu"))(torch.from_numpy(x)).detach().numpy()
-    )
+    module = load_module(config, store, torch.device("cpu"))
     url = f"{base}/v2/models/{name}/infer"
     bs = ceiling.best_batch
     out = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        async with session.post(url, data=body, headers=headers) as resp:
-            answer = await resp.json()
-        got = np.array(answer["outputs"][0]["data"], dtype=np.float32).reshape(reference.shape)
-        if not np.allclose(got, reference, rtol=1e-4, atol=1e-5):
-            raise SystemExit(f"{name}: the runtime's answer differs from the forward pass")
+        for body, x in list(zip(bodies, xs, strict=True))[:4]:
+            async with session.post(url, data=body, headers=headers) as resp:
+                answer = await resp.json()
+            with torch.inference_mode():
+                reference = module(torch.from_numpy(x)).numpy()
+            got = np.array(answer["outputs"][0]["data"], dtype=np.float32)
+            if not np.allclose(got.reshape(reference.shape), reference, rtol=1e-4, atol=1e-5):
+                raise SystemExit(f"{name}: the runtime's answer differs from the forward pass")
         for c in levels:
             async with session.get(f"{base}/metrics") as resp:
                 before = scrape(await resp.text(), name)
             point, ratios, ceilings, single_ms = await measure_level(
-                url, body, headers, c, ceiling,
+                url, bodies, headers, c, ceiling,
                 rows=rows, duration=duration, rounds=rounds, bs=bs,
             )  # fmt: skip
             async with session.get(f"{base}/metrics") as resp:
@@ -321,6 +357,12 @@ def main() -> int:
         "the runtime reaches with a sixteenth of the HTTP work per row",
     )  # fmt: skip
     parser.add_argument(
+        "--inputs", type=int, default=64, metavar="N",
+        help="distinct input images the load generator cycles through, and the ceiling "
+        "too (default 64); 1 repeats one image, whose forward pass runs faster than "
+        "varied data's on this CPU (the CNN's max pooling branches on its input)",
+    )  # fmt: skip
+    parser.add_argument(
         "--server", action="append", default=[], metavar="KEY=VALUE",
         help="override a server setting of the runtime, e.g. gil_switch_interval_us=20",
     )  # fmt: skip
@@ -355,8 +397,10 @@ def main() -> int:
         store = Path(tmp) / "models"
         write_examples(store)
         names = sorted({n for n, _ in cases})
-        print(f"raw forward pass (CPU 0, 1 torch thread, torch {torch.__version__}):", flush=True)
-        ceilings = measure_ceilings(store, names, args.model)
+        print(f"raw forward pass (CPU 0, 1 torch thread, torch {torch.__version__}, "
+              f"{args.inputs} distinct input(s)):", flush=True)  # fmt: skip
+        images = {n: sample_images(n, args.inputs) for n in names}
+        ceilings = measure_ceilings(store, names, args.model, images)
         served: dict[str, list[Measured]] = {}
         servers: dict[str, dict[str, Any]] = {}
         for profile in profiles:
@@ -397,6 +441,7 @@ def main() -> int:
                 proc.wait(timeout=30)
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs", "torch": torch.__version__,
                                "duration_s": args.duration, "rounds": args.rounds,
+                               "distinct_inputs": args.inputs,
                                "servers": servers, "cases": {}}  # fmt: skip
     rows = []
     for case, measured in served.items():

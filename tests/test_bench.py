@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,3 +49,79 @@ def test_paired_ratios_refuse_windows_without_a_ceiling_on_each_side() -> None:
         paired_ratios([1, 2, 3], [1, 2, 3])
     with pytest.raises(ValueError, match="measured no rows"):
         paired_ratios([1], [0, 1])
+
+
+def test_batches_are_consecutive_images_wrapping_around() -> None:
+    import torch
+
+    from bench.ceiling import batches_of
+
+    images = torch.arange(5.0).reshape(5, 1)
+    got = [b.flatten().tolist() for b in batches_of(images, 2)]
+    assert got == [[0, 1], [2, 3], [4, 0], [1, 2], [3, 4]]
+    assert [b.flatten().tolist() for b in batches_of(images, 3, count=2)] == [[0, 1, 2], [3, 4, 0]]
+
+
+def test_the_ceiling_cycles_through_its_images_and_refuses_the_wrong_shape(
+    model_store: Path,
+) -> None:
+    import pytest
+    import torch
+
+    from bench.ceiling import Ceiling, rows_per_second
+    from bench.runtime_bench import model_config
+    from modelfleet.runtime.config import ModelConfig
+
+    seen: list[float] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(float(x[0, 0, 0, 0]))
+            return x
+
+    config = ModelConfig.model_validate(model_config("cnn"))
+    images = torch.arange(3.0).reshape(3, 1, 1, 1).expand(3, 1, 28, 28).contiguous()
+    ceiling = Ceiling(config, [Recorder()], images=images)
+    assert rows_per_second(ceiling.modules[0], ceiling.batches(1), 0.01) > 0
+    assert len(seen) > 6
+    assert seen[:6] == [0, 1, 0, 1, 2, 0]  # 2 untimed passes, then every image in turn
+    with pytest.raises(ValueError, match=r"expected \[N >= 1, 1, 28, 28\]"):
+        Ceiling(config, [Recorder()], images=torch.zeros(4, 28, 28))
+
+
+def test_requests_carry_the_images_in_turn_with_shared_headers() -> None:
+    import torch
+
+    from bench.runtime_bench import request_bodies, sample_images
+
+    images = sample_images("cnn", 5)
+    assert images.shape == (5, 1, 28, 28)
+    assert len({images[i].numpy().tobytes() for i in range(5)}) == 5
+    bodies, headers, xs = request_bodies("cnn", "binary", images, rows=2)
+    assert len(bodies) == 5
+    head = int(headers["Inference-Header-Content-Length"])
+    assert bodies[2][head:] == torch.cat([images[4:], images[:1]]).numpy().tobytes()
+    assert all(x.shape == (2, 1, 28, 28) for x in xs)
+
+
+async def test_the_load_generator_sends_each_body_in_turn(aiohttp_server: Any) -> None:
+    from collections import Counter
+
+    from aiohttp import web
+
+    from bench.loadgen import closed_loop
+
+    received: Counter[bytes] = Counter()
+
+    async def handle(request: web.Request) -> web.Response:
+        received[await request.read()] += 1
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    server = await aiohttp_server(app)
+    bodies = [b"a", b"bb", b"ccc"]
+    point = await closed_loop(str(server.make_url("/")), bodies, {}, 2, 0.2, warmup_s=0.05)
+    assert point.requests > 0 and point.errors == 0
+    assert set(received) == set(bodies)
+    assert max(received.values()) - min(received.values()) <= 1
