@@ -233,3 +233,39 @@ async def test_at_most_two_batches_are_handed_to_the_forward_process_at_once(
     watcher.cancel()
     assert [r.status for r in answers] == [200] * 6
     assert max(seen) == PIPELINE_DEPTH, f"outstanding batches seen: {sorted(set(seen))}"
+
+
+@pytest.mark.parametrize("datatype", ["BOOL", "UINT8", "INT64", "FP16", "FP64"])
+async def test_every_dtype_crosses_to_the_forward_process_and_back(
+    start_runtime: StartRuntime, datatype: str
+) -> None:
+    values = {"BOOL": [[True, False, True, False]], "UINT8": [[0, 1, 200, 255]],
+              "INT64": [[-(2**62), -1, 0, 2**62]], "FP16": [[0.5, -1.5, 2.0, 1024.0]],
+              "FP64": [[0.1, -1.5, 3.0, 1e300]]}[datatype]  # fmt: skip
+    client, _ = await start_runtime([tiny_model("ident", "identity", datatype)], executor="process")
+    resp = await client.post(
+        "/v2/models/ident/infer", json=infer_body("x", values, [1, 4], datatype)
+    )
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["outputs"][0]["data"] == values[0]
+
+
+async def test_a_batch_larger_than_the_childs_receive_buffer_crosses_exactly(
+    start_runtime: StartRuntime,
+) -> None:
+    # 3 MiB of input: more than the 1 MiB the child receives into at first, twice
+    # (the buffer grows once, then holds the second).
+    width = 1 << 16
+    model = tiny_model("wide", "identity", inputs=[{"name": "x", "datatype": "FP32",
+                       "shape": [-1, width]}], outputs=[{"name": "y", "datatype": "FP32",
+                       "shape": [-1, width]}], batching={"max_batch_size": 16})  # fmt: skip
+    client, _ = await start_runtime([model], executor="process")
+    x = np.random.default_rng(2).standard_normal((12, width)).astype(np.float32)
+    for _ in range(2):
+        resp = await client.post(
+            "/v2/models/wide/infer", json=infer_body("x", x.tolist(), [12, width])
+        )
+        assert resp.status == 200, await resp.text()
+        got = np.array((await resp.json())["outputs"][0]["data"], np.float32)
+        np.testing.assert_array_equal(got.reshape(12, width), x)

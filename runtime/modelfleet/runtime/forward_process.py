@@ -9,9 +9,9 @@ that does nothing but load them and run forward passes on its own GIL; the
 event loop of the serving process picks the batches (scheduler, priorities,
 deadlines: ``loop_dispatcher``) and ships each one over a pipe.
 
-Costs: each batch's inputs and outputs are pickled through a pipe (tens of
-microseconds for small tensors, more for large images), and torch is imported
-in two processes. The child ignores SIGINT and SIGTERM: the serving process
+Costs: each batch's inputs and outputs cross a pipe as raw array frames
+(``wire``: a copy on each side, no pickle), and torch is imported in two
+processes. The child ignores SIGINT and SIGTERM: the serving process
 drains first and then closes it; it exits by itself when the parent's pipes
 close (the parent died).
 """
@@ -36,6 +36,13 @@ from modelfleet.runtime.affinity import pin_this_thread
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.errors import ModelLoadError, ServingError
 from modelfleet.runtime.protocol import Array
+from modelfleet.runtime.wire import (
+    decode_answer,
+    decode_batch,
+    encode_answer,
+    encode_batch,
+    encode_failure,
+)
 
 log = logging.getLogger("modelfleet.runtime")
 
@@ -189,7 +196,7 @@ class ForwardProcess:
         with self._inflight_lock:
             self._inflight.append(done)
         try:
-            self._run.send((handle, list(arrays)))
+            self._run.send_bytes(encode_batch(handle, arrays))
         except (OSError, ValueError) as exc:  # the child is gone (or we closed)
             self._fail_inflight(self._mark_dead(), exc)
 
@@ -201,7 +208,7 @@ class ForwardProcess:
             try:
                 if not self._run.poll():
                     return
-                status, payload, seconds = self._run.recv()
+                outputs, failure, seconds = decode_answer(self._run.recv_bytes())
             except (EOFError, OSError) as exc:
                 self.detach()
                 if not self._closing_for_good:
@@ -209,10 +216,10 @@ class ForwardProcess:
                 return
             with self._inflight_lock:
                 done = self._inflight.popleft()
-            if status == "ok":
-                done(payload, None, seconds)
+            if failure is None:
+                done(outputs, None, seconds)
             else:
-                served, message = payload
+                served, message = failure
                 done(None, ModelFailure(message) if served else RemoteError(message), seconds)
 
     def _fail_inflight(self, error: ForwardProcessDied, cause: BaseException) -> None:
@@ -273,29 +280,35 @@ def child_main(
         target=_serve_control, args=(control, device, modules, lock, others), daemon=True
     ).start()
     spin_s = SPIN_S if cpus else 0.0
+    buffer = bytearray(1 << 20)  # batches arrive into it: their arrays are writable views
     while True:
         try:
             if spin_s:  # a CPU of its own: poll a while before sleeping (no wake-up cost)
                 until = time.perf_counter() + spin_s
                 while not run.poll() and time.perf_counter() < until:
                     pass
-            handle, arrays = run.recv()
+            try:
+                frame: bytearray | memoryview = memoryview(buffer)[: run.recv_bytes_into(buffer)]
+            except multiprocessing.BufferTooShort as short:
+                frame = bytearray(short.args[0])
+                buffer = bytearray(len(frame))
         except (EOFError, OSError):
             return
-        with lock:
-            entry = modules.get(handle)
         started = time.perf_counter()
         try:
+            handle, arrays = decode_batch(frame)
+            with lock:
+                entry = modules.get(handle)
             if entry is None:
                 raise LookupError(f"no module {handle} is loaded in the forward process")
             module, config = entry
             outputs = forward(module, arrays, config.outputs, device)
-            reply: tuple[str, Any, float] = ("ok", outputs, time.perf_counter() - started)
+            reply = encode_answer(outputs, time.perf_counter() - started)
         except Exception as exc:
             served = isinstance(exc, ServingError)
-            reply = ("error", (served, _describe(exc)), time.perf_counter() - started)
+            reply = encode_failure(served, _describe(exc), time.perf_counter() - started)
         try:
-            run.send(reply)
+            run.send_bytes(reply)
         except (EOFError, OSError):
             return
 
