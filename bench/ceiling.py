@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from modelfleet.runtime.config import ModelConfig
+from modelfleet.runtime.config import ModelConfig, ServerConfig
 
 
 def paired_ratios(served: Sequence[float], ceilings: Sequence[float]) -> list[float]:
@@ -119,11 +119,17 @@ class Ceiling:
         return self._batches[bs]
 
     def sweep(
-        self, sizes: Sequence[int], seconds: float = 0.25, rounds: int = 5
+        self, sizes: Sequence[int], seconds: float = 0.05, rounds: int = 20
     ) -> dict[int, float]:
         """Rows/s per batch size: the median of ``rounds`` short runs interleaved
         across sizes and modules; the faster module counts (and is remembered
-        for the windows)."""
+        for the windows).
+
+        Many short runs rather than a few long ones: the host's speed swings
+        within a second, and a 5 x 0.25 s sweep once ranked batch 32 first
+        (3,140 rows/s), whose windows then measured 1,385-1,979 rows/s, two
+        thirds of batch 16's speed in a sweep of 30 x 0.05 s runs.
+        """
         samples: dict[tuple[int, int], list[float]] = {}
         previous = pinned(self.cpu)
         try:
@@ -159,8 +165,13 @@ class Ceiling:
 def load_ceiling(
     config: ModelConfig, store: Path, cpu: int = 0, images: torch.Tensor | None = None
 ) -> Ceiling:
-    """The model as served and its eager form, both loaded from ``store``."""
+    """The model as served and its eager form, both loaded from ``store``; this
+    process then keeps its freed memory as the runtime does (``malloc``), so the
+    ceiling is not slowed by page faults the runtime does not take."""
     from modelfleet.runtime.loader import load_module
+    from modelfleet.runtime.malloc import retain_freed_memory
+
+    retain_freed_memory(ServerConfig().retain_freed_memory_mb)
 
     eager = config.model_copy(update={"optimize": "none"})
     variants = {config.optimize: config, "none": eager}.values()

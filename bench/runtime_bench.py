@@ -98,7 +98,7 @@ def batch_sizes(name: str, max_batch: int = 32) -> list[int]:
 
 
 def raw_forward(
-    store: Path, name: str, seconds: float = 0.25, rounds: int = 5, max_batch: int = 32
+    store: Path, name: str, seconds: float = 0.05, rounds: int = 20, max_batch: int = 32
 ) -> dict[int, float]:
     """Rows per second of the bare forward pass, per batch size (1 thread, CPU 0).
 

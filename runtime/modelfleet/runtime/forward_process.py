@@ -35,6 +35,7 @@ from typing import Any
 from modelfleet.runtime.affinity import pin_this_thread
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.errors import ModelLoadError, ServingError
+from modelfleet.runtime.malloc import retain_freed_memory
 from modelfleet.runtime.protocol import Array
 from modelfleet.runtime.wire import (
     decode_answer,
@@ -104,6 +105,7 @@ class ForwardProcess:
         torch_threads: int | None,
         cpus: set[int] | None,
         loop: asyncio.AbstractEventLoop,
+        retain_mb: int = 0,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._run, run_child = ctx.Pipe()
@@ -112,7 +114,7 @@ class ForwardProcess:
         self._handles = itertools.count(1)
         self._process = ctx.Process(
             target=child_main,
-            args=(run_child, control_child, device, torch_threads, cpus),
+            args=(run_child, control_child, device, torch_threads, cpus, retain_mb),
             name="modelfleet-forward",
             daemon=True,
         )
@@ -258,11 +260,13 @@ def child_main(
     device_name: str,
     torch_threads: int | None,
     cpus: set[int] | None,
+    retain_mb: int = 0,
 ) -> None:
     """Entry point of the forward process: forward passes on the main thread,
     loads and unloads on a second one."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    retain_freed_memory(retain_mb)  # before torch allocates anything
     others: set[int] | None = None
     if cpus:
         others = os.sched_getaffinity(0) - cpus or None

@@ -14,6 +14,7 @@ from modelfleet.runtime.config import RuntimeDocument, ServerConfig
 from modelfleet.runtime.device import DeviceWorker, pick_device
 from modelfleet.runtime.forward_process import ForwardProcess
 from modelfleet.runtime.loop_dispatcher import LoopDispatcher
+from modelfleet.runtime.malloc import retain_freed_memory
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.repository import Repository
 
@@ -27,6 +28,7 @@ class Runtime:
         self.config: ServerConfig = document.server
         self.initial = document
         sys.setswitchinterval(self.config.gil_switch_interval_us / 1e6)
+        retain_freed_memory(self.config.retain_freed_memory_mb)  # the device thread's passes
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
         self.device_cpus: set[int] | None = None
@@ -56,6 +58,7 @@ class Runtime:
                 str(self.worker.device),
                 torch_threads=self.config.torch_threads,
                 cpus=self.device_cpus,
+                retain_mb=self.config.retain_freed_memory_mb,
                 loop=asyncio.get_running_loop(),
             )
         self.worker.start()
