@@ -163,15 +163,20 @@ class Ceiling:
 
 
 def load_ceiling(
-    config: ModelConfig, store: Path, cpu: int = 0, images: torch.Tensor | None = None
+    config: ModelConfig,
+    store: Path,
+    cpu: int = 0,
+    images: torch.Tensor | None = None,
+    retain_mb: int | None = None,
 ) -> Ceiling:
     """The model as served and its eager form, both loaded from ``store``; this
-    process then keeps its freed memory as the runtime does (``malloc``), so the
-    ceiling is not slowed by page faults the runtime does not take."""
+    process then keeps its freed memory as the runtime does (``malloc``;
+    ``retain_mb`` as the runtime's ``retain_freed_memory_mb``, default its
+    default), so the ceiling pays the page faults the runtime pays, no more."""
     from modelfleet.runtime.loader import load_module
     from modelfleet.runtime.malloc import retain_freed_memory
 
-    retain_freed_memory(ServerConfig().retain_freed_memory_mb)
+    retain_freed_memory(ServerConfig().retain_freed_memory_mb if retain_mb is None else retain_mb)
 
     eager = config.model_copy(update={"optimize": "none"})
     variants = {config.optimize: config, "none": eager}.values()

@@ -120,6 +120,7 @@ def measure_ceilings(
     names: list[str],
     overrides: list[str] | None = None,
     images: dict[str, torch.Tensor] | None = None,
+    retain_mb: int | None = None,
 ) -> dict[str, Ceiling]:
     """Loads each model's raw forward pass (as served: with the ``--model``
     overrides), to be measured on ``images[name]``, and sweeps its batch sizes; printed."""
@@ -127,7 +128,7 @@ def measure_ceilings(
     for n in names:
         served = with_overrides(model_config(n), overrides or [])
         config = ModelConfig.model_validate(served)
-        ceilings[n] = load_ceiling(config, store, images=(images or {}).get(n))
+        ceilings[n] = load_ceiling(config, store, images=(images or {}).get(n), retain_mb=retain_mb)
         by_bs = ceilings[n].sweep(batch_sizes(n))
         print(f"  {n}: " + ", ".join(f"bs {b}: {r:,.0f} rows/s" for b, r in by_bs.items()))
     return ceilings
@@ -404,7 +405,11 @@ def main() -> int:
         print(f"raw forward pass (CPU 0, 1 torch thread, torch {torch.__version__}, "
               f"{args.inputs} distinct input(s)):", flush=True)  # fmt: skip
         images = {n: sample_images(n, args.inputs) for n in names}
-        ceilings = measure_ceilings(store, names, args.model, images)
+        servers_set = dict(item.partition("=")[::2] for item in args.server)
+        retain = servers_set.get("retain_freed_memory_mb")  # the ceiling retains as served
+        ceilings = measure_ceilings(
+            store, names, args.model, images, None if retain is None else int(retain)
+        )
         served: dict[str, list[Measured]] = {}
         servers: dict[str, dict[str, Any]] = {}
         for profile in profiles:

@@ -200,7 +200,9 @@ class ServerConfig(_Strict):
     malloc's trim threshold; blocks up to 32 MiB then come from its heap). Without
     it a forward pass with activations of a few MiB page-faults all of them in
     again each time: about 27% of the example CNN's time at batch 16 on CPU.
-    0 leaves glibc's own thresholds."""
+    0 leaves glibc's own thresholds: worth trying with ``optimize: inference``,
+    whose oneDNN kernels took no faults either way and ran about 7% slower on
+    heap memory in the one model measured (docs/benchmarks.md)."""
     executor: Literal["thread", "process"] = "thread"
     """Where forward passes run. ``thread``: a thread of this process, sharing its
     GIL with the event loop. ``process``: a child process that holds the modules
