@@ -9,13 +9,16 @@ import torch
 from safetensors.torch import save_file
 
 from modelfleet.runtime.examples import write_examples
+from modelfleet.runtime.zoo import write_zoo
 
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example models plus an empty state for parameter-free test architectures."""
+    """The example models, the zoo (``modelfleet.runtime.zoo``) and an empty state for
+    parameter-free test architectures."""
     store = tmp_path_factory.mktemp("models")
     write_examples(store)
+    write_zoo(store)
     save_file({}, str(store / "empty.safetensors"))
     torch.save({}, store / "empty.pt")
     return store

@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     operator.add_argument("--namespace", action="append", default=[], help="watch this namespace")
     operator.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
 
-    examples = sub.add_parser("example-models", help="write the example models (safetensors)")
+    examples = sub.add_parser(
+        "example-models", help="write the example models and the model zoo (safetensors)"
+    )
     examples.add_argument("--out", default="var/models", help="output folder")
     return parser
 
@@ -60,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(run_from_args(args))
     if args.command == "example-models":
         from modelfleet.runtime.examples import write_examples
+        from modelfleet.runtime.zoo import write_zoo
 
-        for line in write_examples(args.out):
+        for line in [*write_examples(args.out), *write_zoo(args.out)]:
             print(line)
         return 0
     raise AssertionError(args.command)

@@ -58,3 +58,16 @@ def identity() -> nn.Module:
 
 def broken() -> nn.Module:
     return Broken()
+
+
+class SequenceSum(nn.Module):
+    """Token ids ``ids`` INT64 [B, L] -> per-row sum FP32 [B, 1] and the ids as
+    floats FP32 [B, L] (``tokens``): exact arithmetic, any length."""
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = ids.to(torch.float32)
+        return tokens.sum(1, keepdim=True), tokens
+
+
+def sequence_sum() -> nn.Module:
+    return SequenceSum()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,11 @@ class Pending:
     deadline: float
     future: Any = None
     """Where the worker puts the result (an asyncio future in production)."""
+    group: Hashable = None
+    """Requests share a batch only within a group: the shapes of their inputs
+    past the batch dimension (with padding: the bucket)."""
+    length: int = 0
+    """With padding: the request's own length along the padded dimension."""
     state: str = QUEUED
     seq: int = 0
 
@@ -46,6 +52,10 @@ class ModelQueue:
     batching: Batching
     max_size: int
     _heap: list[tuple[int, int, Pending]] = field(default_factory=list)
+    _groups: dict[Hashable, list[tuple[int, int, Pending]]] = field(default_factory=dict)
+    """The same order as ``_heap`` per group (a batch is taken from one)."""
+    _group_rows: dict[Hashable, int] = field(default_factory=dict)
+    """Rows queued per group; a group leaves both dicts when it has none left."""
     _fifo: deque[Pending] = field(default_factory=deque)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _live: int = 0
@@ -88,7 +98,10 @@ class ModelQueue:
             self._leave(lowest, SHED)
             displaced = lowest
         item.seq = next(self._counter)
-        heapq.heappush(self._heap, (item.level, item.seq, item))
+        entry = (item.level, item.seq, item)
+        heapq.heappush(self._heap, entry)
+        heapq.heappush(self._groups.setdefault(item.group, []), entry)
+        self._group_rows[item.group] = self._group_rows.get(item.group, 0) + item.rows
         self._fifo.append(item)
         self._live += 1
         self._rows += item.rows
@@ -98,6 +111,15 @@ class ModelQueue:
         item.state = state
         self._live -= 1
         self._rows -= item.rows
+        left = self._group_rows[item.group] - item.rows
+        if left > 0:
+            self._group_rows[item.group] = left
+        else:  # its last request: forget the group (and its stale entries)
+            del self._group_rows[item.group]
+            del self._groups[item.group]
+        if self._live == 0:  # empty: drop what only lazy deletion still holds
+            self._heap.clear()
+            self._fifo.clear()
 
     def expire(self, item: Pending) -> bool:
         """Marks a queued request expired (its deadline passed); False if already taken."""
@@ -121,21 +143,28 @@ class ModelQueue:
     def ready_at(self, now: float) -> float | None:
         """When a batch may be dispatched; ``None`` when empty.
 
-        At once when the batch is full, or (eager batching) when no further
-        request for this model is being received; otherwise when the oldest
-        request has waited ``max_queue_delay_ms``.
+        At once when the batch is full (the rows of the first request's group,
+        or all the rows queued: then one batch cannot take them all anyway), or
+        (eager batching) when no further request for this model is being
+        received; otherwise when the oldest request has waited ``max_queue_delay_ms``.
         """
         oldest = self.oldest()
         if oldest is None:
             return None
-        if self._rows >= self.batching.max_batch_size:
+        limit = self.batching.max_batch_size
+        if self._rows >= limit:
+            return now
+        head = self.head()
+        if head is not None and self._group_rows[head.group] >= limit:
             return now
         if self.batching.eager and self.arriving == 0:
             return now  # nothing more is on its way: waiting would only add latency
         return oldest.enqueued_at + self.batching.max_queue_delay_ms / 1000.0
 
     def take_batch(self, now: float) -> tuple[list[Pending], list[Pending]]:
-        """Pops requests in order (level, then arrival) until the batch is full.
+        """Pops requests in order (level, then arrival) until the batch is full,
+        from the group of the request that goes first: requests of other shapes
+        keep their places and lead later batches.
 
         Returns the batch and the requests found past their deadline: those are
         marked expired and never executed.
@@ -144,22 +173,35 @@ class ModelQueue:
         expired: list[Pending] = []
         rows = 0
         limit = self.batching.max_batch_size
-        while self._heap:
-            item = self._heap[0][2]
+        while True:
+            head = self.head()
+            if head is not None and head.deadline <= now:
+                self._leave(head, EXPIRED)
+                expired.append(head)
+                continue
+            break
+        if head is None:
+            return batch, expired
+        group = head.group
+        heap = self._groups[group]
+        while heap:
+            item = heap[0][2]
             if item.state != QUEUED:
-                heapq.heappop(self._heap)
+                heapq.heappop(heap)
                 continue
             if item.deadline <= now:
-                heapq.heappop(self._heap)
+                heapq.heappop(heap)
                 self._leave(item, EXPIRED)
                 expired.append(item)
+                if group not in self._groups:
+                    break
                 continue
             if batch and rows + item.rows > limit:
                 break  # does not fit: it leads the next batch
-            heapq.heappop(self._heap)
+            heapq.heappop(heap)
             self._leave(item, RUNNING)
             batch.append(item)
             rows += item.rows
-            if rows >= limit:
+            if rows >= limit or group not in self._groups:
                 break
         return batch, expired

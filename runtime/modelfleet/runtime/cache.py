@@ -19,7 +19,13 @@ def cache_key(model: str, version: str, arrays: Sequence[Array]) -> bytes:
     h.update(f"{model}\0{version}\0".encode())
     for array in arrays:
         h.update(f"{array.dtype.str}{array.shape}".encode())
-        h.update(np.ascontiguousarray(array).data)
+        if array.dtype.kind == "O":  # BYTES: the elements, length-prefixed (not pointers)
+            for item in array.reshape(-1):
+                data = bytes(item)
+                h.update(len(data).to_bytes(4, "little"))
+                h.update(data)
+        else:
+            h.update(np.ascontiguousarray(array).data)
     return h.digest()
 
 

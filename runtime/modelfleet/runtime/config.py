@@ -26,7 +26,7 @@ BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 DATATYPES = (
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64",
-    "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+    "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES",
 )  # fmt: skip
 
 
@@ -39,9 +39,11 @@ class TensorSpec(_Strict):
     """Tensor name as clients send it in ``inputs[].name``."""
     datatype: Literal[
         "BOOL", "UINT8", "UINT16", "UINT32", "UINT64",
-        "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+        "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES",
     ]  # fmt: skip
-    """OIP datatype."""
+    """OIP datatype. ``BYTES`` tensors (strings) reach the module as a numpy array of
+    ``bytes`` objects (dtype ``object``) of the shape sent; a BYTES output may be
+    returned as such an array or as a (nested) list of ``bytes``/``str``."""
     shape: tuple[int, ...]
     """Shape including the batch dimension; -1 marks a variable dimension."""
 
@@ -55,6 +57,36 @@ class TensorSpec(_Strict):
         return shape
 
 
+class Padding(_Strict):
+    """Pad variable-length inputs to a bucket so that requests of different
+    lengths share a batch (sequence models: token ids and their attention mask)."""
+
+    inputs: dict[str, float] = Field(min_length=1)
+    """Input name -> the value its padding holds (e.g. ``{ids: 0, mask: 0}``). Every
+    input named here must have a variable dimension at ``axis``, and a request's
+    inputs named here must agree on their length along it."""
+    axis: int = Field(default=1, ge=1)
+    """The padded dimension (1: the sequence dimension of ``[batch, seq, ...]``)."""
+    buckets: tuple[int, ...] = Field(min_length=1)
+    """Increasing lengths to pad to: a request goes to the smallest bucket that holds
+    it and shares a batch only with requests of the same bucket. A request longer
+    than the largest bucket is refused with 400."""
+    outputs: tuple[str, ...] = ()
+    """Outputs with a sequence dimension at ``axis`` (e.g. per-token states): each
+    request gets them sliced back to its own length."""
+
+    @field_validator("buckets")
+    @classmethod
+    def _increasing(cls, buckets: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)):
+            raise ValueError(f"buckets must be positive and increasing, got {list(buckets)}")
+        return buckets
+
+    def bucket(self, length: int) -> int | None:
+        """The smallest bucket holding ``length``; None when none does."""
+        return next((b for b in self.buckets if b >= length), None)
+
+
 class Batching(_Strict):
     max_batch_size: int = Field(default=16, ge=1, le=4096)
     """Largest batch (sum of the requests' dim 0) sent to one forward pass."""
@@ -65,6 +97,10 @@ class Batching(_Strict):
     received, run what is queued at once instead of waiting out
     ``max_queue_delay_ms`` (requests still batch up while the device is busy).
     False waits like Triton's dynamic batcher."""
+    pad: Padding | None = None
+    """Without it (Triton's default), a batch only holds requests whose inputs agree
+    in every dimension but the batch one: requests of another shape wait for a
+    batch of their own. With it, the named inputs are padded to buckets."""
 
 
 class Queue(_Strict):
@@ -149,6 +185,14 @@ class ModelConfig(_Strict):
         names = [t.name for t in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"model {self.name!r}: input names must be unique")
+        if self.optimize != "none" and any(t.datatype == "BYTES" for t in self.inputs):
+            raise ValueError(
+                f"model {self.name!r}: optimize: {self.optimize} cannot trace BYTES inputs"
+            )
+        pad = self.batching.pad
+        if pad is not None:
+            _check_padded(self.name, "input", self.inputs, tuple(pad.inputs), pad.axis)
+            _check_padded(self.name, "output", self.outputs, pad.outputs, pad.axis)
         return self
 
     @property
@@ -163,6 +207,26 @@ class ModelConfig(_Strict):
             ".pt": "state_dict",
             ".pth": "state_dict",
         }.get(suffix, "safetensors")
+
+
+def _check_padded(
+    model: str, kind: str, specs: tuple[TensorSpec, ...], names: tuple[str, ...], axis: int
+) -> None:
+    by_name = {t.name: t for t in specs}
+    for name in names:
+        spec = by_name.get(name)
+        if spec is None:
+            raise ValueError(
+                f"model {model!r}: batching.pad names {kind} {name!r}, "
+                f"the model's {kind}s are {', '.join(repr(n) for n in by_name)}"
+            )
+        if len(spec.shape) <= axis or spec.shape[axis] != -1:
+            raise ValueError(
+                f"model {model!r}: batching.pad {kind} {name!r} has shape {list(spec.shape)}: "
+                f"dimension {axis} must be variable (-1) to be padded"
+            )
+        if kind == "input" and spec.datatype == "BYTES":
+            raise ValueError(f"model {model!r}: BYTES input {name!r} cannot be padded")
 
 
 class ServerConfig(_Strict):

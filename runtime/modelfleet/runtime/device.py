@@ -22,7 +22,7 @@ import torch
 
 from modelfleet.runtime.affinity import pin_this_thread
 from modelfleet.runtime.batcher import Pending
-from modelfleet.runtime.config import TensorSpec
+from modelfleet.runtime.config import Padding, TensorSpec
 from modelfleet.runtime.errors import ServingError
 from modelfleet.runtime.forward_process import ForwardProcess
 from modelfleet.runtime.metrics import RuntimeMetrics
@@ -54,9 +54,14 @@ def forward(
     outputs: Sequence[TensorSpec],
     device: torch.device,
 ) -> list[Array]:
-    """One forward pass: numpy in, numpy out, shaped and typed as declared."""
+    """One forward pass: numpy in, numpy out, shaped and typed as declared.
+
+    BYTES inputs reach the module as they are (numpy arrays of ``bytes``)."""
     with torch.inference_mode():
-        tensors = [torch.from_numpy(a).to(device, non_blocking=True) for a in arrays]
+        tensors = [
+            a if a.dtype.kind == "O" else torch.from_numpy(a).to(device, non_blocking=True)
+            for a in arrays
+        ]
         result: Any = module(*tensors)
         if isinstance(result, torch.Tensor):
             produced = [result]
@@ -69,9 +74,27 @@ def forward(
                 f"the model returned {len(produced)} outputs, its config declares {len(outputs)}"
             )
         return [
-            t.detach().to("cpu").numpy().astype(NP_DTYPES[spec.datatype], copy=False)
+            _bytes_output(t, spec.name)
+            if spec.datatype == "BYTES"
+            else t.detach().to("cpu").numpy().astype(NP_DTYPES[spec.datatype], copy=False)
             for t, spec in zip(produced, outputs, strict=True)
         ]
+
+
+def _bytes_output(value: Any, name: str) -> Array:
+    """A BYTES output (an array or nested list of ``bytes``/``str``) as an object array."""
+    if isinstance(value, torch.Tensor):
+        raise ModelFailure(f"output '{name}' is declared BYTES but the model returned a tensor")
+    array = np.array(value, dtype=object)
+    flat = array.reshape(-1)
+    for i, item in enumerate(flat):
+        if isinstance(item, str):
+            flat[i] = item.encode()
+        elif not isinstance(item, bytes | bytearray):
+            raise ModelFailure(
+                f"output '{name}' is declared BYTES but holds {type(item).__name__} values"
+            )
+    return array
 
 
 @dataclass(slots=True)
@@ -220,12 +243,16 @@ class DeviceWorker:
             self._call_soon(_settle, future, result, None)
 
     def _inputs(self, model: HostedModel, batch: list[Pending], picked_at: float) -> list[Array]:
-        """Records the batch's metrics and returns its inputs, concatenated along dim 0."""
+        """Records the batch's metrics and returns its inputs, concatenated along dim 0
+        (padded to the batch's bucket where ``batching.pad`` says so)."""
         metrics = model.metrics
         for p in batch:
             metrics.queue_time.observe(picked_at - p.enqueued_at)
         metrics.batch_size.observe(sum(p.rows for p in batch))
         metrics.queue_depth.set(len(model.queue))
+        pad = model.config.batching.pad
+        if pad is not None:
+            return padded_inputs(model.config.inputs, pad, batch)
         if len(batch) == 1:
             return list(batch[0].payload)
         return [
@@ -278,11 +305,47 @@ class DeviceWorker:
             log.warning("%s", failure.message)
             self._call_soon(_deliver, batch, None, failure)
             return
-        self._call_soon(_deliver, batch, outputs, None)
+        pad = model.config.batching.pad
+        trim = (
+            ()
+            if pad is None
+            else tuple(i for i, s in enumerate(model.config.outputs) if s.name in pad.outputs)
+        )
+        self._call_soon(_deliver, batch, outputs, None, trim, pad.axis if pad else 1)
 
 
-def _deliver(batch: list[Pending], outputs: list[Array] | None, error: Exception | None) -> None:
-    """On the event loop: each request gets its rows of the batch's outputs."""
+def padded_inputs(specs: Sequence[TensorSpec], pad: Padding, batch: list[Pending]) -> list[Array]:
+    """The batch's inputs with the padded ones filled up to the batch's bucket
+    (every request of a batch has the same bucket: its group)."""
+    rows = sum(p.rows for p in batch)
+    arrays: list[Array] = []
+    for i, spec in enumerate(specs):
+        parts = [p.payload[i] for p in batch]
+        value = pad.inputs.get(spec.name)
+        if value is None:
+            arrays.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            continue
+        shape = list(parts[0].shape)
+        shape[0], shape[pad.axis] = rows, batch[0].group[1]  # type: ignore[index]
+        out = np.full(shape, value, dtype=parts[0].dtype)
+        offset = 0
+        for part in parts:
+            where = (slice(offset, offset + len(part)),) + (slice(None),) * (pad.axis - 1)
+            out[(*where, slice(0, part.shape[pad.axis]))] = part
+            offset += len(part)
+        arrays.append(out)
+    return arrays
+
+
+def _deliver(
+    batch: list[Pending],
+    outputs: list[Array] | None,
+    error: Exception | None,
+    trim: tuple[int, ...] = (),
+    axis: int = 1,
+) -> None:
+    """On the event loop: each request gets its rows of the batch's outputs (the
+    outputs in ``trim`` cut back to the request's own length along ``axis``)."""
     offset = 0
     for p in batch:
         if not p.future.done():
@@ -290,7 +353,12 @@ def _deliver(batch: list[Pending], outputs: list[Array] | None, error: Exception
                 p.future.set_exception(error)
             else:
                 assert outputs is not None
-                p.future.set_result([o[offset : offset + p.rows] for o in outputs])
+                rows = slice(offset, offset + p.rows)
+                mine = [o[rows] for o in outputs]
+                for i in trim:
+                    cut = (slice(None),) * axis + (slice(0, p.length),)
+                    mine[i] = mine[i][cut]
+                p.future.set_result(mine)
         offset += p.rows
 
 

@@ -36,28 +36,31 @@ def cnn(channels: int = 32) -> nn.Module:
     return SmallCNN(channels)
 
 
-def write_examples(out: str | Path) -> list[str]:
-    """Writes ``mlp.safetensors`` and ``cnn.safetensors`` (fixed seeds) unless an
-    up-to-date copy is there."""
+def write_state(path: Path, state: dict[str, torch.Tensor]) -> str:
+    """Writes ``state`` as safetensors at ``path`` unless a file with the same
+    tensor names and shapes is there; returns the line to print."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    wanted = {k: list(v.shape) for k, v in state.items()}
+    if path.exists():
+        with safe_open(str(path), "pt") as f:
+            stored = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+        if stored == wanted:
+            return f"{path} (kept)"
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(path)
+    return f"{path} (written)"
+
+
+def write_examples(out: str | Path) -> list[str]:
+    """Writes ``mlp.safetensors`` and ``cnn.safetensors`` (fixed seeds) unless an
+    up-to-date copy is there."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines = []
     for name, factory in (("mlp", mlp), ("cnn", cnn)):
-        path = out / f"{name}.safetensors"
         torch.manual_seed(0)
-        module = factory()
-        wanted = {k: list(v.shape) for k, v in module.state_dict().items()}
-        if path.exists():
-            with safe_open(str(path), "pt") as f:
-                stored = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-            if stored == wanted:
-                lines.append(f"{path} (kept)")
-                continue
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
-        tmp.replace(path)
-        lines.append(f"{path} (written)")
+        lines.append(write_state(out / f"{name}.safetensors", factory().state_dict()))
     return lines

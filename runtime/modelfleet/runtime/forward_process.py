@@ -9,9 +9,9 @@ that does nothing but load them and run forward passes on its own GIL; the
 event loop of the serving process picks the batches (scheduler, priorities,
 deadlines: ``loop_dispatcher``) and ships each one over a pipe.
 
-Costs: each batch's inputs and outputs cross a pipe as raw array frames
-(``wire``: a copy on each side, no pickle), and torch is imported in two
-processes. The child ignores SIGINT and SIGTERM: the serving process
+Costs: each batch's inputs and outputs cross a socket pair as raw array
+frames (``wire``, no pickle; ``pipe``: frames of any size, written by the
+event loop as the socket drains), and torch is imported in two processes. The child ignores SIGINT and SIGTERM: the serving process
 drains first and then closes it; it exits by itself when the parent's pipes
 close (the parent died).
 """
@@ -23,7 +23,9 @@ import itertools
 import logging
 import multiprocessing
 import os
+import select
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -36,12 +38,13 @@ from modelfleet.runtime.affinity import pin_this_thread
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.errors import ModelLoadError, ServingError
 from modelfleet.runtime.malloc import retain_freed_memory
+from modelfleet.runtime.pipe import FrameReceiver, LoopPipe, send_frame
 from modelfleet.runtime.protocol import Array
 from modelfleet.runtime.wire import (
+    answer_parts,
+    batch_parts,
     decode_answer,
     decode_batch,
-    encode_answer,
-    encode_batch,
     encode_failure,
 )
 
@@ -108,7 +111,7 @@ class ForwardProcess:
         retain_mb: int = 0,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._run, run_child = ctx.Pipe()
+        self._run_sock, run_child = socket.socketpair()
         self._control, control_child = ctx.Pipe()
         self._control_lock = threading.Lock()
         self._handles = itertools.count(1)
@@ -128,7 +131,7 @@ class ForwardProcess:
         self._inflight: deque[Done] = deque()
         self._inflight_lock = threading.Lock()
         self._loop = loop
-        loop.add_reader(self._run.fileno(), self._on_results)
+        self._run = LoopPipe(self._run_sock, loop, self._on_answer, self._on_pipe_closed)
         log.info("forward process started (pid %d)", self._process.pid)
 
     @property
@@ -197,32 +200,28 @@ class ForwardProcess:
             return
         with self._inflight_lock:
             self._inflight.append(done)
-        try:
-            self._run.send_bytes(encode_batch(handle, arrays))
-        except (OSError, ValueError) as exc:  # the child is gone (or we closed)
+        try:  # never blocks: what the socket does not take now, the event loop writes later
+            self._run.send(batch_parts(handle, arrays))
+        except OSError as exc:  # the child is gone (or we closed)
             self._fail_inflight(self._mark_dead(), exc)
 
-    def _on_results(self) -> None:
-        """On the event loop, when the run pipe is readable: every answer waiting."""
+    def _on_answer(self, frame: bytearray) -> None:
+        """On the event loop: one answer from the child, for the oldest batch."""
         from modelfleet.runtime.device import ModelFailure
 
-        while True:
-            try:
-                if not self._run.poll():
-                    return
-                outputs, failure, seconds = decode_answer(self._run.recv_bytes())
-            except (EOFError, OSError) as exc:
-                self.detach()
-                if not self._closing_for_good:
-                    self._fail_inflight(self._mark_dead(), exc)
-                return
-            with self._inflight_lock:
-                done = self._inflight.popleft()
-            if failure is None:
-                done(outputs, None, seconds)
-            else:
-                served, message = failure
-                done(None, ModelFailure(message) if served else RemoteError(message), seconds)
+        outputs, failure, seconds = decode_answer(frame)
+        with self._inflight_lock:
+            done = self._inflight.popleft()
+        if failure is None:
+            done(outputs, None, seconds)
+        else:
+            served, message = failure
+            done(None, ModelFailure(message) if served else RemoteError(message), seconds)
+
+    def _on_pipe_closed(self, exc: BaseException) -> None:
+        self._detached = True
+        if not self._closing_for_good:
+            self._fail_inflight(self._mark_dead(), exc)
 
     def _fail_inflight(self, error: ForwardProcessDied, cause: BaseException) -> None:
         with self._inflight_lock:
@@ -237,14 +236,14 @@ class ForwardProcess:
         """Stops reading answers (on the event loop; before ``close``)."""
         if not self._detached:
             self._detached = True
-            self._loop.remove_reader(self._run.fileno())
+            self._run.detach()
 
     def close(self, timeout: float = 5.0) -> None:
         """Closes the pipes (the child exits on EOF) and waits; kills it if it lingers.
         Call ``detach`` on the event loop first."""
         self._closing_for_good = True
-        for conn in (self._run, self._control):
-            conn.close()
+        self._run.close()
+        self._control.close()
         self._process.join(timeout)
         if self._process.is_alive():
             self._process.kill()
@@ -255,7 +254,7 @@ class ForwardProcess:
 
 
 def child_main(
-    run: Connection,
+    run: socket.socket,
     control: Connection,
     device_name: str,
     torch_threads: int | None,
@@ -284,18 +283,16 @@ def child_main(
         target=_serve_control, args=(control, device, modules, lock, others), daemon=True
     ).start()
     spin_s = SPIN_S if cpus else 0.0
-    buffer = bytearray(1 << 20)  # batches arrive into it: their arrays are writable views
+    poller = select.poll()
+    poller.register(run.fileno(), select.POLLIN)
+    receiver = FrameReceiver(run)  # batches arrive into its buffer: writable views
     while True:
         try:
             if spin_s:  # a CPU of its own: poll a while before sleeping (no wake-up cost)
                 until = time.perf_counter() + spin_s
-                while not run.poll() and time.perf_counter() < until:
+                while not poller.poll(0) and time.perf_counter() < until:
                     pass
-            try:
-                frame: bytearray | memoryview = memoryview(buffer)[: run.recv_bytes_into(buffer)]
-            except multiprocessing.BufferTooShort as short:
-                frame = bytearray(short.args[0])
-                buffer = bytearray(len(frame))
+            frame = receiver.receive()
         except (EOFError, OSError):
             return
         started = time.perf_counter()
@@ -307,12 +304,12 @@ def child_main(
                 raise LookupError(f"no module {handle} is loaded in the forward process")
             module, config = entry
             outputs = forward(module, arrays, config.outputs, device)
-            reply = encode_answer(outputs, time.perf_counter() - started)
+            reply = answer_parts(outputs, time.perf_counter() - started)
         except Exception as exc:
             served = isinstance(exc, ServingError)
-            reply = encode_failure(served, _describe(exc), time.perf_counter() - started)
+            reply = [encode_failure(served, _describe(exc), time.perf_counter() - started)]
         try:
-            run.send_bytes(reply)
+            send_frame(run, reply)
         except (EOFError, OSError):
             return
 

@@ -15,7 +15,7 @@ import torch
 from modelfleet.runtime.batcher import ModelQueue, Pending
 from modelfleet.runtime.cache import ResultCache, cache_key
 from modelfleet.runtime.config import ModelConfig, Warmup
-from modelfleet.runtime.errors import RateLimited, Unavailable, expired_error
+from modelfleet.runtime.errors import BadRequest, RateLimited, Unavailable, expired_error
 from modelfleet.runtime.forward_process import RemoteModel
 from modelfleet.runtime.protocol import NP_DTYPES, Array, InferRequest
 from modelfleet.runtime.ratelimit import TokenBucket
@@ -131,6 +131,7 @@ class HostedModel:
             if us:  # Triton's timeout can only shorten the model's default
                 budget_s = min(budget_s, us / 1e6)
         level = request.priority or self.default_level
+        group, length = self.batch_group(request.arrays)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Array]] = loop.create_future()
         item = Pending(
@@ -140,6 +141,8 @@ class HostedModel:
             enqueued_at=now,
             deadline=now + budget_s,
             future=future,
+            group=group,
+            length=length,
         )
         displaced = self.worker.submit(self, item)  # 503 at once when full
         if displaced is not None and not displaced.future.done():
@@ -160,6 +163,43 @@ class HostedModel:
         if key is not None and self.cache is not None:
             self.cache.put(key, outputs)
         return outputs, False
+
+    def batch_group(
+        self, arrays: list[Array]
+    ) -> tuple[tuple[tuple[tuple[int, ...], ...], int], int]:
+        """(group, length) of a request: it shares a batch only with requests of its
+        group, the shapes of its inputs past dim 0 (with ``batching.pad``: the padded
+        length replaced by the bucket, which is the group's second item); ``length``
+        is its own length along the padded dimension (0 without padding)."""
+        pad = self.config.batching.pad
+        shapes = [a.shape[1:] for a in arrays]
+        if pad is None:
+            return (tuple(shapes), 0), 0
+        lengths = {
+            spec.name: a.shape[pad.axis]
+            for spec, a in zip(self.config.inputs, arrays, strict=True)
+            if spec.name in pad.inputs
+        }
+        length = max(lengths.values())
+        if len(set(lengths.values())) > 1:
+            raise BadRequest(
+                f"inputs {', '.join(repr(n) for n in lengths)} of model '{self.config.name}' "
+                f"are padded together and must agree on dimension {pad.axis}; got "
+                + ", ".join(f"{n}: {v}" for n, v in lengths.items())
+            )
+        bucket = pad.bucket(length)
+        if bucket is None:
+            raise BadRequest(
+                f"input '{next(iter(lengths))}' has length {length} in dimension {pad.axis}, "
+                f"longer than the largest padding bucket of model '{self.config.name}' "
+                f"({pad.buckets[-1]})"
+            )
+        for spec, i in zip(self.config.inputs, range(len(shapes)), strict=True):
+            if spec.name in pad.inputs:
+                shape = list(shapes[i])
+                shape[pad.axis - 1] = bucket
+                shapes[i] = tuple(shape)
+        return (tuple(shapes), bucket), length
 
     def _on_deadline(self, item: Pending) -> None:
         """The deadline passed: a request still queued is answered 503, never run."""
@@ -201,16 +241,23 @@ class HostedModel:
         sizes = list(warm.batch_sizes) or sorted(
             {2**i for i in range(int(math.log2(limit)) + 1)} | {limit}
         )
+        pad = self.config.batching.pad
         rng = np.random.default_rng(0)
         batches = []
-        for size in sizes:
-            arrays = []
-            for spec in self.config.inputs:
-                shape = (size, *(d if d > 0 else 1 for d in spec.shape[1:]))
-                dtype = NP_DTYPES[spec.datatype]
-                if warm.data == "random" and dtype.kind == "f":
-                    arrays.append(rng.standard_normal(shape).astype(dtype))
-                else:
-                    arrays.append(np.zeros(shape, dtype=dtype))
-            batches.extend([arrays] * warm.iterations)
+        for bucket in pad.buckets if pad is not None else (1,):
+            for size in sizes:
+                arrays = []
+                for spec in self.config.inputs:
+                    dims = [d if d > 0 else 1 for d in spec.shape]
+                    if pad is not None and spec.name in pad.inputs:
+                        dims[pad.axis] = bucket
+                    shape = (size, *dims[1:])
+                    dtype = NP_DTYPES[spec.datatype]
+                    if spec.datatype == "BYTES":
+                        arrays.append(np.full(shape, b"", dtype=object))
+                    elif warm.data == "random" and dtype.kind == "f":
+                        arrays.append(rng.standard_normal(shape).astype(dtype))
+                    else:
+                        arrays.append(np.zeros(shape, dtype=dtype))
+                batches.extend([arrays] * warm.iterations)
         return batches

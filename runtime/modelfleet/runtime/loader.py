@@ -128,7 +128,11 @@ def trace(module: torch.nn.Module, config: ModelConfig, device: torch.device) ->
     try:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notices
-            traced = torch.jit.trace(module, tuple(examples))  # type: ignore[no-untyped-call]
+            traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                module,
+                tuple(examples),
+                strict=False,  # strict=False: dict outputs
+            )
             if config.optimize == "inference":  # freezes, folds, oneDNN kernels on CPU
                 traced = torch.jit.optimize_for_inference(traced)
             else:

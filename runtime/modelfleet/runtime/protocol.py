@@ -18,6 +18,7 @@ import orjson
 
 from modelfleet.runtime.config import TensorSpec
 from modelfleet.runtime.errors import BadRequest
+from modelfleet.runtime.wire import deserialize_bytes, serialize_bytes
 
 NP_DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -32,7 +33,9 @@ NP_DTYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
 }
+"""OIP datatype -> numpy dtype; BYTES tensors are object arrays of ``bytes``."""
 OIP_DATATYPES = {dtype: name for name, dtype in NP_DTYPES.items()}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -175,6 +178,8 @@ def _decode_tensor(item: dict[str, Any], spec: TensorSpec, binary: memoryview) -
     count = math.prod(shape)
     params = item.get("parameters") or {}
     binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if datatype == "BYTES":
+        return _decode_bytes(item, name, shape, count, binary_size, binary)
     if binary_size is not None:
         if not isinstance(binary_size, int) or binary_size != count * dtype.itemsize:
             raise BadRequest(
@@ -197,6 +202,47 @@ def _decode_tensor(item: dict[str, Any], spec: TensorSpec, binary: memoryview) -
     if datatype == "BOOL" and not _all_bools(data):
         raise BadRequest(f"input '{name}' is BOOL: data must be true/false")
     return _check_finite(array.reshape(shape), name), 0
+
+
+def _decode_bytes(
+    item: dict[str, Any], name: str, shape: list[int], count: int, size: Any, binary: memoryview
+) -> tuple[Array, int]:
+    """A BYTES tensor: strings in JSON, or Triton's binary form (each element a
+    4-byte little-endian length and its bytes)."""
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
+        if size > len(binary):
+            raise BadRequest(f"input '{name}': the body is missing binary data")
+        try:
+            flat, used = deserialize_bytes(binary[:size], count)
+        except ValueError as exc:
+            raise BadRequest(f"input '{name}' (BYTES, shape {shape}): {exc}") from None
+        if used != size:
+            raise BadRequest(
+                f"input '{name}': binary_data_size is {size} but its {count} BYTES elements "
+                f"take {used}"
+            )
+        return flat.reshape(shape), size
+    data = item.get("data")
+    if data is None:
+        raise BadRequest(f"input '{name}' has no 'data'")
+    values = list(_flatten(data))
+    if not all(isinstance(v, str) for v in values):
+        raise BadRequest(f"input '{name}' is BYTES: data must be strings")
+    if len(values) != count:
+        raise BadRequest(f"input '{name}' has {len(values)} values but shape {shape} needs {count}")
+    flat = np.empty(count, dtype=object)
+    flat[:] = [v.encode() for v in values]
+    return flat.reshape(shape), 0
+
+
+def _flatten(data: Any) -> Any:
+    if isinstance(data, list):
+        for x in data:
+            yield from _flatten(x)
+    else:
+        yield data
 
 
 def _all_bools(data: Any) -> bool:
@@ -256,10 +302,17 @@ def encode_response(
             "datatype": spec.datatype,
             "shape": list(array.shape),
         }
-        if spec.name in request.binary_outputs or (request.binary_default and wanted is None):
-            raw = np.ascontiguousarray(array, dtype=NP_DTYPES[spec.datatype]).tobytes()
+        binary = spec.name in request.binary_outputs or (request.binary_default and wanted is None)
+        if binary:
+            raw = (
+                serialize_bytes(array)
+                if spec.datatype == "BYTES"
+                else np.ascontiguousarray(array, dtype=NP_DTYPES[spec.datatype]).tobytes()
+            )
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
+        elif spec.datatype == "BYTES":  # JSON carries strings (binary output keeps bytes exact)
+            entry["data"] = [_text(v) for v in array.reshape(-1)]
         else:
             entry["data"] = np.ascontiguousarray(array).reshape(-1)
         outputs.append(entry)
@@ -272,6 +325,12 @@ def encode_response(
         return head, {"Content-Type": "application/json"}
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
     return b"".join([head, *blobs]), headers
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return bytes(value).decode("utf-8", errors="replace")
 
 
 def tensor_metadata(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
