@@ -42,7 +42,8 @@ def _limits(schema: dict[str, Any]) -> str:
     above = ">" if schema.get("exclusiveMinimum") else "≥"
     below = "<" if schema.get("exclusiveMaximum") else "≤"
     for key, word in (("minimum", above), ("maximum", below), ("minLength", "length ≥"),
-                      ("maxLength", "length ≤"), ("minItems", "items ≥"), ("maxItems", "items ≤")):  # fmt: skip
+                      ("maxLength", "length ≤"), ("minItems", "items ≥"), ("maxItems", "items ≤"),
+                      ("minProperties", "keys ≥"), ("maxProperties", "keys ≤")):  # fmt: skip
         if key in schema:
             parts.append(f"{word} {schema[key]}")
     if "pattern" in schema:

@@ -273,3 +273,51 @@ def test_two_pools_unknown_pool_deleting_a_model_and_a_pool(fleet: dict[str, Any
     ).stdout.strip() == "")  # fmt: skip
     for name in ("huge", "orphan"):
         k.kubectl("delete", "inferencemodel", name, "-n", NS, "--wait=false")
+
+
+def test_a_bert_style_model_with_padding_serves_variable_lengths_through_the_gateway(
+    fleet: dict[str, Any],
+) -> None:
+    """An InferenceModel declaring bucket padding (``batching.pad``) for token ids
+    and mask: the runtime gets it from the operator, and mixed-length traffic
+    through the gateway is answered without an error, each at its own length."""
+    import concurrent.futures
+
+    import numpy as np
+
+    k = fleet["cluster"]
+    k.kubectl("apply", "-f", "-", input=model(
+        "encoder", memory=200,
+        source={"path": "bert.safetensors", "architecture": "modelfleet.runtime.zoo:bert"},
+        inputs=[{"name": "ids", "datatype": "INT64", "shape": [-1, -1]},
+                {"name": "mask", "datatype": "INT64", "shape": [-1, -1]}],
+        outputs=[{"name": "pooled", "datatype": "FP32", "shape": [-1, 64]},
+                 {"name": "tokens", "datatype": "FP32", "shape": [-1, -1, 64]}],
+        batching={"maxBatchSize": 16, "maxQueueDelayMs": 5,
+                  "pad": {"inputs": {"ids": 0, "mask": 0}, "buckets": [16, 32, 64, 128],
+                          "outputs": ["tokens"]}},
+    ))  # fmt: skip
+    wait_for("encoder Ready", lambda: condition(k, "encoder", "Ready")["status"] == "True")
+    lengths = [int(n) for n in np.random.default_rng(7).integers(1, 129, size=48)]
+
+    def one(length: int) -> tuple[int, list[int]]:
+        body = json.dumps({"inputs": [
+            {"name": "ids", "shape": [1, length], "datatype": "INT64", "data": [3] * length},
+            {"name": "mask", "shape": [1, length], "datatype": "INT64", "data": [1] * length},
+        ]}).encode()  # fmt: skip
+        req = urllib.request.Request(f"{fleet['gateway']}/v2/models/encoder/infer", data=body)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                doc = json.loads(resp.read())
+                return resp.status, next(o for o in doc["outputs"] if o["name"] == "tokens")[
+                    "shape"
+                ]
+        except urllib.error.HTTPError as exc:
+            return exc.code, [exc.read().decode(errors="replace")]  # type: ignore[list-item]
+
+    wait_for("a first answer", lambda: one(8)[0] == 200)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, lengths))
+    assert [a for a in answers if a[0] != 200] == []
+    assert [shape for _, shape in answers] == [[1, n, 64] for n in lengths]
+    k.kubectl("delete", "inferencemodel", "encoder", "-n", NS)

@@ -24,6 +24,15 @@ NS = "mf-life"
 POOL = "life"
 
 
+SEQUENCE: dict[str, Any] = {
+    "inputs": [{"name": "ids", "datatype": "INT64", "shape": [-1, -1]},
+               {"name": "lang", "datatype": "BYTES", "shape": [-1, 1]}],
+    "outputs": [{"name": "states", "datatype": "FP32", "shape": [-1, -1, 8]},
+                {"name": "label", "datatype": "BYTES", "shape": [-1, 1]}],
+}  # fmt: skip
+"""A sequence model's tensors (a BYTES input and output beside the padded ones)."""
+
+
 def model_yaml(name: str, pool: str = POOL, **spec: Any) -> str:
     return fleet_model_yaml(name, NS, pool, **spec)
 
@@ -47,6 +56,8 @@ def test_kubectl_explain_describes_the_fields(fleet: Fleet) -> None:
     assert "Placement never exceeds it" in " ".join(out.split())
     out = fleet.k.kubectl("explain", "inferencemodel.status.conditions").stdout
     assert "Ready, Placed, Degraded, Progressing" in " ".join(out.split())
+    out = fleet.k.kubectl("explain", "inferencemodel.spec.batching.pad.buckets").stdout
+    assert "a request longer than the largest bucket is refused with 400" in " ".join(out.split())
 
 
 @pytest.mark.parametrize(
@@ -63,8 +74,24 @@ def test_kubectl_explain_describes_the_fields(fleet: Fleet) -> None:
         (model_yaml("a", source={"path": "m.safetensors"}), "spec.source.architecture", "architecture"),
         (model_yaml("9lives"), "metadata.name", "DNS label that starts with a letter"),
         (pool_yaml("p", replicas={"min": 3, "max": 2}), "spec.replicas.min", "replicas.min must not exceed replicas.max"),
+        (model_yaml("pb", **SEQUENCE, batching={"pad": {"inputs": {"ids": 0}, "buckets": [64, 32]}}),
+         "spec.batching.pad.buckets", "must be strictly increasing"),
+        (model_yaml("pd", **SEQUENCE, batching={"pad": {"inputs": {"ids": 0}, "buckets": [32, 32]}}),
+         "spec.batching.pad.buckets", "must be strictly increasing"),
+        (model_yaml("pa", **SEQUENCE, batching={"pad": {"inputs": {"ids": 0}, "axis": 0, "buckets": [32]}}),
+         "spec.batching.pad.axis", "greater than or equal to 1"),
+        (model_yaml("pe", **SEQUENCE, batching={"pad": {"inputs": {}, "buckets": [32]}}),
+         "spec.batching.pad.inputs", "at least 1 propert"),
+        (model_yaml("pf", batching={"pad": {"inputs": {"input": 0}, "buckets": [32]}}),
+         "spec.batching.pad.inputs", "variable (-1)"),
+        (model_yaml("ps", **SEQUENCE, batching={"pad": {"inputs": {"lang": 0}, "buckets": [32]}}),
+         "spec.batching.pad.inputs", "not BYTES ones"),
+        (model_yaml("po", **SEQUENCE, batching={"pad": {"inputs": {"ids": 0}, "buckets": [32], "outputs": ["label"]}}),
+         "spec.batching.pad.outputs", "variable (-1)"),
     ],
-    ids=["weight", "batch", "canary-version", "torchscript", "url-sha", "architecture", "name", "min-max"],
+    ids=["weight", "batch", "canary-version", "torchscript", "url-sha", "architecture", "name", "min-max",
+         "pad-decreasing", "pad-duplicate", "pad-axis-0", "pad-no-inputs", "pad-fixed-dim", "pad-bytes",
+         "pad-output"],
 )  # fmt: skip
 def test_apply_of_a_bad_resource_is_refused_with_the_field_named(
     fleet: Fleet, bad: str, field: str, says: str

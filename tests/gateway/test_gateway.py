@@ -236,3 +236,38 @@ def test_the_gateway_never_imports_torch() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+async def test_variable_length_sequences_through_the_gateway_all_answered_exactly(
+    procs: Any, model_store: Path
+) -> None:
+    """A BERT-style model with bucket padding on two runtimes (one per executor)
+    behind the gateway: mixed lengths at concurrency 16, no error, exact answers."""
+    import numpy as np
+    import torch
+
+    from modelfleet.runtime import zoo
+    from tests.runtime.test_real_models import reference, sequence, tensor, zoo_config
+
+    bert = zoo_config("bert", batching=zoo.padded("bert"))
+    runtimes = [procs.runtime([bert]), procs.runtime([bert], executor="process")]
+    gw = procs.gateway({"bert": route(("1", 100, [r.url for r in runtimes]))})
+    lengths = [int(n) for n in np.random.default_rng(5).integers(1, 129, size=96)]
+    gate = asyncio.Semaphore(16)
+
+    async def one(session: aiohttp.ClientSession, i: int, length: int) -> tuple[int, Any]:
+        ids, mask = sequence(length, i)
+        body = {"inputs": [tensor("ids", ids, "INT64"), tensor("mask", mask, "INT64")]}
+        async with gate, session.post(f"{gw.url}/v2/models/bert/infer", json=body) as resp:
+            return resp.status, await resp.json()
+
+    async with aiohttp.ClientSession() as session:
+        answers = await asyncio.gather(*(one(session, i, n) for i, n in enumerate(lengths)))
+    assert collections.Counter(status for status, _ in answers) == {200: len(lengths)}
+    module = reference("bert", model_store)
+    with torch.inference_mode():
+        for i, (length, (_, doc)) in enumerate(zip(lengths, answers, strict=True)):
+            ids, mask = sequence(length, i)
+            want = module(torch.from_numpy(ids), torch.from_numpy(mask))["pooled"].numpy()
+            pooled = next(o for o in doc["outputs"] if o["name"] == "pooled")
+            np.testing.assert_allclose(np.array(pooled["data"]).reshape(1, -1), want, atol=1e-4)

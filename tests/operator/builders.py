@@ -28,6 +28,22 @@ def model_spec_dict(**overrides: Any) -> dict[str, Any]:
     return {**spec, **overrides}
 
 
+def sequence_spec_dict(**overrides: Any) -> dict[str, Any]:
+    """A sequence model: token ids and mask padded to buckets, a string input, a
+    per-token output sliced back and a string output."""
+    spec = model_spec_dict(
+        inputs=[{"name": "ids", "datatype": "INT64", "shape": [-1, -1]},
+                {"name": "mask", "datatype": "INT64", "shape": [-1, -1]},
+                {"name": "lang", "datatype": "BYTES", "shape": [-1, 1]}],
+        outputs=[{"name": "states", "datatype": "FP32", "shape": [-1, -1, 8]},
+                 {"name": "label", "datatype": "BYTES", "shape": [-1, 1]}],
+        batching={"maxBatchSize": 32, "maxQueueDelayMs": 2,
+                  "pad": {"inputs": {"ids": 0, "mask": 0}, "axis": 1,
+                          "buckets": [32, 64, 128], "outputs": ["states"]}},
+    )  # fmt: skip
+    return {**spec, **overrides}
+
+
 def model_obj(name: str = "mlp", namespace: str = "ml", **overrides: Any) -> dict[str, Any]:
     return {"apiVersion": "modelfleet.io/v1alpha1", "kind": "InferenceModel",
             "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "generation": 1},

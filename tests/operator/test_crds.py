@@ -11,8 +11,16 @@ import pytest
 import yaml
 
 from modelfleet.operator.desired import plan
+from modelfleet.operator.spec import ModelSpec
 from modelfleet.operator.status import model_status, pool_status
-from tests.operator.builders import model, model_spec_dict, pod, pool, pool_obj
+from tests.operator.builders import (
+    model,
+    model_spec_dict,
+    pod,
+    pool,
+    pool_obj,
+    sequence_spec_dict,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,7 +94,11 @@ def test_model_cel_rules_guard_what_the_schema_alone_cannot() -> None:
     assert spec["properties"]["batching"]["properties"]["maxBatchSize"]["minimum"] == 1
     assert spec["properties"]["inputs"]["x-kubernetes-list-map-keys"] == ["name"]
     messages = [r["message"] for r in spec["x-kubernetes-validations"]]
-    assert messages == ["canary.version must differ from version"]
+    assert messages[0] == "canary.version must differ from version"
+    assert [m.split(" must")[0] for m in messages[1:]] == [
+        "batching.pad.inputs",
+        "batching.pad.outputs",
+    ]
 
 
 def test_pool_cel_rule_keeps_min_replicas_within_max() -> None:
@@ -170,7 +182,8 @@ def test_every_status_field_the_operator_writes_is_declared() -> None:
 
 KEYWORDS = {
     "type", "description", "default", "minimum", "maximum", "exclusiveMinimum", "enum", "format",
-    "pattern", "minLength", "maxLength", "minItems", "maxItems", "items", "properties", "required",
+    "pattern", "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
+    "items", "properties", "required",
     "additionalProperties", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
     "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields",
 }  # fmt: skip
@@ -203,3 +216,66 @@ def test_the_pool_schema_takes_the_runtime_settings_and_names_a_bad_executor() -
     bad = errors("inferencepool.yaml", pool_obj(runtime={"executor": "gpu", "torchThreads": 0}))
     assert any(e.startswith("spec.runtime.executor") for e in bad), bad
     assert any(e.startswith("spec.runtime.torchThreads") for e in bad), bad
+
+
+def test_the_schema_takes_bytes_tensors_and_a_pad_spec_which_the_operator_reads() -> None:
+    spec = sequence_spec_dict()
+    assert errors("inferencemodel.yaml", {"spec": spec}) == []
+    datatype = schema("inferencemodel.yaml")["properties"]["spec"]["properties"]["outputs"]
+    assert "BYTES" in datatype["items"]["properties"]["datatype"]["enum"]  # outputs share it
+    pad = ModelSpec.model_validate(spec).batching.pad
+    assert pad is not None and pad.inputs == {"ids": 0, "mask": 0}
+    assert (pad.axis, pad.buckets, pad.outputs) == (1, (32, 64, 128), ("states",))
+
+
+def bad_pad(**pad: Any) -> dict[str, Any]:
+    good = {"inputs": {"ids": 0, "mask": 0}, "buckets": [32, 64]}
+    return {"spec": sequence_spec_dict(batching={"maxBatchSize": 8, "pad": {**good, **pad}})}
+
+
+@pytest.mark.parametrize(
+    ("obj", "field", "says"),
+    [
+        (bad_pad(axis=0), "spec.batching.pad.axis", "less than the minimum of 1"),
+        (bad_pad(inputs={}), "spec.batching.pad.inputs", "should be non-empty"),
+        (bad_pad(inputs={"ids": "zero"}), "spec.batching.pad.inputs.ids", "is not of type 'number'"),
+        (bad_pad(buckets=[]), "spec.batching.pad.buckets", "should be non-empty"),
+        (bad_pad(buckets=[0, 8]), "spec.batching.pad.buckets.0", "less than the minimum of 1"),
+        (bad_pad(outputs=[""]), "spec.batching.pad.outputs.0", "should be non-empty"),
+        ({"spec": sequence_spec_dict(batching={"pad": {"inputs": {"ids": 0}}})},
+         "spec.batching.pad", "'buckets' is a required property"),
+        ({"spec": model_spec_dict(inputs=[{"name": "s", "datatype": "STRING", "shape": [-1]}])},
+         "spec.inputs.0.datatype", "is not one of"),
+    ],
+    ids=["axis-0", "no-inputs", "pad-value", "no-buckets", "bucket-0", "output-name",
+         "buckets-required", "datatype"],
+)  # fmt: skip
+def test_the_schema_refuses_a_bad_pad_and_names_the_field(
+    obj: dict[str, Any], field: str, says: str
+) -> None:
+    found = errors("inferencemodel.yaml", obj)
+    assert any(e.startswith(f"{field}: ") and says in e for e in found), found
+
+
+def test_pad_cel_rules_keep_buckets_increasing_and_name_padded_tensors() -> None:
+    """What the structural schema cannot say; the API server evaluates these (the
+    cluster tests apply bad resources), the runtime refuses the same at load."""
+    spec = schema("inferencemodel.yaml")["properties"]["spec"]
+    pad = spec["properties"]["batching"]["properties"]["pad"]
+    assert pad["required"] == ["inputs", "buckets"]
+    buckets = pad["properties"]["buckets"]
+    assert rules(buckets) == [
+        "self.isSorted() && self.all(b, self.indexOf(b) == self.lastIndexOf(b))"
+    ]
+    assert "strictly increasing" in buckets["x-kubernetes-validations"][0]["message"]
+    # CEL over a map needs a bound on its size for the API server's cost estimate.
+    assert pad["properties"]["inputs"]["maxProperties"] == 64
+    assert pad["properties"]["inputs"]["additionalProperties"]["type"] == "number"
+    by_path = {r.get("fieldPath"): r for r in spec["x-kubernetes-validations"]}
+    inputs_rule = by_path[".batching.pad.inputs"]
+    assert "self.inputs.exists(t, t.name == n && t.datatype != 'BYTES'" in inputs_rule["rule"]
+    assert "t.shape[self.batching.pad.axis] == -1" in inputs_rule["rule"]
+    assert "self.outputs.exists(t, t.name == n" in by_path[".batching.pad.outputs"]["rule"]
+    for rule in (inputs_rule, by_path[".batching.pad.outputs"]):
+        assert rule["rule"].startswith("!has(self.batching) || !has(self.batching.pad) ||")
+        assert "variable (-1)" in rule["message"]

@@ -8,9 +8,10 @@ import yaml
 from modelfleet.operator.desired import plan
 from modelfleet.operator.podapi import same_models, same_routes
 from modelfleet.operator.reconcile import remembered, state_data, state_file
-from modelfleet.runtime.config import parse_document
+from modelfleet.operator.spec import ModelSpec
+from modelfleet.runtime.config import ModelConfig, Padding, parse_document
 from modelfleet.runtime.gateway.routes import parse_routes
-from tests.operator.builders import MLP_SOURCE, model, pod, pool
+from tests.operator.builders import MLP_SOURCE, model, pod, pool, sequence_spec_dict
 
 
 def test_documents_place_replicas_on_distinct_pods_and_the_runtime_accepts_them() -> None:
@@ -133,3 +134,49 @@ def test_a_models_optimize_setting_reaches_the_runtime_document() -> None:
         result = plan(pool(), {"mlp": spec}, pods)
         document = parse_document(yaml.safe_load(state_file(pool(), result.documents["gpu-0"])))
         assert document.models[0].optimize == wanted
+
+
+def test_a_pad_spec_and_bytes_tensors_reach_the_runtime_document_in_its_form() -> None:
+    spec = ModelSpec.model_validate(sequence_spec_dict(replicas=1))
+    result = plan(pool(), {"enc": spec}, [pod("gpu-0", "127.1.0.2")])
+    [entry] = result.documents["gpu-0"]
+    assert entry["batching"] == {
+        "max_batch_size": 32,
+        "max_queue_delay_ms": 2.0,
+        "pad": {"inputs": {"ids": 0, "mask": 0}, "axis": 1, "buckets": [32, 64, 128],
+                "outputs": ["states"]},
+    }  # fmt: skip
+    assert entry["inputs"] == [{"name": "ids", "datatype": "INT64", "shape": [-1, -1]},
+                               {"name": "mask", "datatype": "INT64", "shape": [-1, -1]},
+                               {"name": "lang", "datatype": "BYTES", "shape": [-1, 1]}]  # fmt: skip
+    config = ModelConfig.model_validate(entry)
+    assert config.batching.pad == Padding(
+        inputs={"ids": 0, "mask": 0}, axis=1, buckets=(32, 64, 128), outputs=("states",)
+    )
+    assert config.batching.pad.bucket(40) == 64 and config.batching.pad.bucket(129) is None
+    assert [t.datatype for t in config.outputs] == ["FP32", "BYTES"]
+    document = parse_document(yaml.safe_load(state_file(pool(), result.documents["gpu-0"])))
+    assert document.models[0].batching == config.batching  # the mounted file says the same
+
+
+def test_without_pad_the_document_leaves_it_out_and_the_runtime_batches_one_shape() -> None:
+    result = plan(pool(), {"mlp": model(replicas=1)}, [pod("gpu-0", "127.1.0.2")])
+    [entry] = result.documents["gpu-0"]
+    assert entry["batching"] == {"max_batch_size": 8, "max_queue_delay_ms": 1.0}
+    assert ModelConfig.model_validate(entry).batching.pad is None
+
+
+def test_removing_pad_or_the_rate_limit_is_pushed_to_a_pod_that_still_has_it() -> None:
+    pods = [pod("gpu-0", "127.1.0.2")]
+    unpadded = sequence_spec_dict(replicas=1, batching={"maxBatchSize": 32, "maxQueueDelayMs": 2})
+    for before, after in (
+        (ModelSpec.model_validate(sequence_spec_dict(replicas=1)), ModelSpec.model_validate(unpadded)),
+        (model(replicas=1, rateLimit={"requestsPerSecond": 5}), model(replicas=1)),
+    ):  # fmt: skip
+        had = plan(pool(), {"m": before}, pods).documents["gpu-0"]
+        reported = parse_document({"models": had}).model_dump(mode="json")["models"]
+        assert same_models(reported, had)
+        wanted = plan(pool(), {"m": after}, pods).documents["gpu-0"]
+        assert not same_models(reported, wanted)
+        now = parse_document({"models": wanted}).model_dump(mode="json")["models"]
+        assert same_models(now, wanted)

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from modelfleet.operator.manifests import ADMIN_PORT
 from modelfleet.operator.observed import RuntimeState
+from modelfleet.operator.spec import OMITTED_WHEN_UNSET
 
 log = logging.getLogger("modelfleet.operator")
 TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
@@ -85,12 +86,28 @@ def covers(have: Any, want: Any) -> bool:
     return bool(have == want)
 
 
+def _at(document: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        document = document.get(key) if isinstance(document, dict) else None
+    return document
+
+
+def still_set(have: dict[str, Any], want: dict[str, object]) -> bool:
+    """Whether ``have`` still sets an optional field that ``want`` leaves out (removed
+    from the spec: ``covers`` alone only compares what ``want`` says)."""
+    return any(_at(want, p) is None and _at(have, p) is not None for p in OMITTED_WHEN_UNSET)
+
+
 def same_models(current: list[dict[str, Any]], desired: list[dict[str, object]]) -> bool:
     """Whether a runtime's desired models already say what the operator wants."""
     by_key = {(m.get("name"), m.get("version")): m for m in current}
     if set(by_key) != {(m["name"], m["version"]) for m in desired}:
         return False
-    return all(covers(by_key[(m["name"], m["version"])], m) for m in desired)
+    for want in desired:
+        have = by_key[(want["name"], want["version"])]
+        if not covers(have, want) or still_set(have, want):
+            return False
+    return True
 
 
 def same_routes(current: dict[str, Any] | None, desired: dict[str, dict[str, object]]) -> bool:

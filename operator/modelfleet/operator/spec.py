@@ -20,6 +20,11 @@ DEFAULT_MEMORY_MB = 1000.0
 """Memory assumed for a version that declares none and has not been measured yet."""
 
 Role = Literal["stable", "canary", "draining"]
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64",
+    "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+"""The OIP datatypes the CRD's enum allows (the runtime's ``TensorSpec.datatype``)."""
 
 
 class _Spec(BaseModel):
@@ -31,8 +36,8 @@ class _Spec(BaseModel):
 class Tensor(_Spec):
     name: str
     """Tensor name as clients send it."""
-    datatype: str
-    """OIP datatype (FP32, INT64, ...)."""
+    datatype: Datatype
+    """OIP datatype (FP32, INT64, ..., BYTES for strings)."""
     shape: tuple[int, ...]
     """Shape including the batch dimension; -1 marks a variable dimension."""
 
@@ -56,11 +61,25 @@ class Source(_Spec):
         return self.path or self.url or ""
 
 
+class Padding(_Spec):
+    inputs: dict[str, float]
+    """Input name -> the value its padding holds."""
+    axis: int = 1
+    """The padded dimension (1: the sequence dimension of ``[batch, seq, ...]``)."""
+    buckets: tuple[int, ...]
+    """Strictly increasing lengths to pad to; longer requests are refused with 400."""
+    outputs: tuple[str, ...] = ()
+    """Outputs sliced back to each request's own length along ``axis``."""
+
+
 class Batching(_Spec):
     max_batch_size: int = 16
     """Largest batch sent to one forward pass."""
     max_queue_delay_ms: float = 2.0
     """Longest wait for a batch to fill."""
+    pad: Padding | None = None
+    """Variable-length inputs padded to buckets so that requests of different
+    lengths share a batch; without it only requests of one shape do."""
 
 
 class Queue(_Spec):
@@ -205,6 +224,14 @@ class PoolSpec(_Spec):
     runtime: RuntimeSettings = RuntimeSettings()
 
 
+OMITTED_WHEN_UNSET: tuple[tuple[str, ...], ...] = (
+    ("architecture",), ("sha256",), ("rate_limit",), ("memory_mb",), ("batching", "pad"),
+)  # fmt: skip
+"""Paths of the entry fields ``runtime_model`` leaves out when the spec does not set
+them (a runtime that predates ``batching.pad`` still takes a document without it); a
+pod whose desired state still sets one must be told again (``podapi.same_models``)."""
+
+
 def runtime_model(name: str, spec: ModelSpec, version: ModelVersion) -> dict[str, object]:
     """One entry of a runtime pod's desired-state document (docs/contracts.md)."""
     source = version.source
@@ -217,7 +244,7 @@ def runtime_model(name: str, spec: ModelSpec, version: ModelVersion) -> dict[str
         "priority": spec.priority,
         "inputs": [t.model_dump(mode="json") for t in spec.inputs],
         "outputs": [t.model_dump(mode="json") for t in spec.outputs],
-        "batching": spec.batching.model_dump(mode="json"),
+        "batching": spec.batching.model_dump(mode="json", exclude_none=True),
         "queue": spec.queue.model_dump(mode="json"),
         "cache": spec.cache.model_dump(mode="json"),
         "warmup": spec.warmup.model_dump(mode="json"),
