@@ -1,4 +1,5 @@
-"""The device scheduler: request priority, then model priority, with aging (fake time)."""
+"""The device scheduler: request priority, then model priority, then the earliest
+due answer; aging only when asked for (fake time)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def queue(name: str, priority: int = 0, delay_ms: float = 0) -> ModelQueue:
     )
 
 
-def add(q: ModelQueue, t: float, level: int = 5) -> None:
-    q.push(Pending(payload=None, rows=1, level=level, enqueued_at=t, deadline=1e9))
+def add(q: ModelQueue, t: float, level: int = 5, due: float = 1e9, rows: int = 1) -> None:
+    q.push(Pending(payload=None, rows=rows, level=level, enqueued_at=t, deadline=1e9, due=due))
 
 
 def test_request_priority_wins_over_model_priority() -> None:
@@ -72,3 +73,34 @@ def test_no_model_starves_under_a_constant_stream_of_high_priority_work() -> Non
             break
         now += 0.010
     assert served_low_at is not None and served_low_at <= 1.0
+
+
+def test_without_aging_a_long_low_priority_backlog_never_overtakes_a_fresh_high_request() -> None:
+    """The default: strict classes. A low model whose oldest request waited 5 s
+    still goes after a high-priority model's request that just arrived."""
+    low, high = queue("low", priority=10), queue("high", priority=100)
+    for i in range(50):
+        add(low, i * 0.1)
+    add(high, 5.0)
+    chosen, _ = pick([low, high], 5.0, 0.0)
+    assert chosen is high
+
+
+def test_within_one_priority_class_the_answer_due_first_runs_first() -> None:
+    slow_objective, tight_objective = queue("batchy", priority=5), queue("chatty", priority=5)
+    add(slow_objective, 0.0, due=1.0)  # arrived first, due in a second
+    add(tight_objective, 0.1, due=0.12)  # arrived later, due in 20 ms
+    chosen, _ = pick([slow_objective, tight_objective], 0.1, 0.0)
+    assert chosen is tight_objective
+
+
+def test_rows_ahead_counts_higher_levels_and_the_own_level_when_asked() -> None:
+    q = queue("a")
+    add(q, 0.0, level=1, rows=3)
+    add(q, 0.0, level=5, rows=4)
+    add(q, 0.0, level=9, rows=5)
+    assert q.rows_ahead(5, inclusive=False) == 3
+    assert q.rows_ahead(5, inclusive=True) == 7
+    assert q.rows_ahead(1, inclusive=False) == 0
+    batch, _ = q.take_batch(0.0)  # the level-1 request (3 rows) and the level-5 one do not fit
+    assert [p.rows for p in batch] == [3] and q.rows_ahead(9, inclusive=True) == 9

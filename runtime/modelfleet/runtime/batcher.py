@@ -38,6 +38,9 @@ class Pending:
     past the batch dimension (with padding: the bucket)."""
     length: int = 0
     """With padding: the request's own length along the padded dimension."""
+    due: float = 0.0
+    """When its answer is due: the model's latency objective after arrival when it
+    has one, else its deadline (earliest first among queues of one priority class)."""
     state: str = QUEUED
     seq: int = 0
 
@@ -56,6 +59,8 @@ class ModelQueue:
     """The same order as ``_heap`` per group (a batch is taken from one)."""
     _group_rows: dict[Hashable, int] = field(default_factory=dict)
     """Rows queued per group; a group leaves both dicts when it has none left."""
+    _level_rows: dict[int, int] = field(default_factory=dict)
+    """Rows queued per priority level (what admission counts as work ahead)."""
     _fifo: deque[Pending] = field(default_factory=deque)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _live: int = 0
@@ -102,6 +107,7 @@ class ModelQueue:
         heapq.heappush(self._heap, entry)
         heapq.heappush(self._groups.setdefault(item.group, []), entry)
         self._group_rows[item.group] = self._group_rows.get(item.group, 0) + item.rows
+        self._level_rows[item.level] = self._level_rows.get(item.level, 0) + item.rows
         self._fifo.append(item)
         self._live += 1
         self._rows += item.rows
@@ -111,6 +117,9 @@ class ModelQueue:
         item.state = state
         self._live -= 1
         self._rows -= item.rows
+        self._level_rows[item.level] -= item.rows
+        if not self._level_rows[item.level]:
+            del self._level_rows[item.level]
         left = self._group_rows[item.group] - item.rows
         if left > 0:
             self._group_rows[item.group] = left
@@ -120,6 +129,15 @@ class ModelQueue:
         if self._live == 0:  # empty: drop what only lazy deletion still holds
             self._heap.clear()
             self._fifo.clear()
+
+    def rows_ahead(self, level: int, *, inclusive: bool) -> int:
+        """Rows queued at a higher priority level than ``level`` (and at ``level``
+        itself when ``inclusive``): the work that goes before a request of it."""
+        return sum(
+            rows
+            for lv, rows in self._level_rows.items()
+            if lv < level or (inclusive and lv == level)
+        )
 
     def expire(self, item: Pending) -> bool:
         """Marks a queued request expired (its deadline passed); False if already taken."""

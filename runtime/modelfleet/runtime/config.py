@@ -172,6 +172,10 @@ class ModelConfig(_Strict):
     control flow; outputs are checked against the eager module before it is used."""
     memory_mb: float | None = Field(default=None, gt=0)
     """Device memory the model needs; measured after loading when not given."""
+    latency_objective_ms: float | None = Field(default=None, gt=0)
+    """Latency the model's requests should be answered within: among queues of one
+    priority class, the batch whose answer is due first runs first (earliest
+    deadline first), and ``modelfleet_objective_total`` counts its attainment."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -248,8 +252,13 @@ class ServerConfig(_Strict):
     """On SIGTERM, how long queued and in-flight requests get to finish."""
     default_priority_level: int = Field(default=5, ge=1)
     """Level of requests without a priority (Triton's ``priority: 0``); 1 is the highest."""
-    aging_ms: float = Field(default=100, gt=0)
-    """Scheduler aging: each this much waiting raises a batch's rank by one level."""
+    aging_ms: float | None = Field(default=None, gt=0)
+    """Scheduler aging, off by default: each this much a model's oldest request
+    has waited raises its batch's rank by one priority level, so that no lower
+    class starves. Under sustained overload it lets the backlog of a lower class
+    overtake fresh higher-priority requests (a 100 ms aging once put the example
+    MLP behind 1-2 s of CNN backlog); without it the order is strict and the
+    lower class is refused at admission or expires at its deadline instead."""
     torch_threads: int | None = Field(default=None, ge=1)
     """``torch.set_num_threads``; default leaves torch's choice."""
     gil_switch_interval_us: float = Field(default=100, gt=0)

@@ -135,6 +135,9 @@ class DeviceWorker:
         """The forward process (``executor: process``, see ``LoopDispatcher``); None here."""
         self.models: list[HostedModel] = []
         self.cond = threading.Condition()
+        self._busy_s = 0.0
+        """Expected forward seconds of the batches handed out and not finished."""
+        self._busy_batches = 0
         self._jobs: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -174,6 +177,35 @@ class DeviceWorker:
     def would_refuse(self, model: HostedModel, level: int) -> bool:
         with self.cond:
             return model.queue.would_refuse(level)
+
+    def expected_wait(self, model: HostedModel, level: int) -> float:
+        """Seconds a request of ``level`` for ``model`` can expect to wait now before
+        its batch starts: the measured forward time of every queued row that goes
+        before it (a higher class, or its own class queued earlier) and of the
+        batches running. Queues of models not measured yet count nothing."""
+        with self.cond:
+            wait = self._busy_s
+            for other in self.models:
+                per_row = other.service.seconds_per_row
+                if per_row and len(other.queue):
+                    first = other is model or other.queue.priority >= model.queue.priority
+                    wait += per_row * other.queue.rows_ahead(level, inclusive=first)
+            return wait
+
+    def _batch_started(self, model: HostedModel, rows: int) -> None:
+        with self.cond:
+            self._busy_s += rows * model.service.seconds_per_row
+            self._busy_batches += 1
+
+    def _batch_ended(self, model: HostedModel, rows: int, seconds: float) -> None:
+        with self.cond:
+            self._busy_batches = max(0, self._busy_batches - 1)
+            self._busy_s = (
+                max(0.0, self._busy_s - rows * model.service.seconds_per_row)
+                if self._busy_batches
+                else 0.0
+            )
+            model.service.record(rows, seconds)
 
     def expire(self, model: HostedModel, item: Pending) -> bool:
         with self.cond:
@@ -248,8 +280,10 @@ class DeviceWorker:
         metrics = model.metrics
         for p in batch:
             metrics.queue_time.observe(picked_at - p.enqueued_at)
-        metrics.batch_size.observe(sum(p.rows for p in batch))
+        rows = sum(p.rows for p in batch)
+        metrics.batch_size.observe(rows)
         metrics.queue_depth.set(len(model.queue))
+        self._batch_started(model, rows)
         pad = model.config.batching.pad
         if pad is not None:
             return padded_inputs(model.config.inputs, pad, batch)
@@ -286,6 +320,7 @@ class DeviceWorker:
         name, version = model.key
         rows = sum(p.rows for p in batch)
         model.metrics.compute_time.observe(seconds)
+        self._batch_ended(model, rows, seconds)
         if outputs is not None:
             for spec, out in zip(model.config.outputs, outputs, strict=True):
                 if out.ndim == 0 or out.shape[0] != rows:

@@ -20,6 +20,7 @@ from modelfleet.runtime.forward_process import RemoteModel
 from modelfleet.runtime.protocol import NP_DTYPES, Array, InferRequest
 from modelfleet.runtime.ratelimit import TokenBucket
 from modelfleet.runtime.recent import RecentLatencies
+from modelfleet.runtime.service import ServiceTime
 
 if TYPE_CHECKING:
     from modelfleet.runtime.device import DeviceWorker
@@ -65,6 +66,9 @@ class HostedModel:
         self.idle.set()
         self.served = 0
         self.errors = 0
+        self.service = ServiceTime()
+        """Measured forward time per row (warm-up, then every batch): admission's
+        estimate of how long the queued work takes."""
         self.recent = RecentLatencies()
         """Latencies of the last successful requests (the p99 the admin state reports)."""
         self.loaded_at = 0.0
@@ -96,15 +100,55 @@ class HostedModel:
 
     # -- serving ---------------------------------------------------------------
 
-    def check_admission(self, now: float) -> None:
+    def budget_s(self, *timeouts_us: int | None) -> float:
+        """The request's deadline from now: the model's ``queue.timeout_ms``, which
+        Triton's ``timeout`` (and the gateway's header) can only shorten."""
+        budget = self.config.queue.timeout_ms / 1000.0
+        for us in timeouts_us:
+            if us:
+                budget = min(budget, us / 1e6)
+        return budget
+
+    def refusal(self, level: int | None, budget_s: float, *, rows: int = 1) -> Unavailable | None:
+        """Why a request of ``level`` (None: not known yet, assume the highest) with
+        ``budget_s`` to its deadline cannot be served, or None. Cheap: called before
+        the body is read, and again once its priority and timeout are known."""
+        name, version = self.key
         if self.state is not State.READY:
-            raise Unavailable(
-                f"model '{self.config.name}' version '{self.config.version}' is {self.state}",
-                retry_after_s=1,
-            )
+            return self._shed(
+                "not_ready", level,
+                Unavailable(f"model '{name}' version '{version}' is {self.state}", retry_after_s=1),
+            )  # fmt: skip
+        effective = 1 if level is None else level or self.default_level
+        if self.worker.would_refuse(self, effective):
+            return self._shed("queue_full", level, self.queue.full_error())
+        wait = self.worker.expected_wait(self, effective)
+        own = rows * self.service.seconds_per_row
+        self.metrics.expected_wait.set(wait)
+        if wait + own > budget_s:
+            return self._shed(
+                "deadline", level,
+                Unavailable(
+                    f"model '{name}' version '{version}' cannot answer within the request's "
+                    f"deadline: {budget_s * 1000:.0f} ms left, about {wait * 1000:.0f} ms of "
+                    "work queued ahead of it",
+                    retry_after_s=max(1.0, wait - budget_s),
+                ),
+            )  # fmt: skip
+        return None
+
+    def _shed(self, reason: str, level: int | None, error: Unavailable) -> Unavailable:
+        self.metrics.shed(reason, level or self.default_level)
+        return error
+
+    def check_admission(self, now: float, level: int, budget_s: float, rows: int) -> None:
+        refused = self.refusal(level, budget_s, rows=rows)
+        if refused is not None:
+            raise refused
         if self.limiter is not None:
             wait = self.limiter.try_take(now)
             if wait > 0:
+                self.metrics.shed("rate_limit", level)
                 raise RateLimited(
                     f"model '{self.config.name}' is limited to "
                     f"{self.limiter.rate:g} requests/s; retry in {wait:.2f} s",
@@ -119,18 +163,15 @@ class HostedModel:
         Returns the outputs and whether they came from the cache.
         """
         now = time.monotonic()
-        self.check_admission(now)
+        level = request.priority or self.default_level
+        budget_s = self.budget_s(request.timeout_us, timeout_us)
+        self.check_admission(now, level, budget_s, request.rows)
         key = None
         if self.cache is not None:
             key = cache_key(self.config.name, self.config.version, request.arrays)
             hit = self.cache.get(key)
             if hit is not None:
                 return hit, True
-        budget_s = self.config.queue.timeout_ms / 1000.0
-        for us in (request.timeout_us, timeout_us):
-            if us:  # Triton's timeout can only shorten the model's default
-                budget_s = min(budget_s, us / 1e6)
-        level = request.priority or self.default_level
         group, length = self.batch_group(request.arrays)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Array]] = loop.create_future()
@@ -143,9 +184,16 @@ class HostedModel:
             future=future,
             group=group,
             length=length,
+            due=now + min(budget_s, (self.config.latency_objective_ms or math.inf) / 1000.0),
         )
-        displaced = self.worker.submit(self, item)  # 503 at once when full
+        try:
+            displaced = self.worker.submit(self, item)  # 503 at once when full
+        except Unavailable:
+            self.metrics.shed("queue_full", level)
+            raise
+        self.metrics.admitted(level)
         if displaced is not None and not displaced.future.done():
+            self.metrics.shed("displaced", displaced.level)
             displaced.future.set_exception(
                 Unavailable(
                     f"shed: a higher-priority request for model '{self.config.name}' took "
@@ -210,15 +258,10 @@ class HostedModel:
         for item in items:
             self.fail_expired(item)
 
-    def refuses(self, level: int | None) -> bool:
-        """Cheap early check, before the body is read: a full queue that this
-        request could not get into. Without a known level, only a queue that
-        not even the highest priority could enter refuses."""
-        return self.worker.would_refuse(self, 1 if level is None else level or self.default_level)
-
     def fail_expired(self, item: Pending) -> None:
         """Answers a request the worker found past its deadline in the queue."""
         if not item.future.done():
+            self.metrics.shed("expired", item.level)
             item.future.set_exception(expired_error(self.key, time.monotonic() - item.enqueued_at))
 
     def _enter(self) -> None:

@@ -68,6 +68,34 @@ class RuntimeMetrics:
             "Device memory held by loaded models (measured).",
             registry=self.registry,
         )
+        self.shed = Counter(
+            "modelfleet_shed_total",
+            "Requests refused or dropped without an answer, by model, priority level and "
+            "reason: queue_full, deadline (the expected wait exceeds it), rate_limit, "
+            "displaced (by a higher priority in a full queue), expired (in the queue), "
+            "not_ready.",
+            (*labels, "priority", "reason"),
+            registry=self.registry,
+        )
+        self.admitted = Counter(
+            "modelfleet_admitted_total",
+            "Requests admitted into the model's queue, by priority level.",
+            (*labels, "priority"),
+            registry=self.registry,
+        )
+        self.expected_wait = Gauge(
+            "modelfleet_expected_wait_seconds",
+            "Queue wait admission expected at its last decision for the model (measured "
+            "forward time of the work queued ahead).",
+            labels,
+            registry=self.registry,
+        )
+        self.objective = Counter(
+            "modelfleet_objective_total",
+            "Answered requests of models with a latency objective, by whether they met it.",
+            (*labels, "met"),
+            registry=self.registry,
+        )
         self.model_ready = Gauge(
             "modelfleet_model_ready",
             "1 when the model version is loaded, warm and serving.",
@@ -83,7 +111,7 @@ class RuntimeMetrics:
         """Drops the per-model series of an unloaded model."""
         for metric in (
             self.latency, self.queue_time, self.compute_time, self.batch_size,
-            self.queue_depth, self.cache_hits, self.model_ready,
+            self.queue_depth, self.cache_hits, self.model_ready, self.expected_wait,
         ):  # fmt: skip
             with contextlib.suppress(KeyError):
                 metric.remove(model, version)
@@ -102,6 +130,16 @@ class ModelMetrics:
         self.batch_size = metrics.batch_size.labels(model, version)
         self.queue_depth = metrics.queue_depth.labels(model, version)
         self.cache_hits = metrics.cache_hits.labels(model, version)
+        self.expected_wait = metrics.expected_wait.labels(model, version)
 
     def failed(self, status: int) -> None:
         self._metrics.requests.labels(*self._labels, str(status)).inc()
+
+    def shed(self, reason: str, level: int) -> None:
+        self._metrics.shed.labels(*self._labels, str(level), reason).inc()
+
+    def admitted(self, level: int) -> None:
+        self._metrics.admitted.labels(*self._labels, str(level)).inc()
+
+    def objective(self, met: bool) -> None:
+        self._metrics.objective.labels(*self._labels, "true" if met else "false").inc()

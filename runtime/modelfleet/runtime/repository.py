@@ -194,13 +194,17 @@ class Repository:
             model.memory_bytes = measured
             model.state = State.WARMING
             device = self.worker.device
-            for arrays in model.warmup_batches():
+            warm = model.warmup_batches()
+            for i, arrays in enumerate(warm):
+                began = time.perf_counter()
                 if isinstance(module, RemoteModel):  # in the forward process, beside serving
                     await loop.run_in_executor(None, module.warm, arrays)
                 else:
                     await self.worker.run_on_device(
                         functools.partial(forward, module, arrays, config.outputs, device)
                     )
+                if i or len(warm) == 1:  # a first estimate for admission (not the cold pass)
+                    model.service.record(len(arrays[0]), time.perf_counter() - began)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
             if isinstance(module, RemoteModel):

@@ -42,10 +42,10 @@ class Runtime:
         device = pick_device(self.config.device)
         self.worker: DeviceWorker
         if self.config.executor == "process":  # the event loop schedules, a child computes
-            self.worker = LoopDispatcher(device, self.metrics, aging_ms=self.config.aging_ms)
+            self.worker = LoopDispatcher(device, self.metrics, aging_ms=self.config.aging_ms or 0.0)
         else:
             self.worker = DeviceWorker(
-                device, self.metrics, aging_ms=self.config.aging_ms, cpus=self.device_cpus
+                device, self.metrics, aging_ms=self.config.aging_ms or 0.0, cpus=self.device_cpus
             )
         self.repository = Repository(self.config, self.worker, self.metrics)
         self.draining = False

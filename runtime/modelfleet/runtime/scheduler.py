@@ -1,9 +1,13 @@
 """The device scheduler's choice: which model's batch runs next.
 
-Order: request priority level (1 is highest), raised by one level for every
-``aging_ms`` the model's oldest request has waited so that nothing starves;
-then model priority (higher first); then the oldest request. Pure: the
-device worker supplies the clock.
+Order: request priority level (1 is highest); then model priority (higher
+first); then the earliest due answer (latency objective, else deadline); then
+the oldest request. Strict between priority classes: under sustained overload
+the lower class waits (and is refused at admission or expires at its deadline)
+instead of delaying the higher one. With ``aging_ms`` (opt-in), every that much
+the model's oldest request has waited raises its rank by one level, so that a
+lower class cannot starve, at the price of the higher class's latency under
+overload. Pure: the device worker supplies the clock.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ from collections.abc import Iterable
 from modelfleet.runtime.batcher import ModelQueue
 
 
-def rank(queue: ModelQueue, now: float, aging_s: float) -> tuple[float, int, float]:
+def rank(queue: ModelQueue, now: float, aging_s: float) -> tuple[float, int, float, float]:
     head = queue.head()
     oldest = queue.oldest()
     assert head is not None and oldest is not None
-    waited = max(0.0, now - oldest.enqueued_at)
-    return (head.level - int(waited / aging_s), -queue.priority, oldest.enqueued_at)
+    boost = int(max(0.0, now - oldest.enqueued_at) / aging_s) if aging_s > 0 else 0
+    return (head.level - boost, -queue.priority, head.due, oldest.enqueued_at)
 
 
 def pick(
@@ -26,7 +30,7 @@ def pick(
 ) -> tuple[ModelQueue | None, float | None]:
     """Returns the queue whose batch should run now, or the time to look again."""
     best: ModelQueue | None = None
-    best_rank: tuple[float, int, float] | None = None
+    best_rank: tuple[float, int, float, float] | None = None
     wake: float | None = None
     for queue in queues:
         at = queue.ready_at(now)

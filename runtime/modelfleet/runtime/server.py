@@ -15,6 +15,7 @@ from modelfleet.runtime.protocol import (
     HEADER_LENGTH,
     decode_request,
     encode_response,
+    peek_parameters,
     tensor_metadata,
 )
 from modelfleet.runtime.runtime import Runtime
@@ -90,24 +91,31 @@ async def infer(request: web.Request) -> web.Response:
     model = _model(request)
     name, version = model.key
     metrics = model.metrics
-    priority = request.headers.get(PRIORITY_HEADER, "")
-    if model.refuses(int(priority) if priority.isdigit() else None):
-        metrics.failed(503)
-        model.errors += 1
-        raise model.queue.full_error()
+    # Admission as early as it can decide: before the body is read when the gateway's
+    # headers give the priority and timeout, else once it is read (the parameters
+    # found in the raw bytes) and before its tensors are parsed. A request refused
+    # here costs little, so refusing does not eat the capacity it protects.
+    header = request.headers.get(PRIORITY_HEADER, "")
+    timeout_header = request.headers.get(TIMEOUT_HEADER)
+    timeout_us = int(timeout_header) if timeout_header and timeout_header.isdigit() else None
+    level = int(header) if header.isdigit() else None
+    refused = model.refusal(level, model.budget_s(timeout_us))
+    if refused is not None:
+        raise _refuse(model, refused)
     try:
         model.worker.arriving(model, +1)  # tells eager batching that more work is on its way
         try:
             body = await request.read()
-            decoded = decode_request(
-                body, model.config.inputs, header_length=request.headers.get(HEADER_LENGTH)
-            )
+            header_length = request.headers.get(HEADER_LENGTH)
+            if level is None:
+                level, timeout_param = peek_parameters(body, header_length)
+                refused = model.refusal(level or 0, model.budget_s(timeout_us, timeout_param))
+                if refused is not None:
+                    raise refused
+            decoded = decode_request(body, model.config.inputs, header_length=header_length)
         finally:
             model.worker.arriving(model, -1)
-        timeout_header = request.headers.get(TIMEOUT_HEADER)
-        outputs, cached = await model.infer(
-            decoded, timeout_us=int(timeout_header) if timeout_header else None
-        )
+        outputs, cached = await model.infer(decoded, timeout_us=timeout_us)
         payload, headers = encode_response(
             model=name, version=version, request=decoded,
             specs=model.config.outputs, arrays=outputs,
@@ -122,12 +130,21 @@ async def infer(request: web.Request) -> web.Response:
     metrics.ok.inc()
     finished = time.perf_counter()
     metrics.latency.observe(finished - started)
+    objective = model.config.latency_objective_ms
+    if objective is not None:
+        metrics.objective((finished - started) * 1000 <= objective)
     model.recent.record(finished, finished - started)
     if cached:
         metrics.cache_hits.inc()
     model.served += 1
     headers[QUEUE_DEPTH_HEADER] = str(len(model.queue))
     return web.Response(body=payload, headers=headers)
+
+
+def _refuse(model: HostedModel, error: ServingError) -> ServingError:
+    model.metrics.failed(error.status)
+    model.errors += 1
+    return error
 
 
 async def metrics(request: web.Request) -> web.Response:

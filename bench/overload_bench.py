@@ -1,0 +1,226 @@
+"""``make bench`` (overload part): what a high-priority client sees while
+low-priority load exceeds capacity.
+
+One runtime serves the example fleet: ``mlp`` (priority 100) and ``cnn``
+(priority 10), on CPU 0 (the forward process too, with ``executor: process``);
+the load generator, and the gateway when one is measured, run on CPU 1. The
+CNN's capacity is measured first, closed-loop with requests of 8 images. Then
+a steady high-priority MLP stream (``--high-rate``, default 50/s) runs alone,
+and beside low-priority CNN load at 0.5x, 1x, 2x and 10x of that capacity
+(open loop, Poisson arrivals, one connection per request). Per class: sent,
+ok, shed (503/429), timeouts, errors, p50/p99 of the answers, p99 of the
+refusals, and the low class's goodput as a share of its capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from bench.loadgen import closed_loop, table
+from bench.overload import Seen, Traffic, run_classes
+from modelfleet.runtime.examples import write_examples
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTORS = (0.5, 1.0, 2.0, 10.0)
+MODELS = [
+    {
+        "name": "mlp", "source": "mlp.safetensors", "priority": 100,
+        "architecture": "modelfleet.runtime.examples:mlp",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 4]}],
+        "batching": {"max_batch_size": 32, "max_queue_delay_ms": 1},
+        "queue": {"max_size": 512, "timeout_ms": 5000},
+    },
+    {
+        "name": "cnn", "source": "cnn.safetensors", "priority": 10,
+        "architecture": "modelfleet.runtime.examples:cnn",
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+        "batching": {"max_batch_size": 16, "max_queue_delay_ms": 2},
+        "queue": {"max_size": 256, "timeout_ms": 10000},
+    },
+]  # fmt: skip
+
+
+def body(name: str, rows: int, seed: int) -> bytes:
+    spec = next(m for m in MODELS if m["name"] == name)["inputs"][0]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal([rows, *spec["shape"][1:]]).astype(np.float32)
+    entry = {"name": spec["name"], "shape": list(x.shape), "datatype": "FP32",
+             "data": np.round(x, 4).reshape(-1).tolist()}  # fmt: skip
+    return json.dumps({"inputs": [entry]}).encode()
+
+
+def on_cpu(cpu: int) -> Any:
+    def pin() -> None:
+        if (os.cpu_count() or 1) > cpu:
+            os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+def start(command: str, flag: str, document: dict[str, Any], tmp: Path, cpu: int) -> Any:
+    path = tmp / f"{command}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    log = (tmp / f"{command}.log").open("w")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtime")])}
+    proc = subprocess.Popen([sys.executable, "-m", "modelfleet", command, flag, str(path)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=on_cpu(cpu))  # fmt: skip
+    url = f"http://127.0.0.1:{document['server']['port']}"
+    import urllib.request
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{command} exited: {(tmp / f'{command}.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{command} not ready after 120 s")
+
+
+def row(label: str, name: str, s: Seen, capacity: float | None, seconds: float) -> list[Any]:
+    goodput = f"{s.goodput / capacity:.0%}" if capacity else ""
+    return [label, name, s.sent, s.ok, s.shed, s.timeouts, s.errors, f"{s.p50:.1f}",
+            f"{s.p(99):.1f}", f"{s.shed_p(99):.1f}", goodput]  # fmt: skip
+
+
+HEADER = ["low load", "class", "sent", "ok", "shed", "timeouts", "errors", "p50 ms", "p99 ms",
+          "shed p99 ms", "goodput/cap"]  # fmt: skip
+
+
+async def scenario(
+    url: str, capacity: float, args: argparse.Namespace, label: str
+) -> tuple[list[list[Any]], dict[str, Any]]:
+    high = [body("mlp", 1, i) for i in range(16)]
+    low = [body("cnn", 8, i) for i in range(16)]
+    rows, raw = [], {}
+    alone = await run_classes(
+        [Traffic("high", args.high_rate, high, {}, f"{url}/v2/models/mlp/infer")],
+        args.duration,
+        keepalive=args.keepalive,
+    )
+    rows.append(row("none", "high (mlp)", alone["high"], None, args.duration))
+    raw["none"] = {"high": vars_of(alone["high"])}
+    for factor in args.factors:
+        seen = await run_classes(
+            [
+                Traffic("high", args.high_rate, high, {}, f"{url}/v2/models/mlp/infer"),
+                Traffic("low", factor * capacity, low, {}, f"{url}/v2/models/cnn/infer"),
+            ],
+            args.duration,
+            keepalive=args.keepalive,
+        )
+        rows.append(row(f"{factor:g}x", "high (mlp)", seen["high"], None, args.duration))
+        rows.append(row(f"{factor:g}x", "low (cnn)", seen["low"], capacity, args.duration))
+        raw[f"{factor:g}x"] = {k: vars_of(v) for k, v in seen.items()}
+        print(f"  [{label}] {factor:g}x done", flush=True)
+    return rows, raw
+
+
+def vars_of(s: Seen) -> dict[str, Any]:
+    return {"sent": s.sent, "ok": s.ok, "shed": s.shed, "timeouts": s.timeouts,
+            "errors": s.errors, "p50_ms": s.p50, "p99_ms": s.p(99),
+            "shed_p99_ms": s.shed_p(99), "goodput_per_s": s.goodput}  # fmt: skip
+
+
+def server_settings(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--server {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+async def measure(args: argparse.Namespace, tmp: Path, executor: str) -> dict[str, Any]:
+    from tests.support.servers import free_port
+
+    port = free_port()
+    document = {
+        "server": {"port": port, "admin_port": free_port(), "model_store": str(tmp),
+                   "torch_threads": 1, "executor": executor, **server_settings(args.server)},
+        "models": MODELS,
+    }  # fmt: skip
+    proc, url = start("serve", "--config", document, tmp, 0)
+    try:
+        low = [body("cnn", 8, i) for i in range(16)]
+        point = await closed_loop(f"{url}/v2/models/cnn/infer", low, {}, 16, 3.0)
+        capacity = point.throughput
+        print(f"  [{executor}] cnn capacity (8 images a request, closed loop c=16): "
+              f"{capacity:.0f} requests/s", flush=True)  # fmt: skip
+        rows, raw = await scenario(url, capacity, args, executor)
+        result: dict[str, Any] = {"capacity": capacity, "runtime": raw, "rows": rows}
+        if args.gateway:
+            gw_doc = {"server": {"port": free_port()},
+                      "models": {m["name"]: {"priority": m["priority"], "versions": [
+                          {"version": "1", "weight": 100, "endpoints": [url]}]}
+                          for m in MODELS}}  # fmt: skip
+            gw, gw_url = start("gateway", "--routes", gw_doc, tmp, 1)
+            try:
+                grows, graw = await scenario(gw_url, capacity, args, f"{executor} via gateway")
+            finally:
+                gw.terminate()
+                gw.wait(10)
+            result["gateway"], result["gateway_rows"] = graw, grows
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per load level")
+    parser.add_argument("--high-rate", type=float, default=50.0)
+    parser.add_argument("--factors", type=float, nargs="+", default=list(FACTORS))
+    parser.add_argument("--executors", nargs="+", default=["thread", "process"])
+    parser.add_argument("--no-gateway", dest="gateway", action="store_false")
+    parser.add_argument(
+        "--keepalive",
+        action="store_true",
+        help="clients reuse connections (default: one connection a request)",
+    )
+    parser.add_argument("--server", action="append", default=[], help="KEY=VALUE server setting")
+    args = parser.parse_args()
+    on_cpu(1)()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_examples(tmp)
+        for executor in args.executors:
+            results[executor] = asyncio.run(measure(args, Path(tmp), executor))
+    for executor, result in results.items():
+        print(f"\n== overload, runtime alone, executor: {executor} "
+              f"(cnn capacity {result['capacity']:.0f} requests/s)")  # fmt: skip
+        print(table(result["rows"], HEADER))
+        if "gateway_rows" in result:
+            print(f"\n== overload through the gateway, executor: {executor}")
+            print(table(result["gateway_rows"], HEADER))
+    (out / "overload.json").write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

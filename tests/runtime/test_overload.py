@@ -1,0 +1,117 @@
+"""Priority under overload, with a model that sleeps (so the device, not the CPU,
+is the bottleneck and the test holds on a 2-CPU machine): high priority is not
+queued behind a low-priority backlog, and what cannot be served in time is
+refused at once and never run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from tests.runtime.conftest import StartRuntime, batch_stats, tiny_model
+
+pytestmark = pytest.mark.integration
+BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+
+
+def slow(name: str, priority: int, delay_ms: float = 20, **extra: Any) -> dict[str, Any]:
+    """One request at a time, ``delay_ms`` each: about 1000 / delay_ms requests/s."""
+    return tiny_model(
+        name, "slow", priority=priority, architecture_kwargs={"delay_ms": delay_ms},
+        batching={"max_batch_size": 1, "max_queue_delay_ms": 0},
+        queue={"max_size": 400, "timeout_ms": 30_000}, **extra,
+    )  # fmt: skip
+
+
+async def timed(client: Any, model: str, body: dict[str, Any] = BODY,
+                headers: dict[str, str] | None = None) -> tuple[int, float, Any]:  # fmt: skip
+    t0 = time.perf_counter()
+    resp = await client.post(f"/v2/models/{model}/infer", json=body, headers=headers)
+    doc = await resp.json()
+    return resp.status, (time.perf_counter() - t0) * 1000, (doc, resp.headers)
+
+
+async def wait_for_backlog(runtime: Any, model: str, depth: int) -> None:
+    queue = runtime.repository.models[(model, "1")].queue
+    for _ in range(500):
+        if len(queue) >= depth:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the backlog of {model} never reached {depth} (it is {len(queue)})")
+
+
+async def test_a_high_priority_model_is_not_queued_behind_a_low_priority_backlog(
+    start_runtime: StartRuntime,
+) -> None:
+    client, runtime = await start_runtime([slow("low", 10), slow("high", 100, delay_ms=5)])
+    unloaded = [(await timed(client, "high"))[1] for _ in range(5)]
+    backlog = [asyncio.ensure_future(timed(client, "low")) for _ in range(100)]  # ~2 s of work
+    await wait_for_backlog(runtime, "low", 50)
+    loaded = [await timed(client, "high") for _ in range(10)]
+    assert all(status == 200 for status, _, _ in loaded)
+    # Bound: the unloaded latency plus one low batch (20 ms) plus slack for a busy CI host.
+    worst = max(ms for _, ms, _ in loaded)
+    assert worst < 2 * max(unloaded) + 20 + 60, (unloaded, [ms for _, ms, _ in loaded])
+    assert len(runtime.repository.models[("low", "1")].queue) > 20, "the backlog was still there"
+    for task in backlog:
+        task.cancel()
+
+
+async def test_a_request_priority_jumps_a_backlog_of_the_same_model(
+    start_runtime: StartRuntime,
+) -> None:
+    client, runtime = await start_runtime([slow("m", 0)])
+    backlog = [asyncio.ensure_future(timed(client, "m")) for _ in range(100)]
+    await wait_for_backlog(runtime, "m", 50)
+    urgent = {**BODY, "parameters": {"priority": 1}}
+    results = [await timed(client, "m", urgent) for _ in range(5)]
+    assert all(status == 200 for status, _, _ in results)
+    assert max(ms for _, ms, _ in results) < 20 + 20 + 80, [ms for _, ms, _ in results]
+    for task in backlog:
+        task.cancel()
+
+
+async def test_a_request_whose_deadline_cannot_be_met_is_refused_at_once_and_never_run(
+    start_runtime: StartRuntime,
+) -> None:
+    client, runtime = await start_runtime([slow("m", 0)])
+    model = runtime.repository.models[("m", "1")]
+    backlog = [asyncio.ensure_future(timed(client, "m")) for _ in range(40)]  # ~0.8 s
+    await wait_for_backlog(runtime, "m", 30)
+    batches_before, _ = batch_stats(runtime, "m")
+    hurried = {**BODY, "parameters": {"timeout": 100_000}}  # Triton: 100 ms, in µs
+    status, ms, (doc, headers) = await timed(client, "m", hurried)
+    assert status == 503 and ms < 50, (status, ms, doc)
+    assert "cannot answer within the request's deadline: 100 ms left" in doc["error"]
+    assert int(headers["Retry-After"]) >= 1
+    # Through the gateway's header, before the body is even read: refused the same way.
+    status, ms, (doc, _) = await timed(client, "m", headers={"X-ModelFleet-Timeout-Us": "50000"})
+    assert status == 503 and ms < 50
+    await asyncio.gather(*backlog)
+    executed = batch_stats(runtime, "m")[0] - batches_before
+    assert executed <= len(backlog), "a refused request was run"
+    assert model.served == len(backlog)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'modelfleet_shed_total{model="m",priority="5",reason="deadline",version="1"} 2.0' in (
+        metrics
+    )
+
+
+async def test_a_full_queue_refuses_low_priority_fast_while_the_device_is_busy(
+    start_runtime: StartRuntime,
+) -> None:
+    config = slow("low", 0)
+    config["queue"] = {"max_size": 10, "timeout_ms": 30_000}
+    client, runtime = await start_runtime([config])
+    backlog = [asyncio.ensure_future(timed(client, "low")) for _ in range(10)]
+    await wait_for_backlog(runtime, "low", 9)
+    refused = await asyncio.gather(*(timed(client, "low") for _ in range(20)))
+    statuses = [s for s, _, _ in refused]
+    assert statuses.count(503) >= 15, statuses
+    assert max(ms for s, ms, _ in refused if s == 503) < 50
+    await asyncio.gather(*backlog)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'reason="queue_full"' in metrics and "modelfleet_admitted_total" in metrics
