@@ -180,3 +180,15 @@ def test_removing_pad_or_the_rate_limit_is_pushed_to_a_pod_that_still_has_it() -
         assert not same_models(reported, wanted)
         now = parse_document({"models": wanted}).model_dump(mode="json")["models"]
         assert same_models(now, wanted)
+
+
+def test_a_latency_objective_reaches_the_runtime_document_and_leaves_it_when_removed() -> None:
+    pods = [pod("gpu-0", "127.1.0.2")]
+    result = plan(pool(), {"mlp": model(latencyObjectiveMs=40)}, pods)
+    (models,) = result.documents.values()
+    document = parse_document(yaml.safe_load(state_file(pool(), models)))
+    assert document.models[0].latency_objective_ms == 40
+    without = plan(pool(), {"mlp": model()}, pods)
+    (plain,) = without.documents.values()
+    assert "latency_objective_ms" not in plain[0]
+    assert not same_models(models, plain), "a removed objective must be pushed to the pod"

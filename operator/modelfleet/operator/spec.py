@@ -146,6 +146,8 @@ class ModelSpec(_Spec):
     """Declared input tensors."""
     outputs: tuple[Tensor, ...]
     """Declared output tensors."""
+    latency_objective_ms: float | None = None
+    """Answer within this many ms: earliest deadline first within a priority class."""
     memory_mb: float | None = Field(default=None, alias="memoryMB")
     """Device memory one copy needs; measured by the runtime when absent."""
     replicas: int = 1
@@ -226,6 +228,7 @@ class PoolSpec(_Spec):
 
 OMITTED_WHEN_UNSET: tuple[tuple[str, ...], ...] = (
     ("architecture",), ("sha256",), ("rate_limit",), ("memory_mb",), ("batching", "pad"),
+    ("latency_objective_ms",),
 )  # fmt: skip
 """Paths of the entry fields ``runtime_model`` leaves out when the spec does not set
 them (a runtime that predates ``batching.pad`` still takes a document without it); a
@@ -258,4 +261,6 @@ def runtime_model(name: str, spec: ModelSpec, version: ModelVersion) -> dict[str
         entry["rate_limit"] = spec.rate_limit.model_dump(mode="json")
     if spec.memory_mb:
         entry["memory_mb"] = spec.memory_mb
+    if spec.latency_objective_ms:
+        entry["latency_objective_ms"] = spec.latency_objective_ms
     return entry
