@@ -271,3 +271,31 @@ async def test_variable_length_sequences_through_the_gateway_all_answered_exactl
             want = module(torch.from_numpy(ids), torch.from_numpy(mask))["pooled"].numpy()
             pooled = next(o for o in doc["outputs"] if o["name"] == "pooled")
             np.testing.assert_allclose(np.array(pooled["data"]).reshape(1, -1), want, atol=1e-4)
+
+
+async def test_the_gateway_holds_back_what_no_runtime_could_start_before_its_deadline(
+    procs: Any,
+) -> None:
+    """The runtime reports its expected wait on every answer; while it exceeds a
+    request's deadline, the gateway refuses the request itself (503 + Retry-After)
+    without sending it, and sends it again once the report is stale or small."""
+    runtime = procs.runtime([{**SLOW, "queue": {"max_size": 400, "timeout_ms": 30000}}])
+    gw = procs.gateway({"mlp": route(("1", 100, [runtime.url]), max_concurrency=400,
+                                     max_waiting=400)}, wait_report_s=0.5)  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        backlog = [
+            asyncio.ensure_future(infer(session, gw.url, body=SLOW_BODY)) for _ in range(60)
+        ]  # fmt: skip  ~1.2 s of work at 20 ms a request
+        await asyncio.sleep(0.3)  # the first answers came back with the runtime's report
+        hurried = {"X-ModelFleet-Timeout-Us": "50000"}
+        t0 = time.perf_counter()
+        status, doc = await infer(session, gw.url, headers=hurried, body=SLOW_BODY)
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        assert status == 503 and "every endpoint expects" in doc["error"], doc
+        assert elapsed_ms < 50
+        async with session.get(f"{runtime.url}/metrics") as resp:
+            assert 'reason="deadline"' not in await resp.text(), "it reached the runtime"
+        await asyncio.gather(*backlog)
+        await asyncio.sleep(0.6)  # the report is stale and the queue empty: sent again
+        status, _ = await infer(session, gw.url, headers=hurried, body=SLOW_BODY)
+        assert status == 200

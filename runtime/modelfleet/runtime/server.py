@@ -25,6 +25,9 @@ RUNTIME = web.AppKey("runtime", Runtime)
 QUEUE_DEPTH_HEADER = "X-ModelFleet-Queue-Depth"
 TIMEOUT_HEADER = "X-ModelFleet-Timeout-Us"
 PRIORITY_HEADER = "X-ModelFleet-Priority"
+EXPECTED_WAIT_HEADER = "X-ModelFleet-Expected-Wait-Ms"
+"""On every infer answer: the queue wait a default-priority request for the model
+can expect now (the gateway holds requests back that could not make it)."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -123,6 +126,8 @@ async def infer(request: web.Request) -> web.Response:
     except ServingError as exc:
         metrics.failed(exc.status)
         model.errors += 1
+        if exc.status == 503:
+            exc.headers[EXPECTED_WAIT_HEADER] = _expected_wait_ms(model)
         raise
     except web.HTTPRequestEntityTooLarge:
         metrics.failed(413)
@@ -138,13 +143,19 @@ async def infer(request: web.Request) -> web.Response:
         metrics.cache_hits.inc()
     model.served += 1
     headers[QUEUE_DEPTH_HEADER] = str(len(model.queue))
+    headers[EXPECTED_WAIT_HEADER] = _expected_wait_ms(model)
     return web.Response(body=payload, headers=headers)
 
 
 def _refuse(model: HostedModel, error: ServingError) -> ServingError:
     model.metrics.failed(error.status)
     model.errors += 1
+    error.headers[EXPECTED_WAIT_HEADER] = _expected_wait_ms(model)
     return error
+
+
+def _expected_wait_ms(model: HostedModel) -> str:
+    return f"{model.worker.expected_wait(model, model.default_level) * 1000:.1f}"
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -17,6 +17,14 @@ class Endpoint:
     """The runtime's last reported queue depth (X-ModelFleet-Queue-Depth)."""
     ejected_until: float = 0.0
     failures: int = 0
+    expected_wait_s: float = 0.0
+    """The runtime's last reported expected queue wait (X-ModelFleet-Expected-Wait-Ms)."""
+    reported_at: float = -1e9
+    """When it was reported (monotonic seconds)."""
+
+    def wait_at(self, now: float, fresh_s: float) -> float:
+        """The reported expected wait while it is fresh, else 0 (unknown: try it)."""
+        return self.expected_wait_s if now - self.reported_at <= fresh_s else 0.0
 
     @property
     def load(self) -> int:
@@ -48,3 +56,10 @@ def pick(
         return healthy[0]
     a, b = rng.sample(healthy, 2)
     return a if a.load <= b.load else b
+
+
+def least_wait(endpoints: Sequence[Endpoint], now: float, fresh_s: float) -> float:
+    """The smallest expected wait among the healthy endpoints (0 when one has no
+    fresh report): what the best of them can promise a request now."""
+    healthy = [e for e in endpoints if e.ejected_until <= now] or list(endpoints)
+    return min((e.wait_at(now, fresh_s) for e in healthy), default=0.0)

@@ -21,7 +21,7 @@ from modelfleet.runtime.errors import (
     errors_as_json,
 )
 from modelfleet.runtime.gateway.admission import Admission
-from modelfleet.runtime.gateway.balancer import Endpoint, pick
+from modelfleet.runtime.gateway.balancer import Endpoint, least_wait, pick
 from modelfleet.runtime.gateway.metrics import GatewayMetrics
 from modelfleet.runtime.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
 from modelfleet.runtime.gateway.split import Spread, choose_version
@@ -33,6 +33,7 @@ VERSION_HEADER = "X-ModelFleet-Version"
 PRIORITY_HEADER = "X-ModelFleet-Priority"
 TIMEOUT_HEADER = "X-ModelFleet-Timeout-Us"
 QUEUE_DEPTH_HEADER = "x-modelfleet-queue-depth"
+EXPECTED_WAIT_HEADER = "x-modelfleet-expected-wait-ms"
 DEFAULT_LEVEL = 5
 """Priority level of a request that names none (or 0, Triton's 'the default')."""
 _PRIORITY_IN_BODY = re.compile(rb'"priority"\s*:\s*(\d+)')
@@ -131,8 +132,13 @@ class Gateway:
         gate = self.table.admission[model]
         outcome, endpoint = "error", ""
         try:
+            level = _level(request, body)
+            try:
+                self._hold_back(model, version, level, request, deadline)
+            except Unavailable:
+                outcome = "shed"
+                raise
             if admit:
-                level = _level(request, body)
                 try:
                     await gate.acquire(level, route.timeout_ms / 1000)
                 except Unavailable:
@@ -143,7 +149,7 @@ class Gateway:
             in_flight.inc()
             try:
                 endpoint, response = await self._attempts(
-                    request, model, version, suffix, body, deadline
+                    request, model, version, suffix, body, deadline, level
                 )
             except GatewayTimeout:
                 outcome = "timeout"
@@ -162,6 +168,29 @@ class Gateway:
                 model, version.version, endpoint, outcome, time.perf_counter() - started
             )
 
+    def _hold_back(
+        self, model: str, version: VersionRoute, level: int, request: web.Request, deadline: float
+    ) -> None:
+        """Refuses at once a request that no endpoint of the version could start
+        within its deadline, by what the runtimes last reported: the pool keeps
+        its headroom, and the client is told now rather than after a round trip."""
+        now = time.monotonic()
+        asked_us = request.headers.get(TIMEOUT_HEADER, "")
+        if asked_us.isdigit():
+            deadline = min(deadline, now + int(asked_us) / 1e6)
+        endpoints = [
+            self.table.endpoints[u] for u in version.endpoints if u in self.table.endpoints
+        ]
+        wait = least_wait(endpoints, now, self.config.wait_report_s)
+        if endpoints and wait > deadline - now:
+            self.metrics.shed.labels(model, str(level)).inc()
+            raise Unavailable(
+                f"model '{model}' version '{version.version}': every endpoint expects "
+                f"{wait * 1000:.0f} ms of queue wait, more than the "
+                f"{max(0.0, deadline - now) * 1000:.0f} ms left to this request's deadline",
+                retry_after_s=max(1.0, wait),
+            )
+
     async def _attempts(
         self,
         request: web.Request,
@@ -170,6 +199,7 @@ class Gateway:
         suffix: str,
         body: bytes | None,
         deadline: float,
+        level: int = DEFAULT_LEVEL,
     ) -> tuple[str, web.Response]:
         """Sends the request to an endpoint of the version, and to another one when the
         connection fails (infer is idempotent) or, once, when the runtime answers 503."""
@@ -183,6 +213,8 @@ class Gateway:
             )
         tried: set[str] = set()
         headers = {k: request.headers[k] for k in _PASSED_HEADERS if k in request.headers}
+        if level != DEFAULT_LEVEL:  # the runtime decides before reading the body
+            headers[PRIORITY_HEADER] = str(level)
         asked_us = request.headers.get(TIMEOUT_HEADER, "")
         asked_s = int(asked_us) / 1e6 if asked_us.isdigit() else None
         if asked_s is not None:
@@ -226,6 +258,7 @@ class Gateway:
             depth = answer.headers.get(QUEUE_DEPTH_HEADER)
             if depth is not None and depth.isdigit():
                 endpoint.queue_depth = int(depth)
+            _note_wait(endpoint, answer.headers.get(EXPECTED_WAIT_HEADER))
             if answer.status == 503 and not busy_retried and len(tried) < len(endpoints):
                 busy_retried = True  # full or draining there: another pod may have room
                 self.metrics.retries.labels(model, endpoint.url, "busy").inc()
@@ -242,6 +275,16 @@ class Gateway:
         if time.monotonic() >= deadline:
             raise GatewayTimeout(f"model '{model}' did not answer within its deadline")
         raise last_error
+
+
+def _note_wait(endpoint: Endpoint, reported: str | None) -> None:
+    if reported is None:
+        return
+    try:
+        endpoint.expected_wait_s = float(reported) / 1000
+    except ValueError:
+        return
+    endpoint.reported_at = time.monotonic()
 
 
 def _level(request: web.Request, body: bytes | None) -> int:

@@ -68,6 +68,12 @@ class GatewayServer(_Strict):
     on another endpoint, the endpoint ejected)."""
     drain_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM: how long in-flight requests may take to finish before the exit."""
+    wait_report_s: float = Field(default=1.0, gt=0)
+    """How long a runtime's reported expected wait (``X-ModelFleet-Expected-Wait-Ms``)
+    counts: while every endpoint of a version reports more wait than a request has
+    left to its deadline, the gateway refuses it at once (503, reason ``holdback``)
+    instead of sending it; an older report counts as no wait, so the endpoint is
+    asked again."""
 
 
 class RoutesDocument(_Strict):
