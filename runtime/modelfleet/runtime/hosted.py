@@ -109,7 +109,9 @@ class HostedModel:
                 budget = min(budget, us / 1e6)
         return budget
 
-    def refusal(self, level: int | None, budget_s: float, *, rows: int = 1) -> Unavailable | None:
+    def refusal(
+        self, level: int | None, budget_s: float, *, rows: int = 1, wait: bool = True
+    ) -> Unavailable | None:
         """Why a request of ``level`` (None: not known yet, assume the highest) with
         ``budget_s`` to its deadline cannot be served, or None. Cheap: called before
         the body is read, and again once its priority and timeout are known."""
@@ -122,17 +124,19 @@ class HostedModel:
         effective = 1 if level is None else level or self.default_level
         if self.worker.would_refuse(self, effective):
             return self._shed("queue_full", level, self.queue.full_error())
-        wait = self.worker.expected_wait(self, effective)
+        if not wait:
+            return None
+        expected = self.worker.expected_wait(self, effective)
         own = rows * self.service.seconds_per_row
-        self.metrics.expected_wait.set(wait)
-        if wait + own > budget_s:
+        self.metrics.expected_wait.set(expected)
+        if expected + own > budget_s:
             return self._shed(
                 "deadline", level,
                 Unavailable(
                     f"model '{name}' version '{version}' cannot answer within the request's "
-                    f"deadline: {budget_s * 1000:.0f} ms left, about {wait * 1000:.0f} ms of "
-                    "work queued ahead of it",
-                    retry_after_s=max(1.0, wait - budget_s),
+                    f"deadline: {budget_s * 1000:.0f} ms left, about {expected * 1000:.0f} ms "
+                    "of work queued ahead of it",
+                    retry_after_s=max(1.0, expected - budget_s),
                 ),
             )  # fmt: skip
         return None
@@ -141,10 +145,15 @@ class HostedModel:
         self.metrics.shed(reason, level or self.default_level)
         return error
 
-    def check_admission(self, now: float, level: int, budget_s: float, rows: int) -> None:
-        refused = self.refusal(level, budget_s, rows=rows)
-        if refused is not None:
-            raise refused
+    def check_admission(
+        self, now: float, level: int, budget_s: float, rows: int, *, decided: bool = False
+    ) -> None:
+        """Raises when the request cannot be admitted; ``decided``: the server
+        already checked this level and budget (only the rate limit is left)."""
+        if not decided:
+            refused = self.refusal(level, budget_s, rows=rows)
+            if refused is not None:
+                raise refused
         if self.limiter is not None:
             wait = self.limiter.try_take(now)
             if wait > 0:
@@ -156,16 +165,22 @@ class HostedModel:
                 )
 
     async def infer(
-        self, request: InferRequest, *, timeout_us: int | None = None
+        self,
+        request: InferRequest,
+        *,
+        timeout_us: int | None = None,
+        decided: tuple[int, float] | None = None,
     ) -> tuple[list[Array], bool]:
-        """Queues the request and waits for its slice of a batch.
+        """Queues the request and waits for its slice of a batch. ``decided``: the
+        (level, budget) the server's early admission already accepted.
 
         Returns the outputs and whether they came from the cache.
         """
         now = time.monotonic()
         level = request.priority or self.default_level
         budget_s = self.budget_s(request.timeout_us, timeout_us)
-        self.check_admission(now, level, budget_s, request.rows)
+        same = decided is not None and decided[0] == level and decided[1] <= budget_s
+        self.check_admission(now, level, budget_s, request.rows, decided=same and request.rows == 1)
         key = None
         if self.cache is not None:
             key = cache_key(self.config.name, self.config.version, request.arrays)

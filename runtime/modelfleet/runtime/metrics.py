@@ -131,6 +131,7 @@ class ModelMetrics:
         self.queue_depth = metrics.queue_depth.labels(model, version)
         self.cache_hits = metrics.cache_hits.labels(model, version)
         self.expected_wait = metrics.expected_wait.labels(model, version)
+        self._admitted: dict[int, Counter] = {}
 
     def failed(self, status: int) -> None:
         self._metrics.requests.labels(*self._labels, str(status)).inc()
@@ -139,7 +140,10 @@ class ModelMetrics:
         self._metrics.shed.labels(*self._labels, str(level), reason).inc()
 
     def admitted(self, level: int) -> None:
-        self._metrics.admitted.labels(*self._labels, str(level)).inc()
+        child = self._admitted.get(level)
+        if child is None:
+            child = self._admitted[level] = self._metrics.admitted.labels(*self._labels, str(level))
+        child.inc()
 
     def objective(self, met: bool) -> None:
         self._metrics.objective.labels(*self._labels, "true" if met else "false").inc()

@@ -102,7 +102,9 @@ async def infer(request: web.Request) -> web.Response:
     timeout_header = request.headers.get(TIMEOUT_HEADER)
     timeout_us = int(timeout_header) if timeout_header and timeout_header.isdigit() else None
     level = int(header) if header.isdigit() else None
-    refused = model.refusal(level, model.budget_s(timeout_us))
+    # Without the headers only what no request could pass is refused here (the
+    # expected wait is weighed once the body's parameters are known).
+    refused = model.refusal(level, model.budget_s(timeout_us), wait=level is not None)
     if refused is not None:
         raise _refuse(model, refused)
     try:
@@ -110,15 +112,19 @@ async def infer(request: web.Request) -> web.Response:
         try:
             body = await request.read()
             header_length = request.headers.get(HEADER_LENGTH)
+            budget = model.budget_s(timeout_us)
             if level is None:
                 level, timeout_param = peek_parameters(body, header_length)
-                refused = model.refusal(level or 0, model.budget_s(timeout_us, timeout_param))
+                budget = model.budget_s(timeout_us, timeout_param)
+                refused = model.refusal(level or 0, budget)
                 if refused is not None:
                     raise refused
             decoded = decode_request(body, model.config.inputs, header_length=header_length)
         finally:
             model.worker.arriving(model, -1)
-        outputs, cached = await model.infer(decoded, timeout_us=timeout_us)
+        outputs, cached = await model.infer(
+            decoded, timeout_us=timeout_us, decided=(level or model.default_level, budget)
+        )
         payload, headers = encode_response(
             model=name, version=version, request=decoded,
             specs=model.config.outputs, arrays=outputs,
