@@ -44,7 +44,7 @@ test: venv lint cluster-build
 	@$(PYTHON) -m pytest tests
 
 bench: venv
-	@$(PYTHON) -m bench.runtime_bench --out bench-results
+	@$(PYTHON) -m bench.runtime_bench --models mlp,cnn,bert,resnet --out bench-results
 	@$(PYTHON) -m bench.gateway_bench --out bench-results
 
 bench-peers: venv

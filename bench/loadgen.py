@@ -71,7 +71,7 @@ async def exchange(
             chunked = True
     if not chunked:
         return status, await reader.readexactly(length) if length else b""
-    parts = []
+    parts: list[bytes] = []
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:
@@ -83,7 +83,7 @@ async def exchange(
 async def closed_loop(
     url: str,
     body: bytes | Sequence[bytes],
-    headers: dict[str, str],
+    headers: dict[str, str] | Sequence[dict[str, str]],
     concurrency: int,
     duration_s: float,
     warmup_s: float = 0.5,
@@ -92,11 +92,16 @@ async def closed_loop(
 
     ``body`` may be a list: each request then sends the next one of them in turn
     (across all connections), so that concurrent requests carry different data.
+    ``headers`` may then be a list too, one per body (binary tensors of different
+    shapes have JSON headers of different lengths).
     """
     bodies = [body] if isinstance(body, bytes) else list(body)
     if not bodies:
         raise ValueError("closed_loop needs at least one request body")
-    built = [build_request(url, b, headers) for b in bodies]
+    per_body = [headers] * len(bodies) if isinstance(headers, dict) else list(headers)
+    if len(per_body) != len(bodies):
+        raise ValueError(f"{len(per_body)} header sets for {len(bodies)} bodies")
+    built = [build_request(url, b, h) for b, h in zip(bodies, per_body, strict=True)]
     host, port, _ = built[0]
     raws = itertools.cycle([raw for _, _, raw in built])
     start = time.perf_counter()

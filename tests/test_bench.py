@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from bench.runtime_bench import raw_forward, request_body
 
@@ -125,3 +126,209 @@ async def test_the_load_generator_sends_each_body_in_turn(aiohttp_server: Any) -
     assert point.requests > 0 and point.errors == 0
     assert set(received) == set(bodies)
     assert max(received.values()) - min(received.values()) <= 1
+
+
+# -- the zoo in the bench: variable-length traffic and its ceiling ----------------
+
+
+def test_sentence_lengths_are_the_seeded_skewed_distribution_they_claim() -> None:
+    from bench.traffic import sentence_lengths
+
+    lengths = sentence_lengths(256)
+    assert lengths.dtype == np.int64 and len(lengths) == 256
+    assert (sentence_lengths(256) == lengths).all()  # fixed: the same list every run
+    assert not (sentence_lengths(256, seed=1) == lengths).all()
+    assert lengths.min() >= 8 and lengths.max() <= 128
+    for sample in (lengths, sentence_lengths(20_000)):
+        assert 22 <= np.median(sample) <= 26
+        share = {b: float((sample <= b).mean()) for b in (16, 32, 64)}
+        # skewed short, as the docstring says: ~1/4 within 16, ~2/3 within 32, ~95% within 64
+        assert 0.2 <= share[16] <= 0.33 and 0.6 <= share[32] <= 0.75 and 0.92 <= share[64] < 1
+    assert (sentence_lengths(20_000) == 128).any()  # the tail reaches the longest bucket
+
+
+def test_bert_requests_are_one_sentence_each_of_the_listed_lengths() -> None:
+    from bench.runtime_bench import make_traffic
+    from bench.traffic import sentence_lengths
+
+    load = make_traffic("bert")
+    assert load.images is None
+    assert [r[0].shape for r in load.requests] == [(1, n) for n in sentence_lengths(256)]
+    for ids, mask in load.requests:
+        assert ids.dtype == mask.dtype == np.int64
+        assert (mask == 1).all() and ids.min() >= 1 and ids.max() < 1000
+    assert all(r[0].shape == (4, r[0].shape[1]) for r in make_traffic("bert", 8, rows=4).requests)
+
+
+def test_bert_bodies_are_valid_oip_with_ids_and_mask_int64_binary_and_json() -> None:
+    from bench.runtime_bench import make_traffic, model_config
+    from modelfleet.runtime.config import ModelConfig
+    from modelfleet.runtime.protocol import HEADER_LENGTH, decode_request
+
+    config = ModelConfig.model_validate(model_config("bert"))
+    load = make_traffic("bert", 12)
+    for encoding in ("binary", "json"):
+        bodies, headers = load.bodies(encoding)
+        assert len(bodies) == len(headers) == 12
+        for body, head, (ids, mask) in zip(bodies, headers, load.requests, strict=True):
+            request = decode_request(body, config.inputs, header_length=head.get(HEADER_LENGTH))
+            assert [a.dtype for a in request.arrays] == [np.int64, np.int64]
+            np.testing.assert_array_equal(request.arrays[0], ids)
+            np.testing.assert_array_equal(request.arrays[1], mask)
+            doc = json.loads(body[: int(head.get(HEADER_LENGTH, len(body)))])
+            assert [(e["name"], e["datatype"]) for e in doc["inputs"]] == [
+                ("ids", "INT64"), ("mask", "INT64"),
+            ]  # fmt: skip
+            # binary tensors both ways, as tritonclient asks when no output is named
+            assert request.binary_default == (encoding == "binary")
+        if encoding == "binary":  # headers of different lengths: one set per body
+            assert len({h[HEADER_LENGTH] for h in headers}) > 1
+
+
+def test_responses_decode_in_either_encoding() -> None:
+    from bench.traffic import decode_response
+    from modelfleet.runtime.config import TensorSpec
+    from modelfleet.runtime.protocol import InferRequest, encode_response
+
+    specs = [TensorSpec(name="pooled", datatype="FP32", shape=(-1, 2)),
+             TensorSpec(name="n", datatype="INT64", shape=(-1, 1))]  # fmt: skip
+    arrays = [np.arange(4, dtype=np.float32).reshape(2, 2), np.array([[7], [8]], np.int64)]
+    for binary in (False, True):
+        request = InferRequest(id=None, arrays=[], rows=2, binary_default=binary)
+        body, headers = encode_response(
+            model="m", version="1", request=request, specs=specs, arrays=arrays
+        )
+        got = decode_response(body, headers)
+        assert list(got) == ["pooled", "n"]
+        for want, name in zip(arrays, got, strict=True):
+            assert got[name].dtype == want.dtype
+            np.testing.assert_array_equal(got[name], want)
+
+
+def test_the_bert_ceiling_runs_the_same_sentences_grouped_and_padded_by_bucket() -> None:
+    import torch
+
+    from bench.ceiling import Ceiling, timed_passes
+    from bench.runtime_bench import make_traffic, model_config
+    from bench.traffic import sentence_lengths
+    from modelfleet.runtime.config import ModelConfig
+
+    config = ModelConfig.model_validate(model_config("bert"))
+    load = make_traffic("bert", 64)
+    lengths = sentence_lengths(64)
+    seen: list[tuple[int, int, int]] = []  # (rows, padded length, real tokens)
+
+    class Recorder(torch.nn.Module):
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            assert ids.shape == mask.shape and ids.dtype == mask.dtype == torch.int64
+            # padding on the right: ids 0 where mask 0, real ids (>= 1) where mask 1
+            assert ((ids != 0) == (mask != 0)).all()
+            seen.append((ids.shape[0], ids.shape[1], int(mask.sum())))
+            return ids
+
+    ceiling = Ceiling(config, [Recorder()], **load.ceiling_inputs())
+    buckets = [next(b for b in (16, 32, 64, 128) if b >= n) for n in lengths]
+    assert ceiling.request_groups == buckets
+    assert ceiling.weights == pytest.approx({b: buckets.count(b) / 64 for b in set(buckets)})
+    # the pool of a bucket holds its requests, in order, padded to the bucket
+    pool_ids, pool_mask = ceiling.pools[32]
+    mine = [i for i, b in enumerate(buckets) if b == 32]
+    assert pool_ids.shape == (len(mine), 32)
+    assert pool_mask.sum(1).tolist() == [lengths[i] for i in mine]
+    # every batch of 8 is one bucket; the buckets take turns; every sentence is used
+    batches = ceiling.batches(8)
+    assert {tuple(b[0].shape) for b in batches} == {(8, b) for b in set(buckets)}
+    assert [b[0].shape[1] for b in batches[:4]] == list(dict.fromkeys(buckets))
+    tokens = sorted({int(m.sum()) for b in batches for m in b[1]})
+    assert tokens == sorted(set(lengths.tolist()))
+    # a window, however short, times every bucket at least once
+    sample = timed_passes(ceiling.modules[0], batches, 0.0,
+                          groups=ceiling.batch_groups(8), warmup=0)  # fmt: skip
+    assert set(sample.rows) == set(buckets) and len(seen) == len(set(buckets))
+
+
+def test_the_mix_rate_weights_each_bucket_by_its_share_of_the_traffic() -> None:
+    from bench.ceiling import Sample, mix_rate
+
+    sample = Sample()
+    sample.add("short", 1.0, 100)  # 10 ms a row, measured over many passes
+    sample.add("long", 1.0, 10)  # 100 ms a row, measured over few
+    # half the rows of each: 55 ms a row, whatever share of the window each took
+    assert mix_rate(sample, {"short": 0.5, "long": 0.5}) == pytest.approx(1 / 0.055)
+    assert mix_rate(sample, {"short": 0.9, "long": 0.1}) == pytest.approx(1 / 0.019)
+    assert mix_rate(sample) == pytest.approx(110 / 2)  # one group: rows over time
+    assert sample.batch_seconds("long") == 1.0
+
+
+def test_padding_overhead_counts_positions_computed_over_real_tokens() -> None:
+    import torch
+
+    from bench.ceiling import padding_overhead
+    from bench.runtime_bench import model_config
+    from modelfleet.runtime.config import ModelConfig
+
+    config = ModelConfig.model_validate(model_config("bert"))
+
+    def sentence(n: int, rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ones(rows, n, dtype=torch.int64), torch.ones(rows, n, dtype=torch.int64)
+
+    # 8 -> 16, 16 -> 16, 33 -> 64 (2 rows): (16 + 16 + 128) / (8 + 16 + 66)
+    got = padding_overhead(config, [sentence(8), sentence(16), sentence(33, rows=2)])
+    assert got == pytest.approx(160 / 90)
+
+
+def test_the_ceiling_reports_the_median_forward_of_a_request_alone() -> None:
+    from bench.ceiling import Ceiling, Sample
+    from bench.runtime_bench import make_traffic, model_config
+    from modelfleet.runtime.config import ModelConfig
+
+    config = ModelConfig.model_validate(model_config("bert"))
+    ceiling = Ceiling(config, [], **make_traffic("bert", 64).ceiling_inputs())
+    sample = Sample()
+    for bucket, ms in ((16, 1), (32, 2), (64, 4), (128, 8)):
+        for _ in range(3):
+            sample.add(bucket, ms / 1000, 1)
+    # the request list's median bucket is 32 (a quarter or so within 16, 2/3 within 32)
+    assert ceiling.request_ms(sample) == pytest.approx(2.0)
+
+
+def test_make_bench_measures_the_zoo_with_each_models_default_encodings() -> None:
+    from bench.runtime_bench import parse_cases
+
+    assert parse_cases(None, "mlp,cnn,bert,resnet") == [
+        ("mlp", "json"), ("cnn", "json"), ("cnn", "binary"),
+        ("bert", "binary"), ("resnet", "binary"),
+    ]  # fmt: skip
+    assert parse_cases("bert/json,cnn/binary", "mlp") == [("bert", "json"), ("cnn", "binary")]
+    with pytest.raises(SystemExit, match="unknown"):
+        parse_cases(None, "bert,gpt2")
+    with pytest.raises(SystemExit, match="MODEL/json or MODEL/binary"):
+        parse_cases("bert/msgpack", "mlp")
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    assert "--models mlp,cnn,bert,resnet" in makefile
+
+
+async def test_the_load_generator_sends_each_body_with_its_own_headers(
+    aiohttp_server: Any,
+) -> None:
+    from aiohttp import web
+
+    from bench.loadgen import closed_loop
+
+    mismatched = 0
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal mismatched
+        body = await request.read()
+        mismatched += request.headers["X-Length"] != str(len(body))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    server = await aiohttp_server(app)
+    bodies = [b"a", b"bb", b"ccc"]
+    headers = [{"X-Length": str(len(b))} for b in bodies]
+    point = await closed_loop(str(server.make_url("/")), bodies, headers, 2, 0.2, warmup_s=0.05)
+    assert point.requests > 0 and point.errors == 0 and mismatched == 0
+    with pytest.raises(ValueError, match="2 header sets for 3 bodies"):
+        await closed_loop(str(server.make_url("/")), bodies, headers[:2], 1, 0.1)
