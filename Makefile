@@ -13,7 +13,7 @@ export MODELFLEET_CACHE ?= $(HOME)/.cache/modelfleet
 help:
 	@echo "make run        serve the example fleet locally (no cluster needed)"
 	@echo "make test       lint, type-check and run the whole test suite"
-	@echo "make bench      runtime and gateway benchmarks (table + PNG in bench-results/)"
+	@echo "make bench      runtime, gateway and overload benchmarks (tables + PNG in bench-results/)"
 	@echo "make bench-peers   the runtime against LitServe, MLServer and Ray Serve"
 	@echo "make cluster-up / cluster-down   a local Kubernetes control plane to poke at"
 	@echo "make kind-up / kind-down   kind cluster + images + helm install + samples (needs Docker)"
@@ -46,6 +46,7 @@ test: venv lint cluster-build
 bench: venv
 	@$(PYTHON) -m bench.runtime_bench --models mlp,cnn,bert,resnet --out bench-results
 	@$(PYTHON) -m bench.gateway_bench --out bench-results
+	@$(PYTHON) -m bench.overload_bench --out bench-results
 
 bench-peers: venv
 	@$(PYTHON) -m bench.peers_bench --out bench-results

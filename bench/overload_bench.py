@@ -188,6 +188,38 @@ async def measure(args: argparse.Namespace, tmp: Path, executor: str) -> dict[st
         proc.wait(30)
 
 
+def plot(results: dict[str, Any], path: Path) -> None:
+    """High-priority p99 and low-priority goodput against the low load, per set-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for executor, result in results.items():
+        for where, key in (("alone", "runtime"), ("via gateway", "gateway")):
+            raw = result.get(key)
+            if not raw:
+                continue
+            levels = [k for k in raw if k != "none"]
+            xs = [float(k.rstrip("x")) for k in levels]
+            label = f"{executor}, {where}"
+            line = ax1.plot(xs, [raw[k]["high"]["p99_ms"] for k in levels], marker="o", label=label)
+            ax2.plot(xs, [raw[k]["low"]["goodput_per_s"] / result["capacity"] for k in levels],
+                     marker="o", color=line[0].get_color(), label=label)  # fmt: skip
+            ax1.axhline(raw["none"]["high"]["p99_ms"], color=line[0].get_color(), ls=":", lw=1)
+    ax1.set(xscale="log", yscale="log", xlabel="low-priority load / capacity",
+            ylabel="high-priority p99 (ms)", title="High priority under low-priority load "
+            "(dotted: unloaded)")  # fmt: skip
+    ax2.axhline(0.9, color="red", ls=":", lw=1, label="90%")
+    ax2.set(xscale="log", xlabel="low-priority load / capacity",
+            ylabel="low-priority goodput / capacity", title="Low-priority goodput")  # fmt: skip
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="bench-results")
@@ -219,6 +251,8 @@ def main() -> int:
             print(f"\n== overload through the gateway, executor: {executor}")
             print(table(result["gateway_rows"], HEADER))
     (out / "overload.json").write_text(json.dumps(results, indent=1, default=str))
+    plot(results, out / "overload.png")
+    print(f"\nwrote {out / 'overload.json'} and {out / 'overload.png'}")
     return 0
 
 
