@@ -98,3 +98,25 @@ def test_pool_status_names_pods_that_do_not_answer() -> None:
     c = conditions(st)
     assert c["Ready"]["status"] == "False" and "gpu-1" in c["Ready"]["message"]
     assert st["pods"][0]["models"] == ["mlp:1"] and st["readyReplicas"] == 1 and st["models"] == 1
+
+
+def test_the_shed_rate_reaches_status_beside_the_request_and_error_rates() -> None:
+    from modelfleet.operator.rates import RateWindow
+
+    pods = [pod("gpu-0", "127.1.0.2", {("mlp", "1"): "ready"}),
+            pod("gpu-1", "127.1.0.3", {("mlp", "1"): "ready"})]  # fmt: skip
+    for p in pods:  # each pod's admission refused 20 of its 100 requests (all of its errors)
+        for seen in p.state.actual.models:
+            object.__setattr__(seen, "served", 80)
+            object.__setattr__(seen, "errors", 20)
+            object.__setattr__(seen, "shed", 20)
+    report = plan(pool(), {"mlp": model(replicas=2)}, pods).reports["mlp"]
+    assert report.stable.shed == 40
+    window = RateWindow()
+    window.add(0.0, 0, 0, 0)
+    rates = window.add(10.0, report.stable.requests, report.stable.errors, report.stable.shed)
+    assert rates is not None
+    st = model_status(report, "http://x", {}, 1, T0, {"1": rates})
+    version = st["versions"][0]
+    assert (version["requestRate"], version["errorRate"], version["shedRate"]) == (20.0, 0.2, 0.2)
+    assert comparable(st) == comparable({**st, "versions": [{**version, "shedRate": 0.5}]})

@@ -115,3 +115,7 @@ async def test_a_full_queue_refuses_low_priority_fast_while_the_device_is_busy(
     await asyncio.gather(*backlog)
     metrics = await (await client.get("/metrics")).text()
     assert 'reason="queue_full"' in metrics and "modelfleet_admitted_total" in metrics
+    from modelfleet.runtime.admin import describe
+
+    state = describe(runtime.repository.models[("low", "1")])  # what the operator reads
+    assert state["shed"] == statuses.count(503) and state["errors"] >= state["shed"]

@@ -41,6 +41,7 @@ class VersionReport:
     """Set in the pass that evicted it: the version that took its place."""
     requests: int = 0
     errors: int = 0
+    shed: int = 0
     p99_ms: float | None = None
     """The highest p99 latency its pods report for the last minute."""
     traffic: int | None = None
@@ -202,6 +203,7 @@ def plan(
                 if seen is not None:
                     report.requests += seen.served
                     report.errors += seen.errors
+                    report.shed += seen.shed
                     if seen.p99_ms is not None:
                         report.p99_ms = max(report.p99_ms or 0.0, seen.p99_ms)
                 if pod.name not in where:

@@ -34,6 +34,8 @@ class ObservedVersion(_Lenient):
     queue_depth: int = 0
     served: int = 0
     errors: int = 0
+    shed: int = 0
+    """Of the errors, requests the runtime's admission refused or dropped (overload)."""
     p99_ms: float | None = None
     """p99 latency of the pod's last 60 s of successful requests (None when idle)."""
     loaded_at: float = 0.0

@@ -11,24 +11,30 @@ MIN_SPAN_S = 5.0
 
 
 class RateWindow:
-    """Samples of (time, answered, failed) for one version; counters only grow,
+    """Samples of (time, answered, failed, shed) for one version; counters only grow,
     so a drop (a pod restarted, a copy reloaded) starts the window afresh."""
 
     def __init__(self) -> None:
-        self._samples: deque[tuple[float, int, int]] = deque()
+        self._samples: deque[tuple[float, int, int, int]] = deque()
 
-    def add(self, now: float, answered: int, failed: int) -> tuple[float, float] | None:
-        """Records a sample; returns (requests per second, error fraction) over the
-        window, or None while the window is shorter than ``MIN_SPAN_S``."""
-        if self._samples and (answered < self._samples[-1][1] or failed < self._samples[-1][2]):
+    def add(
+        self, now: float, answered: int, failed: int, shed: int = 0
+    ) -> tuple[float, float, float] | None:
+        """Records a sample; returns (requests per second, error fraction, shed
+        fraction) over the window, or None while it is shorter than ``MIN_SPAN_S``.
+        Shed requests are failed ones too (refused or dropped by admission)."""
+        last = self._samples[-1] if self._samples else None
+        if last and (answered < last[1] or failed < last[2] or shed < last[3]):
             self._samples.clear()
-        self._samples.append((now, answered, failed))
+        self._samples.append((now, answered, failed, shed))
         while len(self._samples) > 2 and now - self._samples[1][0] >= WINDOW_S:
             self._samples.popleft()
-        first_t, first_ok, first_failed = self._samples[0]
+        first_t, first_ok, first_failed, first_shed = self._samples[0]
         span = now - first_t
         if span < MIN_SPAN_S:
             return None
-        done, failed_n = answered - first_ok, failed - first_failed
+        done, failed_n, shed_n = answered - first_ok, failed - first_failed, shed - first_shed
         total = done + failed_n
-        return round(total / span, 3), round(failed_n / total, 4) if total else 0.0
+        if not total:
+            return round(total / span, 3), 0.0, 0.0
+        return round(total / span, 3), round(failed_n / total, 4), round(shed_n / total, 4)

@@ -286,7 +286,7 @@ class Reconciler:
         rates: dict[str, Rates] = {}
         for v in report.versions:
             window = self.rates.setdefault((meta["uid"], v.version), RateWindow())
-            if (measured := window.add(clock, v.requests, v.errors)) is not None:
+            if (measured := window.add(clock, v.requests, v.errors, v.shed)) is not None:
                 rates[v.version] = measured
         previous = obj.get("status") or {}
         new = model_status(report, model_url(meta["name"], meta["namespace"]), previous,

@@ -12,7 +12,8 @@ from typing import Any
 from modelfleet.operator.desired import ModelReport, VersionReport
 from modelfleet.operator.observed import PodView
 
-Rates = tuple[float, float]
+Rates = tuple[float, float, float]
+"""Requests per second, error fraction, shed fraction (over the last minute)."""
 """(requests per second, fraction of them that failed) over the last window."""
 CONDITION_TYPES = ("Ready", "Placed", "Degraded", "Progressing", "RolloutBlocked")
 
@@ -132,7 +133,7 @@ def version_status(v: VersionReport, rates: Rates | None = None) -> dict[str, An
     if v.p99_ms is not None:
         out["p99LatencyMs"] = v.p99_ms
     if rates is not None:
-        out["requestRate"], out["errorRate"] = rates
+        out["requestRate"], out["errorRate"], out["shedRate"] = rates
     return out
 
 
@@ -214,6 +215,7 @@ VOLATILE = (
     "errors",
     "requestRate",
     "errorRate",
+    "shedRate",
     "p99LatencyMs",
 )
 

@@ -34,6 +34,7 @@ def describe(model: HostedModel) -> dict[str, Any]:
         "inflight": model.inflight,
         "served": model.served,
         "errors": model.errors,
+        "shed": model.shed,
         "p99_ms": model.recent.quantile_ms(0.99, time.perf_counter()),
         "loaded_at": model.loaded_at,
     }

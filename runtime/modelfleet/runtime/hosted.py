@@ -66,6 +66,9 @@ class HostedModel:
         self.idle.set()
         self.served = 0
         self.errors = 0
+        self.shed = 0
+        """Requests refused or dropped by admission (queue full, deadline, rate limit,
+        displaced, expired): counted in ``errors`` too."""
         self.service = ServiceTime()
         """Measured forward time per row (warm-up, then every batch): admission's
         estimate of how long the queued work takes."""
@@ -142,8 +145,12 @@ class HostedModel:
         return None
 
     def _shed(self, reason: str, level: int | None, error: Unavailable) -> Unavailable:
-        self.metrics.shed(reason, level or self.default_level)
+        self.count_shed(reason, level or self.default_level)
         return error
+
+    def count_shed(self, reason: str, level: int) -> None:
+        self.shed += 1
+        self.metrics.shed(reason, level)
 
     def check_admission(
         self, now: float, level: int, budget_s: float, rows: int, *, decided: bool = False
@@ -157,7 +164,7 @@ class HostedModel:
         if self.limiter is not None:
             wait = self.limiter.try_take(now)
             if wait > 0:
-                self.metrics.shed("rate_limit", level)
+                self.count_shed("rate_limit", level)
                 raise RateLimited(
                     f"model '{self.config.name}' is limited to "
                     f"{self.limiter.rate:g} requests/s; retry in {wait:.2f} s",
@@ -204,11 +211,11 @@ class HostedModel:
         try:
             displaced = self.worker.submit(self, item)  # 503 at once when full
         except Unavailable:
-            self.metrics.shed("queue_full", level)
+            self.count_shed("queue_full", level)
             raise
         self.metrics.admitted(level)
         if displaced is not None and not displaced.future.done():
-            self.metrics.shed("displaced", displaced.level)
+            self.count_shed("displaced", displaced.level)
             displaced.future.set_exception(
                 Unavailable(
                     f"shed: a higher-priority request for model '{self.config.name}' took "
@@ -276,7 +283,7 @@ class HostedModel:
     def fail_expired(self, item: Pending) -> None:
         """Answers a request the worker found past its deadline in the queue."""
         if not item.future.done():
-            self.metrics.shed("expired", item.level)
+            self.count_shed("expired", item.level)
             item.future.set_exception(expired_error(self.key, time.monotonic() - item.enqueued_at))
 
     def _enter(self) -> None:
