@@ -321,3 +321,73 @@ def test_a_bert_style_model_with_padding_serves_variable_lengths_through_the_gat
     assert [a for a in answers if a[0] != 200] == []
     assert [shape for _, shape in answers] == [[1, n, 64] for n in lengths]
     k.kubectl("delete", "inferencemodel", "encoder", "-n", NS)
+
+
+def test_under_a_low_priority_surge_the_high_model_keeps_its_latency_and_status_shows_shedding(
+    fleet: dict[str, Any],
+) -> None:
+    """Two models of one pool, 50 ms a request each (a sleeping test model): a surge
+    on the low-priority one through the gateway neither slows the high-priority one
+    beyond one low batch nor sheds it, and the status says which one shed."""
+    import concurrent.futures
+
+    k, gateway = fleet["cluster"], fleet["gateway"]
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    ).encode()
+
+    def slow(name: str, priority: int, queue: int) -> str:
+        return model(
+            name, priority=priority, memory=50,
+            source={"path": "empty.safetensors", "architecture": "tests.runtime.models:slow"},
+            inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            outputs=[{"name": "doubled", "datatype": "FP32", "shape": [-1, 4]}],
+            batching={"maxBatchSize": 1, "maxQueueDelayMs": 0},
+            queue={"maxSize": queue, "timeoutMs": 10000},
+        )  # fmt: skip
+
+    def call(name: str) -> tuple[int, float]:
+        req = urllib.request.Request(f"{gateway}/v2/models/{name}/infer", data=body)
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                resp.read()
+                code = resp.status
+        except urllib.error.HTTPError as exc:
+            code = exc.code
+        return code, (time.perf_counter() - t0) * 1000
+
+    k.kubectl("apply", "-f", "-", input=slow("surge", 0, 8))
+    k.kubectl("apply", "-f", "-", input=slow("steady", 100, 64))
+    for name in ("surge", "steady"):
+        wait_for(f"{name} Ready", lambda n=name: condition(k, n, "Ready")["status"] == "True")
+        wait_for(f"{name} answers", lambda n=name: call(n)[0] == 200)
+    unloaded = sorted(call("steady")[1] for _ in range(10))
+    stop = time.monotonic() + 14
+    with concurrent.futures.ThreadPoolExecutor(17) as pool:
+
+        def flood() -> list[int]:
+            codes = []
+            while time.monotonic() < stop:
+                codes.append(call("surge")[0])
+            return codes
+
+        floods = [pool.submit(flood) for _ in range(16)]
+        time.sleep(2)
+        loaded = [call("steady") for _ in range(30)]
+        surge_codes = [c for f in floods for c in f.result()]
+    assert [c for c, _ in loaded] == [200] * 30
+    worst = max(ms for _, ms in loaded)
+    assert worst < 2 * unloaded[-1] + 50 + 150, (unloaded, sorted(ms for _, ms in loaded))
+    assert surge_codes.count(503) > 0.3 * len(surge_codes), "the surge was not shed"
+
+    def rates() -> tuple[float, float] | None:
+        low, high = status(k, "surge")["versions"][0], status(k, "steady")["versions"][0]
+        if "shedRate" not in low or "shedRate" not in high or low["shedRate"] == 0:
+            return None
+        return low["shedRate"], high["shedRate"]
+
+    low_shed, high_shed = wait_for("shed rates in status", rates, timeout=60)
+    assert low_shed > 0.3 and high_shed == 0
+    for name in ("surge", "steady"):
+        k.kubectl("delete", "inferencemodel", name, "-n", NS)
