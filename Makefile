@@ -8,11 +8,12 @@ PYTHON = "$$(bash scripts/venv.sh)/bin/python"
 export PYTHONPATH := $(CURDIR):$(CURDIR)/runtime:$(CURDIR)/operator
 export MODELFLEET_CACHE ?= $(HOME)/.cache/modelfleet
 
-.PHONY: help venv run test lint unit bench bench-peers example-models clean
+.PHONY: help venv run test lint unit crds bench bench-peers example-models clean
 
 help:
 	@echo "make run        serve the example fleet locally (no cluster needed)"
 	@echo "make test       lint, type-check and run the whole test suite"
+	@echo "make crds       regenerate crds/, the chart's copy and docs/reference.md from the spec models"
 	@echo "make bench      runtime, gateway and overload benchmarks (tables + PNG in bench-results/)"
 	@echo "make bench-peers   the runtime against LitServe, MLServer and Ray Serve"
 	@echo "make cluster-up / cluster-down   a local Kubernetes control plane to poke at"
@@ -42,6 +43,11 @@ unit: venv
 test: venv lint cluster-build
 	@echo "==> pytest (unit, integration, cluster)"
 	@$(PYTHON) -m pytest tests
+
+# The CRDs, their copy in the chart and docs/reference.md are generated from the
+# models in operator/modelfleet/operator/ (tests/operator/test_crdgen.py checks them).
+crds: venv
+	@$(PYTHON) -m modelfleet.operator.crdgen
 
 bench: venv
 	@$(PYTHON) -m bench.runtime_bench --models mlp,cnn,bert,resnet --out bench-results

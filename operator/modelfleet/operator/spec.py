@@ -1,18 +1,22 @@
-"""Typed views of the resources' specs, parsed at the edge.
+"""Typed views of the resources' specs, parsed at the edge, and the source of the CRDs.
 
-The CRD schema has already validated and defaulted what the API server stores;
-these models mirror it field for field (camelCase aliases) so that nothing
-downstream handles raw dicts, and so that a spec written before a default
-existed still parses.
+The API server validates and defaults what it stores with the CRD schema, and
+``crdgen`` writes that schema from these models: types, defaults, ranges, patterns
+and enums are pydantic's keywords, each field's docstring is its description
+(``kubectl explain``), and ``markers.k8s`` adds the CEL rules and list types. The
+models use camelCase aliases so that nothing downstream handles raw dicts, and
+defaults so that a spec written before a default existed still parses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from modelfleet.operator.markers import Rule, k8s
 
 GROUP, VERSION = "modelfleet.io", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -25,36 +29,77 @@ Datatype = Literal[
     "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES",
 ]  # fmt: skip
 """The OIP datatypes the CRD's enum allows (the runtime's ``TensorSpec.datatype``)."""
+VersionLabel = Annotated[
+    str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+]
+"""A version label, as it appears in /v2/models/<name>/versions/<version>."""
+TensorName = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class _Spec(BaseModel):
     model_config = ConfigDict(
-        extra="ignore", populate_by_name=True, frozen=True, alias_generator=to_camel
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+        alias_generator=to_camel,
+        use_attribute_docstrings=True,
     )
 
 
 class Tensor(_Spec):
-    name: str
+    """One tensor."""
+
+    name: TensorName
     """Tensor name as clients send it."""
     datatype: Datatype
-    """OIP datatype (FP32, INT64, ..., BYTES for strings)."""
-    shape: tuple[int, ...]
+    """Open Inference Protocol datatype (BYTES for strings and raw bytes)."""
+    shape: tuple[Annotated[int, Field(ge=-1)], ...] = Field(
+        min_length=1,
+        max_length=16,
+        json_schema_extra=k8s(list_type="atomic", rules=[
+            Rule("self.all(d, d != 0)", "shape dimensions must be positive or -1")]),
+    )  # fmt: skip
     """Shape including the batch dimension; -1 marks a variable dimension."""
 
 
+Tensors = Annotated[
+    tuple[Tensor, ...], Field(min_length=1, max_length=64, json_schema_extra=k8s(map_keys=["name"]))
+]
+"""Tensors keyed by name (a second tensor of one name is refused)."""
+
+
 class Source(_Spec):
-    path: str | None = None
-    """A file in the pool's model store."""
-    url: str | None = None
-    """An http(s) URL of the model file."""
-    sha256: str | None = None
-    """Digest checked by the runtime before anything is loaded."""
+    """Where the model file comes from and how to load it."""
+
+    model_config = ConfigDict(json_schema_extra=k8s(rules=[
+        Rule("has(self.path) != has(self.url)", "give exactly one of source.path or source.url"),
+        Rule("!has(self.url) || has(self.sha256)", "source.url needs source.sha256",
+             field_path=".sha256", reason="FieldValueRequired"),
+        Rule("self.format != 'torchscript' || self.trusted",
+             "source.format torchscript runs code: set source.trusted: true to allow it",
+             field_path=".trusted"),
+        Rule("has(self.architecture) || self.format in ['export', 'torchscript'] || "
+             "(self.format == 'auto' && (has(self.path) ? self.path : (has(self.url) ? self.url : ''))"
+             ".matches('[.](pt2|ts)$'))",
+             "source.architecture (package.module:factory) is needed for safetensors and "
+             "state-dict files", field_path=".architecture", reason="FieldValueRequired"),
+    ]))  # fmt: skip
+
+    path: str | None = Field(default=None, min_length=1, max_length=1024)
+    """A file (or directory) in the pool's model store, relative to its root."""
+    url: str | None = Field(default=None, max_length=2048, pattern="^https?://")
+    """An http(s) URL of the model file; needs sha256."""
+    sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    """The file's SHA-256 (hex); the runtime checks it before loading anything."""
     format: Literal["auto", "safetensors", "state_dict", "export", "torchscript"] = "auto"
-    """File format; auto decides by extension."""
-    architecture: str | None = None
-    """``package.module:factory`` for safetensors and state dicts."""
+    """File format. auto decides by extension (.safetensors, .pt/.pth state dict,
+    .pt2 torch.export archive, .ts TorchScript)."""
+    architecture: str | None = Field(
+        default=None, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+    )
+    """package.module:factory that builds the module, for safetensors and state dicts."""
     trusted: bool = False
-    """TorchScript runs code: the runtime only loads it when true."""
+    """TorchScript runs arbitrary code; it is only loaded when this is true."""
 
     @property
     def location(self) -> str:
@@ -62,63 +107,94 @@ class Source(_Spec):
 
 
 class Padding(_Spec):
-    inputs: dict[str, float]
-    """Input name -> the value its padding holds."""
-    axis: int = 1
-    """The padded dimension (1: the sequence dimension of ``[batch, seq, ...]``)."""
-    buckets: tuple[int, ...]
-    """Strictly increasing lengths to pad to; longer requests are refused with 400."""
-    outputs: tuple[str, ...] = ()
-    """Outputs sliced back to each request's own length along ``axis``."""
+    """Padding of variable-length inputs to bucket lengths."""
+
+    inputs: dict[str, Annotated[float, Field(description="The value the padding holds.")]] = Field(
+        min_length=1, max_length=64
+    )
+    """Input name to the value its padding holds (token ids 0, attention mask 0).
+    Each input named needs a variable (-1) dimension at axis, and a request's
+    inputs named here must agree on their length along it."""
+    axis: int = Field(default=1, ge=1, le=15)
+    """The padded dimension (1 is the sequence dimension of [batch, seq, ...])."""
+    buckets: tuple[Annotated[int, Field(ge=1, description="A length to pad to.")], ...] = Field(
+        min_length=1,
+        max_length=64,
+        json_schema_extra=k8s(list_type="atomic", rules=[
+            Rule("self.isSorted() && self.all(b, self.indexOf(b) == self.lastIndexOf(b))",
+                 "batching.pad.buckets must be strictly increasing, e.g. [32, 64, 128]")]),
+    )  # fmt: skip
+    """Strictly increasing lengths to pad to. A request goes to the smallest bucket
+    that holds it and shares a batch only with requests of the same bucket; a
+    request longer than the largest bucket is refused with 400."""
+    outputs: tuple[Annotated[TensorName, Field(description="An output name.")], ...] = Field(
+        default=(), max_length=64, json_schema_extra=k8s(list_type="set")
+    )
+    """Outputs with a sequence dimension at axis (per-token states): each request
+    gets them sliced back to its own length."""
 
 
 class Batching(_Spec):
-    max_batch_size: int = 16
-    """Largest batch sent to one forward pass."""
-    max_queue_delay_ms: float = 2.0
-    """Longest wait for a batch to fill."""
+    """Dynamic batching of requests into one forward pass."""
+
+    max_batch_size: int = Field(default=16, ge=1, le=4096)
+    """Largest batch (rows along dimension 0)."""
+    max_queue_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
+    """Longest the oldest request waits for a batch to fill."""
     pad: Padding | None = None
-    """Variable-length inputs padded to buckets so that requests of different
-    lengths share a batch; without it only requests of one shape do."""
+    """Pad variable-length inputs to a bucket length so that requests of different
+    lengths share a batch (sequence models: token ids and their attention mask).
+    Without it a batch only holds requests whose dimensions other than the batch
+    one all agree; requests of another shape wait for a batch of their own."""
 
 
 class Queue(_Spec):
-    max_size: int = 256
-    """Queued requests beyond this are refused with 503."""
-    timeout_ms: float = 30_000
-    """Default request deadline (also the gateway's)."""
+    """Admission of requests waiting for this model."""
+
+    max_size: int = Field(default=256, ge=1, le=1_000_000)
+    """Requests queued beyond this are refused with 503."""
+    timeout_ms: float = Field(default=30_000, ge=1)
+    """Default request deadline (a request's timeout parameter can only shorten it)."""
 
 
 class RateLimit(_Spec):
-    requests_per_second: float
-    """Sustained rate per runtime pod."""
-    burst: int = 0
+    """Token bucket per runtime pod; requests over it get 429 with Retry-After."""
+
+    requests_per_second: float = Field(gt=0)
+    """Sustained rate."""
+    burst: int = Field(default=0, ge=0, json_schema_extra=k8s(default=None))
     """Bucket size; 0 means one second's worth."""
 
 
 class Cache(_Spec):
+    """Result cache for repeated identical inputs."""
+
     enabled: bool = False
-    """Serve repeated identical inputs from the result cache."""
-    max_bytes: int = 64 * 1024 * 1024
-    """Bound on cached bytes per pod."""
+    """Serve outputs of identical inputs from the cache."""
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, json_schema_extra=k8s(default=None))
+    """Bound on cached output bytes per pod."""
 
 
 class Warmup(_Spec):
+    """Warm-up before a version reports ready; no version receives a request before it is warm."""
+
     enabled: bool = True
-    """Warm-up batches before the version reports ready (and takes traffic)."""
+    """Run warm-up batches before the version is ready."""
     data: Literal["zero", "random"] = "zero"
     """Input data of the warm-up batches."""
 
 
 class Canary(_Spec):
-    version: str
-    """The canary's version label (differs from the stable one)."""
+    """A second version receiving a share of the traffic."""
+
+    version: VersionLabel
+    """The canary's version label (must differ from version)."""
     source: Source
-    """Where the canary's file comes from."""
-    weight: int = 0
-    """Percent of the model's traffic sent to the canary."""
-    replicas: int = 1
-    """Copies of the canary, each on a distinct pod."""
+    """Where the model file comes from and how to load it."""
+    weight: int = Field(default=0, ge=0, le=100)
+    """Percent (0-100) of the model's traffic sent to the canary."""
+    replicas: int = Field(default=1, ge=1, le=1000)
+    """Copies of the canary, each on a distinct pool pod."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,32 +210,68 @@ class ModelVersion:
 
 
 class ModelSpec(_Spec):
-    pool: str
-    """The InferencePool (same namespace) hosting the model."""
-    priority: int = 0
-    """Higher is more important; negative means sheddable."""
-    version: str
-    """The stable version's label."""
+    """The model, its versions and how it is served."""
+
+    model_config = ConfigDict(json_schema_extra=k8s(rules=[
+        Rule("!has(self.canary) || self.canary.version != self.version",
+             "canary.version must differ from version",
+             field_path=".canary.version", reason="FieldValueInvalid"),
+        Rule("!has(self.batching) || !has(self.batching.pad) || self.batching.pad.inputs.all(n, "
+             "self.inputs.exists(t, t.name == n && t.datatype != 'BYTES' && "
+             "size(t.shape) > self.batching.pad.axis && t.shape[self.batching.pad.axis] == -1))",
+             "batching.pad.inputs must name declared inputs, not BYTES ones, whose dimension "
+             "batching.pad.axis is variable (-1)",
+             field_path=".batching.pad.inputs", reason="FieldValueInvalid"),
+        Rule("!has(self.batching) || !has(self.batching.pad) || !has(self.batching.pad.outputs) || "
+             "self.batching.pad.outputs.all(n, self.outputs.exists(t, t.name == n && "
+             "size(t.shape) > self.batching.pad.axis && t.shape[self.batching.pad.axis] == -1))",
+             "batching.pad.outputs must name declared outputs whose dimension batching.pad.axis "
+             "is variable (-1)",
+             field_path=".batching.pad.outputs", reason="FieldValueInvalid"),
+    ]))  # fmt: skip
+
+    pool: str = Field(min_length=1, max_length=63)
+    """The InferencePool, in the same namespace, whose pods host this model."""
+    priority: int = Field(default=0, ge=-2_147_483_648, le=1_000_000_000)
+    """Higher is more important, as Kubernetes PriorityClass values. Placement serves
+    higher priorities first and evicts lower ones to make room; negative values mark
+    sheddable traffic, refused first under overload."""
+    version: VersionLabel
+    """The stable version's label (served at /v2/models/<name>/versions/<version>)."""
     source: Source
-    """Where the stable version's file comes from."""
-    inputs: tuple[Tensor, ...]
-    """Declared input tensors."""
-    outputs: tuple[Tensor, ...]
-    """Declared output tensors."""
-    latency_objective_ms: float | None = None
-    """Answer within this many ms: earliest deadline first within a priority class."""
-    memory_mb: float | None = Field(default=None, alias="memoryMB")
-    """Device memory one copy needs; measured by the runtime when absent."""
-    replicas: int = 1
-    """Copies of the stable version, each on a distinct pod."""
+    """Where the model file comes from and how to load it."""
+    inputs: Tensors
+    """Declared tensors (name, OIP datatype, shape with -1 for variable dimensions)."""
+    outputs: Tensors
+    """Declared tensors (name, OIP datatype, shape with -1 for variable dimensions)."""
+    latency_objective_ms: float | None = Field(default=None, gt=0, le=3_600_000)
+    """Latency the model's requests should be answered within, in milliseconds.
+    Among models of one priority class, the runtime runs the batch whose answer
+    is due first (earliest deadline first); its metric
+    modelfleet_objective_total counts how many met it."""
+    memory_mb: float | None = Field(default=None, gt=0, alias="memoryMB")
+    """Device memory one copy needs, in MB. When absent the runtime measures it after
+    loading (placement assumes 1000 MB until then)."""
+    replicas: int = Field(default=1, ge=1, le=1000)
+    """Copies of the stable version, each on a distinct pool pod (at most the pool's pods)."""
     batching: Batching = Batching()
+    """Dynamic batching of requests into one forward pass."""
     queue: Queue = Queue()
+    """Admission of requests waiting for this model."""
     rate_limit: RateLimit | None = None
+    """Token bucket per runtime pod; requests over it get 429 with Retry-After."""
     cache: Cache = Cache()
+    """Result cache for repeated identical inputs."""
     warmup: Warmup = Warmup()
+    """Warm-up before a version reports ready; no version receives a request before it is warm."""
     optimize: Literal["none", "trace", "inference"] = "none"
-    """The runtime's ``optimize`` for every version of the model."""
+    """After loading: none; trace (TorchScript trace and freeze: one C++ call a forward pass);
+    inference (trace and torch.jit.optimize_for_inference: oneDNN kernels on CPU). Only for
+    models without data-dependent control flow; the runtime checks the optimized module
+    answers like the eager one and fails the load otherwise."""
     canary: Canary | None = None
+    """A second version receiving a share of the traffic. Promote by making it the
+    version; roll back by removing it."""
 
     def versions(self) -> list[ModelVersion]:
         """Stable first, then the canary; weights are percentages summing to 100."""
@@ -174,56 +286,95 @@ class ModelSpec(_Spec):
 
 
 class Replicas(_Spec):
-    min: int = 1
-    """Runtime pods always running."""
-    max: int = 1
-    """Upper bound on runtime pods."""
+    """How many runtime pods the pool runs."""
+
+    model_config = ConfigDict(json_schema_extra=k8s(rules=[
+        Rule("self.min <= self.max", "replicas.min must not exceed replicas.max", field_path=".min")
+    ]))  # fmt: skip
+
+    min: int = Field(default=1, ge=1, le=1000)
+    """Runtime pods always running (the StatefulSet's replicas)."""
+    max: int = Field(default=1, ge=1, le=1000)
+    """Upper bound on runtime pods; at least min."""
 
 
 class Resources(_Spec):
-    gpu: int = 1
-    """nvidia.com/gpu per runtime pod."""
-    cpu: str = "2"
-    """CPU request and limit of the runtime container."""
-    memory: str = "8Gi"
-    """Memory request and limit of the runtime container."""
+    """Resources of each runtime pod."""
+
+    gpu: int = Field(default=1, ge=0, le=16)
+    """nvidia.com/gpu requested by each pod (0 for a CPU pool)."""
+    cpu: str = Field(default="2", pattern=r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$")
+    """CPU request and limit of each runtime container (a Kubernetes quantity, e.g. 2 or 500m)."""
+    memory: str = Field(default="8Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+    """Memory request and limit of each runtime container (a Kubernetes quantity, e.g. 8Gi)."""
 
 
 class ModelStore(_Spec):
-    claim_name: str | None = None
-    """PersistentVolumeClaim mounted read-only at /models."""
+    """Where model files come from, mounted read-only at /models in every runtime pod."""
+
+    claim_name: str | None = Field(default=None, max_length=253)
+    """A PersistentVolumeClaim (same namespace) holding the model files."""
 
 
 class GatewaySpec(_Spec):
-    replicas: int = 1
+    """The pool's gateway Deployment, which every model's Service reaches."""
+
+    replicas: int = Field(default=1, ge=1, le=100)
     """Gateway pods."""
-    max_concurrency: int = 64
-    """Requests in flight per model at each gateway pod."""
+    max_concurrency: int = Field(default=64, ge=1)
+    """Requests in flight per model at each gateway pod; beyond it, low priority is shed first."""
 
 
 class RuntimeSettings(_Spec):
+    """How each runtime pod runs its forward passes."""
+
     executor: Literal["thread", "process"] = "thread"
-    """Where each pod runs forward passes: a thread of the serving process, or a
-    child process with its own GIL (the runtime's ``server.executor``)."""
-    torch_threads: int | None = Field(default=None, ge=1)
+    """thread: forward passes on a thread of the serving process (the default; right
+    for GPU pools). process: in a child process with its own GIL, so that HTTP work
+    never delays a forward pass (CPU pools; see docs/benchmarks.md)."""
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
     """torch intra-op threads in each pod; torch's own default when absent."""
 
 
+Toleration = Annotated[
+    dict[str, object],
+    Field(
+        description="A Kubernetes Toleration (key, operator, value, effect, tolerationSeconds).",
+        json_schema_extra=k8s(preserve_unknown=True),
+    ),
+]
+
+
 class PoolSpec(_Spec):
-    replicas: Replicas = Replicas()
+    """The pool's pods, their resources and the gateway."""
+
+    replicas: Replicas = Field(
+        default=Replicas(), json_schema_extra=k8s(default={"min": 1, "max": 1})
+    )
+    """How many runtime pods the pool runs."""
     resources: Resources = Resources()
-    memory_budget_mb: float = Field(default=16000, alias="memoryBudgetMB")
-    """Device memory each pod gives to models; placement never exceeds it."""
-    image: str | None = None
-    """Runtime image (also runs the gateway); the operator's default when empty."""
+    """Resources of each runtime pod."""
+    memory_budget_mb: float = Field(default=16000, ge=1, alias="memoryBudgetMB")
+    """Device memory each pod may give to models, in MB. Placement never exceeds it and
+    the runtime refuses loads past it."""
+    image: str | None = Field(default=None, min_length=1)
+    """The runtime image; it also runs the gateway. When absent, the operator's
+    default (its MODELFLEET_RUNTIME_IMAGE, set by the Helm chart's
+    runtime.image; otherwise modelfleet/runtime:0.1.0)."""
     model_store: ModelStore = ModelStore()
-    priority_class_name: str | None = None
-    """PriorityClass of the runtime pods."""
+    """Where model files come from, mounted read-only at /models in every runtime pod."""
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    """PriorityClass of the runtime pods, so the scheduler preempts lower-priority pools first."""
     node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: tuple[dict[str, object], ...] = ()
-    """Kubernetes Toleration objects, passed through unchanged."""
+    """Node labels the runtime pods require."""
+    tolerations: tuple[Toleration, ...] = Field(default=(), json_schema_extra=k8s(default=None))
+    """Tolerations of the runtime pods (Kubernetes Toleration objects)."""
     gateway: GatewaySpec = GatewaySpec()
+    """The pool's gateway Deployment, which every model's Service reaches."""
     runtime: RuntimeSettings = RuntimeSettings()
+    """How each runtime pod runs its forward passes."""
 
 
 OMITTED_WHEN_UNSET: tuple[tuple[str, ...], ...] = (

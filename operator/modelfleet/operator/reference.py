@@ -1,0 +1,126 @@
+"""docs/reference.md: every field of both resources as a Markdown table, from their CRDs.
+
+One row a field, depth first: its type, the default the API server stores, what the
+schema and the CEL rules check (a rule's message sits on the field it names), and
+the description ``kubectl explain`` prints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+LIMITS = (
+    ("minimum", "≥"), ("maximum", "≤"), ("minLength", "length ≥"), ("maxLength", "length ≤"),
+    ("minItems", "items ≥"), ("maxItems", "items ≤"), ("minProperties", "keys ≥"),
+    ("maxProperties", "keys ≤"),
+)  # fmt: skip
+
+
+def _type(schema: dict[str, Any]) -> str:
+    kind = str(schema.get("type", "any"))
+    if kind == "array":
+        return f"[]{_type(schema.get('items') or {})}"
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
+        return f"map[string]{_type(schema['additionalProperties'])}"
+    if schema.get("format"):
+        kind += f" ({schema['format']})"
+    return kind
+
+
+def _limits(schema: dict[str, Any]) -> list[str]:
+    parts = []
+    if "enum" in schema:
+        parts.append("one of " + ", ".join(f"`{v}`" for v in schema["enum"]))
+    for key, word in LIMITS:
+        if key in schema:
+            strict = {"minimum": "exclusiveMinimum", "maximum": "exclusiveMaximum"}.get(key)
+            word = {"≥": ">", "≤": "<"}[word] if strict and schema.get(strict) else word
+            parts.append(f"{word} {schema[key]}")
+    if "pattern" in schema:
+        parts.append(f"pattern `{schema['pattern']}`")
+    if schema.get("x-kubernetes-list-map-keys"):
+        parts.append("unique by " + ", ".join(schema["x-kubernetes-list-map-keys"]))
+    elif schema.get("x-kubernetes-list-type") == "set":
+        parts.append("unique items")
+    for key in ("items", "additionalProperties"):
+        sub = schema.get(key)
+        if isinstance(sub, dict) and "properties" not in sub and _limits(sub):
+            parts.append("each " + ", ".join(_limits(sub)))
+    return parts
+
+
+def _default(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|").replace("<", "\\<")
+
+
+def fields(schema: dict[str, Any], prefix: str) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """(path, schema, required) for every property below ``schema``, depth first."""
+    required = set(schema.get("required") or [])
+    for name, sub in (schema.get("properties") or {}).items():
+        path = f"{prefix}.{name}" if prefix else name
+        yield path, sub, name in required
+        if sub.get("type") == "array" and (sub.get("items") or {}).get("properties"):
+            yield from fields(sub["items"], f"{path}[]")
+        elif sub.get("properties"):
+            yield from fields(sub, path)
+
+
+def _rules(root: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(path of the field a rule names, its message) for every CEL rule."""
+    for path, sub, _ in [("", root, False), *fields(root, "")]:
+        for node, where in ((sub, path), (sub.get("items") or {}, f"{path}[]")):
+            for rule in node.get("x-kubernetes-validations", []):
+                named = where + rule.get("fieldPath", "")
+                yield (named[:-2] if named.endswith("[]") else named), rule["message"]
+
+
+def table(crd: dict[str, Any]) -> str:
+    spec = crd["spec"]
+    version = spec["versions"][0]
+    root = version["schema"]["openAPIV3Schema"]
+    kind, short = spec["names"]["kind"], spec["names"]["shortNames"][0]
+    columns = ", ".join(c["name"] for c in version["additionalPrinterColumns"])
+    rows = [
+        f"## {kind} (`{spec['group']}/{version['name']}`)",
+        "",
+        _cell(root["description"]),
+        "",
+        f"`kubectl get {short}` (or `{spec['names']['plural']}`, or the category "
+        f"`{spec['names']['categories'][0]}`) shows {columns}.",
+        "",
+        "| Field | Type | Default | Validation | Description |",
+        "|---|---|---|---|---|",
+    ]
+    messages: dict[str, list[str]] = {}
+    for path, message in _rules(root):
+        messages.setdefault(path, []).append(message)
+    for top in ("spec", "status"):
+        for path, sub, required in fields(root["properties"][top], top):
+            default = f"`{_default(sub['default'])}`" if "default" in sub else ""
+            name = f"`{path}`" + (" (required)" if required else "")
+            checks = "; ".join(_limits(sub) + messages.pop(path, []))
+            cells = [name, f"`{_type(sub)}`", default, checks, sub.get("description", "")]
+            rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    rest = [m for ms in messages.values() for m in ms]
+    if rest:
+        rows += ["", "Rules on the whole object:", "", *(f"* {_cell(m)}" for m in rest)]
+    return "\n".join(rows)
+
+
+def render(crds: list[dict[str, Any]], command: str) -> str:
+    head = [
+        "# Resource reference",
+        "",
+        "Every field of the resources ModelFleet's operator serves: its type, the default",
+        "the API server stores, what the schema and its CEL rules check, and the",
+        "description that `kubectl explain` prints. Generated with the CRDs from the models",
+        "in `operator/modelfleet/operator/` (`spec.py`, `statustypes.py`, `crd.py`) by",
+        f"`{command}`; do not edit it by hand (a test fails when it differs).",
+    ]
+    return "\n\n".join(["\n".join(head), *(table(c) for c in crds)]) + "\n"

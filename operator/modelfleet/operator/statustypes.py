@@ -1,0 +1,159 @@
+"""The status both resources declare, field by field (the source of the CRDs' status schemas).
+
+``status.py`` computes the documents these models describe; the API server prunes
+whatever the schema does not declare, so every field it writes is declared here
+(tests/operator/test_crds.py checks that).
+The operator writes status and never parses it, so nothing here has a default the
+API server would store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from modelfleet.operator.markers import Int64, k8s
+from modelfleet.operator.spec import Role
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(
+        populate_by_name=True, frozen=True, alias_generator=to_camel, use_attribute_docstrings=True
+    )
+
+
+class Condition(_Status):
+    """One condition."""
+
+    type: str
+    """The condition's type."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: str | None = None
+    """Machine-readable CamelCase reason."""
+    message: str | None = None
+    """What happened, for people."""
+    last_transition_time: datetime | None = None
+    """When the status last changed."""
+    observed_generation: Int64 | None = None
+    """The generation the condition describes."""
+
+
+class ModelCondition(Condition):
+    """One condition."""
+
+    type: str
+    """Ready, Placed, Degraded, Progressing or RolloutBlocked."""
+
+
+class PoolCondition(Condition):
+    """One condition."""
+
+    type: str
+    """Ready, Placed, Degraded or Progressing."""
+
+
+class VersionStatus(_Status):
+    """One version."""
+
+    version: str | None = None
+    """Version label."""
+    role: Role | None = None
+    """stable, canary, or draining (leaving after a rollout)."""
+    weight: int | None = None
+    """Share of the traffic routed to this version: the spec's percent, or during a
+    rollout the old version's share until the new one is ready everywhere."""
+    replicas: int | None = None
+    """Copies wanted."""
+    ready_replicas: int | None = None
+    """Copies loaded, warm and routed to."""
+    pods: tuple[str, ...] | None = None
+    """Pool pods the version is placed on."""
+    endpoints: tuple[str, ...] | None = None
+    """Data URLs the gateway routes this version to."""
+    memory_mb: float | None = Field(default=None, alias="memoryMB")
+    """Device memory one copy needs (declared or measured)."""
+    requests: Int64 | None = None
+    """Requests answered, summed over the pods."""
+    errors: Int64 | None = None
+    """Requests that failed, summed over the pods."""
+    request_rate: float | None = None
+    """Requests per second over the last minute, summed over the pods."""
+    error_rate: float | None = None
+    """Fraction of those requests that failed (0 to 1) over the last minute."""
+    shed_rate: float | None = None
+    """Fraction of those requests that the runtimes' admission refused or dropped under
+    overload (queue full, deadline out of reach, rate limit, displaced by a higher
+    priority, expired in the queue), over the last minute; counted in errorRate too."""
+    p99_latency_ms: float | None = None
+    """p99 latency in the runtime over the last minute (the highest of its pods), in milliseconds."""
+
+
+class Failure(_Status):
+    """The most recent problem seen."""
+
+    reason: str | None = None
+    """Machine-readable reason."""
+    message: str | None = None
+    """What went wrong."""
+    time: datetime | None = None
+    """When it was first seen."""
+
+
+_BY_TYPE = k8s(map_keys=["type"])
+"""Conditions are a map keyed by type: one condition of each type."""
+
+
+class ModelStatus(_Status):
+    """What the operator observed; written once per convergence pass."""
+
+    observed_generation: Int64 | None = None
+    """The spec generation this status describes."""
+    url: str | None = None
+    """The in-cluster URL of the model's infer endpoint."""
+    ready_replicas: int | None = None
+    """Replicas of the stable version loaded, warm and routed to."""
+    versions: tuple[VersionStatus, ...] | None = None
+    """Every version the model runs, with its role."""
+    conditions: tuple[ModelCondition, ...] | None = Field(default=None, json_schema_extra=_BY_TYPE)
+    """Ready, Placed, Degraded, Progressing (reasons Loading, RolloutLoading,
+    RolloutDraining, RolloutBlocked, RolloutFailed, Converged, Stalled) and
+    RolloutBlocked (reason InsufficientMemory when a new version finds no room),
+    each with a reason and a message."""
+    evicted_by: dict[str, str] | None = None
+    """Versions evicted by a higher-priority model, with the message naming it."""
+    last_failure: Failure | None = None
+    """The most recent problem seen."""
+
+
+class PodStatus(_Status):
+    """One runtime pod."""
+
+    name: str | None = None
+    """Pod name."""
+    ip: str | None = None
+    """Pod IP."""
+    answering: bool | None = None
+    """Whether its admin API answered in the last pass."""
+    models: tuple[str, ...] | None = None
+    """Versions placed on it, as model:version."""
+    memory_in_use_mb: float | None = Field(default=None, alias="memoryInUseMB")
+    """Device memory its models use, as it reports."""
+
+
+class PoolStatus(_Status):
+    """What the operator observed; written once per convergence pass."""
+
+    observed_generation: Int64 | None = None
+    """The spec generation this status describes."""
+    ready_replicas: int | None = None
+    """Runtime pods answering the operator's admin API."""
+    models: int | None = None
+    """InferenceModels naming this pool."""
+    pods: tuple[PodStatus, ...] | None = None
+    """Each runtime pod and the versions it hosts."""
+    conditions: tuple[PoolCondition, ...] | None = Field(default=None, json_schema_extra=_BY_TYPE)
+    """Ready, Placed, Degraded and Progressing, each with a reason and a message."""
