@@ -1,8 +1,8 @@
 """Placement of model versions onto pool pods: a pure, deterministic function.
 
-Rules (DESIGN.md §4): never over a pod's memory budget; higher priority first;
-a lower-priority placement is evicted only when that is the only way to place a
-higher one (and the evicted version is told who took its place); replicas of one
+Rules (docs/architecture.md, "Placement"): never over a pod's memory budget; higher
+priority first; a lower-priority placement is evicted only when that is the only way
+to place a higher one (and the evicted version is told who took its place); replicas of one
 version on distinct pods; placements kept while still valid (minimal churn); the
 same input always gives the same output.
 """
