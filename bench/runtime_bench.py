@@ -388,7 +388,7 @@ async def sweep(
     forward pass of each request alone."""
     import aiohttp
 
-    from modelfleet.runtime.device import forward
+    from modelfleet.runtime.forward import forward
 
     bodies, headers = load.bodies(encoding)
     config = ModelConfig.model_validate(model_config(name))

@@ -17,8 +17,8 @@ import torch
 
 from modelfleet.runtime.batcher import Pending
 from modelfleet.runtime.config import ModelConfig
-from modelfleet.runtime.errors import Unavailable
-from modelfleet.runtime.forward_process import ForwardProcessDied, RemoteModel
+from modelfleet.runtime.errors import ForwardProcessDied, Unavailable
+from modelfleet.runtime.forward_process import RemoteModel
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.loop_dispatcher import LoopDispatcher
 from modelfleet.runtime.metrics import RuntimeMetrics
@@ -83,9 +83,13 @@ def request(
 
 @pytest.fixture
 async def setup() -> tuple[LoopDispatcher, FakeProcess]:
-    dispatcher = LoopDispatcher(torch.device("cpu"), RuntimeMetrics(), aging_ms=100)
     process = FakeProcess()
-    dispatcher.process = process  # type: ignore[assignment]
+    dispatcher = LoopDispatcher(
+        torch.device("cpu"),
+        RuntimeMetrics(),
+        aging_ms=100,
+        spawn=lambda loop: process,  # type: ignore[arg-type,return-value]
+    )
     dispatcher.start()
     return dispatcher, process
 

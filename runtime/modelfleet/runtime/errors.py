@@ -90,6 +90,18 @@ class BadGateway(ServingError):
     status = 502
 
 
+class ModelFailure(ServingError):
+    """The model itself raised or returned something that does not match its outputs."""
+
+    status = 500
+
+
+class ForwardProcessDied(ServingError):
+    """The child process that runs the forward passes is gone (a crash, an OOM kill)."""
+
+    status = 500
+
+
 class ModelLoadError(Exception):
     """A model could not be loaded: bad file, checksum mismatch, memory budget."""
 

@@ -14,6 +14,9 @@ frames (``wire``, no pickle; ``pipe``: frames of any size, written by the
 event loop as the socket drains), and torch is imported in two processes. The child ignores SIGINT and SIGTERM: the serving process
 drains first and then closes it; it exits by itself when the parent's pipes
 close (the parent died).
+
+This module is the serving process's side; the child's is ``forward_child``,
+and their control messages (load, warm, unload) are ``control``'s types.
 """
 
 from __future__ import annotations
@@ -22,43 +25,25 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
-import os
-import select
-import signal
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any
 
-from modelfleet.runtime.affinity import pin_this_thread
 from modelfleet.runtime.config import ModelConfig
-from modelfleet.runtime.errors import ModelLoadError, ServingError
-from modelfleet.runtime.malloc import retain_freed_memory
-from modelfleet.runtime.pipe import FrameReceiver, LoopPipe, send_frame
+from modelfleet.runtime.control import Failed, Load, Loaded, Reply, Request, Unload, Warm
+from modelfleet.runtime.errors import ForwardProcessDied, ModelFailure, ModelLoadError
+from modelfleet.runtime.forward_child import child_main
+from modelfleet.runtime.pipe import LoopPipe
 from modelfleet.runtime.protocol import Array
-from modelfleet.runtime.wire import (
-    answer_parts,
-    batch_parts,
-    decode_answer,
-    decode_batch,
-    encode_failure,
-)
+from modelfleet.runtime.wire import batch_parts, decode_answer
 
 log = logging.getLogger("modelfleet.runtime")
 
 
 class RemoteError(Exception):
     """An exception the module raised in the forward process (its text, re-raised here)."""
-
-
-class ForwardProcessDied(ServingError):
-    """The child process that runs the forward passes is gone (a crash, an OOM kill)."""
-
-    status = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +55,6 @@ class RemoteModel:
     memory_bytes: int
     process: ForwardProcess
 
-    def warm(self, arrays: Sequence[Array]) -> None:
-        """One warm-up forward pass (blocks: call it from an executor)."""
-        self.process.warm(self.handle, arrays)
-
 
 Done = Callable[[list[Array] | None, Exception | None, float], None]
 """Called with (outputs, error, forward seconds) when a submitted batch is done."""
@@ -81,13 +62,6 @@ Done = Callable[[list[Array] | None, Exception | None, float], None]
 PIPELINE_DEPTH = 2
 """Batches handed to the child and not yet answered: while it runs one, the
 next waits in the pipe, so the child never waits for this process's GIL."""
-
-
-SPIN_S = 0.002
-"""With ``device_cpus`` (the child has CPUs of its own) it polls its pipe this long
-after each batch before it blocks: a sleeping CPU takes tens to hundreds of
-microseconds to wake on a virtual machine, longer than the next request takes
-to arrive under load. Without ``device_cpus`` it never spins (the CPU is shared)."""
 
 
 class ForwardProcess:
@@ -156,38 +130,45 @@ class ForwardProcess:
             log.error("%s: every model in it is unavailable", self.died)
         return ForwardProcessDied(self.died)
 
-    def _control_call(self, message: tuple[Any, ...]) -> Any:
+    def _control_call(self, message: Request) -> Reply:
+        """Sends one control request and waits for its reply; raises ``ModelLoadError``
+        with the child's reason when it failed."""
         with self._control_lock:
             try:
                 self._control.send(message)
-                status, payload = self._control.recv()
+                reply = self._control.recv()
             except (EOFError, OSError, BrokenPipeError) as exc:
                 raise self._mark_dead() from exc
-        if status == "error":
-            raise ModelLoadError(payload)
-        return payload
+        if isinstance(reply, Failed):
+            raise ModelLoadError(reply.message)
+        if not isinstance(reply, Reply):
+            raise ModelLoadError(f"the forward process answered {type(message).__name__} "
+                                 f"with {reply!r:.100}")  # fmt: skip
+        return reply
 
     def load(self, config: ModelConfig, store: str) -> RemoteModel:
         """Loads (and, with ``optimize``, traces) the module in the child;
         raises ``ModelLoadError`` with the child's message."""
         handle = next(self._handles)
         try:
-            measured = self._control_call(("load", handle, config.model_dump(mode="json"), store))
+            reply = self._control_call(Load(handle, config.model_dump(mode="json"), store))
         except ForwardProcessDied as exc:
             raise ModelLoadError(exc.message) from exc
-        return RemoteModel(handle, config.key, int(measured), self)
+        if not isinstance(reply, Loaded):
+            raise ModelLoadError(f"the forward process answered Load with {reply!r}")
+        return RemoteModel(handle, config.key, reply.memory_bytes, self)
 
     def unload(self, handle: int) -> None:
         """Frees a module in the child (and the CUDA cache there); a dead child holds nothing."""
         if self.died is None:
             try:
-                self._control_call(("unload", handle))
+                self._control_call(Unload(handle))
             except ForwardProcessDied:
                 pass
 
     def warm(self, handle: int, arrays: Sequence[Array]) -> None:
         """A warm-up forward pass in the child; raises ``ModelLoadError`` on failure."""
-        self._control_call(("warm", handle, list(arrays)))
+        self._control_call(Warm(handle, list(arrays)))
 
     def has_room(self) -> bool:
         """Whether another batch may be submitted now (a dead child takes any: it fails them)."""
@@ -207,8 +188,6 @@ class ForwardProcess:
 
     def _on_answer(self, frame: bytearray) -> None:
         """On the event loop: one answer from the child, for the oldest batch."""
-        from modelfleet.runtime.device import ModelFailure
-
         outputs, failure, seconds = decode_answer(frame)
         with self._inflight_lock:
             done = self._inflight.popleft()
@@ -248,124 +227,3 @@ class ForwardProcess:
         if self._process.is_alive():
             self._process.kill()
             self._process.join(timeout)
-
-
-# -- the child ------------------------------------------------------------------------
-
-
-def child_main(
-    run: socket.socket,
-    control: Connection,
-    device_name: str,
-    torch_threads: int | None,
-    cpus: set[int] | None,
-    retain_mb: int = 0,
-) -> None:
-    """Entry point of the forward process: forward passes on the main thread,
-    loads and unloads on a second one."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    retain_freed_memory(retain_mb)  # before torch allocates anything
-    others: set[int] | None = None
-    if cpus:
-        others = os.sched_getaffinity(0) - cpus or None
-        os.sched_setaffinity(0, cpus)
-    import torch
-
-    from modelfleet.runtime.device import forward
-
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
-    device = torch.device(device_name)
-    modules: dict[int, tuple[torch.nn.Module, ModelConfig]] = {}
-    lock = threading.Lock()
-    threading.Thread(  # loads and warm-ups off the device's CPUs: serving goes on there
-        target=_serve_control, args=(control, device, modules, lock, others), daemon=True
-    ).start()
-    spin_s = SPIN_S if cpus else 0.0
-    poller = select.poll()
-    poller.register(run.fileno(), select.POLLIN)
-    receiver = FrameReceiver(run)  # batches arrive into its buffer: writable views
-    while True:
-        try:
-            if spin_s:  # a CPU of its own: poll a while before sleeping (no wake-up cost)
-                until = time.perf_counter() + spin_s
-                while not poller.poll(0) and time.perf_counter() < until:
-                    pass
-            frame = receiver.receive()
-        except (EOFError, OSError):
-            return
-        started = time.perf_counter()
-        try:
-            handle, arrays = decode_batch(frame)
-            with lock:
-                entry = modules.get(handle)
-            if entry is None:
-                raise LookupError(f"no module {handle} is loaded in the forward process")
-            module, config = entry
-            outputs = forward(module, arrays, config.outputs, device)
-            reply = answer_parts(outputs, time.perf_counter() - started)
-        except Exception as exc:
-            served = isinstance(exc, ServingError)
-            reply = [encode_failure(served, _describe(exc), time.perf_counter() - started)]
-        try:
-            send_frame(run, reply)
-        except (EOFError, OSError):
-            return
-
-
-def _serve_control(
-    control: Connection,
-    device: Any,
-    modules: dict[int, Any],
-    lock: threading.Lock,
-    cpus: set[int] | None,
-) -> None:
-    import torch
-
-    from modelfleet.runtime.device import forward
-    from modelfleet.runtime.loader import load_module, module_bytes
-
-    if cpus:
-        pin_this_thread(cpus)
-    while True:
-        try:
-            message = control.recv()
-        except (EOFError, OSError):
-            os._exit(0)  # the serving process is gone: nothing left to serve
-        try:
-            if message[0] == "load":
-                _, handle, raw, store = message
-                config = ModelConfig.model_validate(raw)
-                cuda = device.type == "cuda"
-                before = torch.cuda.memory_allocated(device) if cuda else 0
-                module = load_module(config, store, device)
-                used = torch.cuda.memory_allocated(device) - before if cuda else 0
-                with lock:
-                    modules[handle] = (module, config)
-                reply: tuple[str, Any] = ("ok", max(int(used), module_bytes(module)))
-            elif message[0] == "warm":
-                _, handle, arrays = message
-                with lock:
-                    module, config = modules[handle]
-                forward(module, arrays, config.outputs, device)
-                reply = ("ok", None)
-            else:
-                with lock:
-                    modules.pop(message[1], None)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                reply = ("ok", 0)
-        except Exception as exc:
-            reply = ("error", _describe(exc))
-        try:
-            control.send(reply)
-        except (EOFError, OSError):
-            os._exit(0)
-
-
-def _describe(exc: Exception) -> str:
-    message = getattr(exc, "message", None)
-    if isinstance(message, str):
-        return message
-    return str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"

@@ -5,25 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
-import torch
 
 from modelfleet.runtime.batcher import ModelQueue, Pending
 from modelfleet.runtime.cache import ResultCache, cache_key
 from modelfleet.runtime.config import ModelConfig, Warmup
 from modelfleet.runtime.errors import BadRequest, RateLimited, Unavailable, expired_error
-from modelfleet.runtime.forward_process import RemoteModel
+from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import NP_DTYPES, Array, InferRequest
 from modelfleet.runtime.ratelimit import TokenBucket
 from modelfleet.runtime.recent import RecentLatencies
 from modelfleet.runtime.service import ServiceTime
-
-if TYPE_CHECKING:
-    from modelfleet.runtime.device import DeviceWorker
 
 log = logging.getLogger("modelfleet.runtime")
 
@@ -42,15 +39,49 @@ class State(StrEnum):
     DRAINING = "draining"
 
 
+class ModelQueues(Protocol):
+    """The executor as its models see it: it holds every model's queue, under ``cond``.
+
+    The whole executor (loading, warm-up, running batches) is ``executor.Executor``;
+    a hosted model only queues its requests there and asks how long they would wait.
+    """
+
+    metrics: RuntimeMetrics
+    cond: threading.Condition
+    """The lock of the queues (the device thread shares them with the event loop)."""
+
+    def submit(self, model: HostedModel, item: Pending) -> Pending | None:
+        """Queues a request; returns a lower-priority one it displaced from a full
+        queue (raises ``Unavailable`` when it displaces none)."""
+        ...
+
+    def would_refuse(self, model: HostedModel, level: int) -> bool:
+        """Whether ``model``'s queue is full for a request of ``level``."""
+        ...
+
+    def expected_wait(self, model: HostedModel, level: int) -> float:
+        """Seconds a request of ``level`` can expect to wait before its batch starts."""
+        ...
+
+    def expire(self, model: HostedModel, item: Pending) -> bool:
+        """Takes a request past its deadline out of the queue; False if it left already."""
+        ...
+
+    def arriving(self, model: HostedModel, delta: int) -> None:
+        """Counts requests being received for ``model`` (eager batching waits for them)."""
+        ...
+
+
 class HostedModel:
-    def __init__(self, config: ModelConfig, worker: DeviceWorker, *, default_level: int) -> None:
+    def __init__(self, config: ModelConfig, worker: ModelQueues, *, default_level: int) -> None:
         self.config = config
         self.worker = worker
         self.default_level = default_level
         self.state = State.LOADING
         self.reason: str | None = None
-        self.module: torch.nn.Module | RemoteModel | None = None
-        """The loaded module, or its handle in the forward process."""
+        self.module: object | None = None
+        """What the executor loaded (``Executor.load``): the module itself on the
+        device thread, or its handle in the forward process."""
         self.memory_bytes = 0
         self.queue = ModelQueue(
             name=config.name,

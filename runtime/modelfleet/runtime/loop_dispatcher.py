@@ -22,26 +22,31 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
 
 from modelfleet.runtime.batcher import Pending
-from modelfleet.runtime.device import DeviceWorker, ModelFailure
-from modelfleet.runtime.forward_process import RemoteModel
+from modelfleet.runtime.dispatch import Dispatch
+from modelfleet.runtime.errors import ModelFailure, ModelLoadError
+from modelfleet.runtime.forward_process import ForwardProcess, RemoteModel
+from modelfleet.runtime.hosted import HostedModel
+from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import Array
 from modelfleet.runtime.scheduler import pick
 
-if TYPE_CHECKING:
-    from modelfleet.runtime.hosted import HostedModel
-
-T = TypeVar("T")
+Spawn = Callable[[asyncio.AbstractEventLoop], ForwardProcess]
+"""Starts the forward process, its pipe read by the given event loop."""
 
 
-class LoopDispatcher(DeviceWorker):
-    """A ``DeviceWorker`` without a thread: the event loop picks each batch and
-    hands it to the forward process, and finishes it when the answer arrives.
+class LoopDispatcher(Dispatch):
+    """The process executor: the event loop picks each batch and hands it to
+    the forward process, and finishes it when the answer arrives.
 
-    Every method runs on the event loop; the lock (``cond``) is kept only because
+    Every method runs on the event loop (loads, warm-ups and unloads wait for
+    the child on an executor thread); the lock (``cond``) is kept only because
     the models' settings are applied under it.
     """
 
@@ -51,14 +56,73 @@ class LoopDispatcher(DeviceWorker):
     """A pump is running (a re-entrant call only sets ``_again``)."""
     _again = False
 
+    def __init__(
+        self,
+        device: torch.device,
+        metrics: RuntimeMetrics,
+        *,
+        aging_ms: float,
+        spawn: Spawn,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(device, metrics, aging_ms=aging_ms, clock=clock)
+        self._spawn = spawn
+        self.process: ForwardProcess | None = None
+        """The forward process, from ``start`` on."""
+
+    # -- the executor -------------------------------------------------------------------
+
     def start(self) -> None:
+        """Starts the forward process."""
         self._loop = asyncio.get_running_loop()
+        self.process = self._spawn(self._loop)
 
     async def stop(self) -> None:
+        """Stops dispatching, then closes the forward process (it exits on EOF)."""
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        process = self.process
+        if process is not None:
+            process.detach()
+            await asyncio.get_running_loop().run_in_executor(None, process.close)
+
+    async def load(self, model: HostedModel, store: str) -> int:
+        """Loads the module in the forward process (beside the batches it runs)."""
+        process = self.process
+        if process is None:
+            raise ModelLoadError("the forward process is not started")
+        remote = await asyncio.get_running_loop().run_in_executor(
+            None, process.load, model.config, store
+        )
+        model.module = remote
+        return remote.memory_bytes
+
+    async def warm(self, model: HostedModel, arrays: Sequence[Array]) -> None:
+        """A warm-up forward pass in the forward process, beside serving."""
+        remote = model.module
+        if not isinstance(remote, RemoteModel):
+            name, version = model.key
+            raise ModelFailure(f"model '{name}' version '{version}' is not loaded")
+        await asyncio.get_running_loop().run_in_executor(
+            None, remote.process.warm, remote.handle, arrays
+        )
+
+    async def unload(self, model: HostedModel) -> None:
+        """Frees the module in the forward process (a dead one holds nothing)."""
+        remote = model.module
+        if isinstance(remote, RemoteModel):
+            await asyncio.get_running_loop().run_in_executor(
+                None, remote.process.unload, remote.handle
+            )
+        model.module = None
+
+    def failure(self) -> str | None:
+        process = self.process
+        return None if process is None or process.alive() else process.died
+
+    # -- the queues ---------------------------------------------------------------------
 
     def submit(self, model: HostedModel, item: Pending) -> Pending | None:
         with self.cond:
@@ -72,10 +136,6 @@ class LoopDispatcher(DeviceWorker):
             settled = model.queue.arriving == 0
         if settled:
             self._pump()
-
-    async def run_on_device(self, fn: Callable[[], T]) -> T:
-        """There is no device thread here: ``fn`` runs on an executor thread."""
-        return await asyncio.get_running_loop().run_in_executor(None, fn)
 
     def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         fn(*args)  # already on the event loop

@@ -9,21 +9,17 @@ then unloads what was removed. Requests keep flowing to everything else.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import time
 from collections.abc import Iterable
 from typing import Any
 
-import torch
-
 from modelfleet.runtime.config import ModelConfig, ServerConfig
-from modelfleet.runtime.device import DeviceWorker, forward
 from modelfleet.runtime.errors import ModelLoadError, NotFound, Unavailable
-from modelfleet.runtime.forward_process import RemoteModel
+from modelfleet.runtime.executor import Executor
 from modelfleet.runtime.hosted import HostedModel, State
-from modelfleet.runtime.loader import load_module, module_bytes, resolve_source
+from modelfleet.runtime.loader import resolve_source
 from modelfleet.runtime.metrics import RuntimeMetrics
 
 log = logging.getLogger("modelfleet.runtime")
@@ -36,7 +32,7 @@ def version_order(version: str) -> tuple[Any, ...]:
 
 
 class Repository:
-    def __init__(self, server: ServerConfig, worker: DeviceWorker, metrics: RuntimeMetrics) -> None:
+    def __init__(self, server: ServerConfig, worker: Executor, metrics: RuntimeMetrics) -> None:
         self.server = server
         self.worker = worker
         self.metrics = metrics
@@ -167,22 +163,9 @@ class Repository:
             config, self.worker, default_level=self.server.default_priority_level
         )
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        module: torch.nn.Module | RemoteModel | None = None
         try:
             self._check_budget(config)
-            process = self.worker.process
-            if process is not None:  # executor: process
-                module = await loop.run_in_executor(
-                    None, process.load, config, str(self.server.model_store)
-                )
-                measured = module.memory_bytes
-            else:
-                before = self._allocated()
-                module = await loop.run_in_executor(
-                    None, load_module, config, self.server.model_store, self.worker.device
-                )
-                measured = max(self._allocated() - before, module_bytes(module))
+            measured = await self.worker.load(model, self.server.model_store)
             budget = int(self.server.memory_budget_mb * MiB)
             if self.memory_in_use() + measured > budget:
                 raise ModelLoadError(
@@ -190,28 +173,18 @@ class Repository:
                     f"{measured / MiB:.1f} MiB, {self.memory_in_use() / MiB:.1f} of "
                     f"{budget / MiB:.0f} MiB are in use"
                 )
-            model.module = module
             model.memory_bytes = measured
             model.state = State.WARMING
-            device = self.worker.device
             warm = model.warmup_batches()
             for i, arrays in enumerate(warm):
                 began = time.perf_counter()
-                if isinstance(module, RemoteModel):  # in the forward process, beside serving
-                    await loop.run_in_executor(None, module.warm, arrays)
-                else:
-                    await self.worker.run_on_device(
-                        functools.partial(forward, module, arrays, config.outputs, device)
-                    )
+                await self.worker.warm(model, arrays)
                 if i or len(warm) == 1:  # a first estimate for admission (not the cold pass)
                     model.service.record(len(arrays[0]), time.perf_counter() - began)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
-            if isinstance(module, RemoteModel):
-                await loop.run_in_executor(None, module.process.unload, module.handle)
-            model.state, model.reason, model.module, model.memory_bytes = (
-                State.FAILED, reason, None, 0,
-            )  # fmt: skip
+            await self.worker.unload(model)
+            model.state, model.reason, model.memory_bytes = State.FAILED, reason, 0
             log.error("model '%s' version '%s' failed to load: %s", name, version, reason)
             return model
         model.state = State.READY
@@ -247,24 +220,12 @@ class Repository:
         await model.idle.wait()
         self.worker.remove(model)
         self.draining.remove(model)
-        if isinstance(model.module, RemoteModel):
-            remote = model.module
-            await asyncio.get_running_loop().run_in_executor(
-                None, remote.process.unload, remote.handle
-            )
-        model.module = None
+        await self.worker.unload(model)
         model.memory_bytes = 0
-        if self.worker.device.type == "cuda":
-            torch.cuda.empty_cache()
         if not any(m.key == model.key for m in self.models.values()):
             self.metrics.forget(name, version)
         self._update_memory()
         log.info("model '%s' version '%s' unloaded", name, version)
-
-    def _allocated(self) -> int:
-        if self.worker.device.type == "cuda":
-            return int(torch.cuda.memory_allocated(self.worker.device))
-        return 0
 
     def _update_memory(self) -> None:
         self.metrics.device_memory.set(self.memory_in_use())

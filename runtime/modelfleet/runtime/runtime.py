@@ -1,4 +1,4 @@
-"""The runtime process's state: device worker, repository, drain flag."""
+"""The runtime process's state: executor, repository, drain flag."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 
 from modelfleet.runtime.affinity import pin_this_thread, split_cpus
 from modelfleet.runtime.config import RuntimeDocument, ServerConfig
-from modelfleet.runtime.device import DeviceWorker, pick_device
+from modelfleet.runtime.device import DeviceWorker
+from modelfleet.runtime.executor import Executor
+from modelfleet.runtime.forward import pick_device
 from modelfleet.runtime.forward_process import ForwardProcess
 from modelfleet.runtime.loop_dispatcher import LoopDispatcher
 from modelfleet.runtime.malloc import retain_freed_memory
@@ -39,28 +41,13 @@ class Runtime:
             log.info("%s on CPU %s, the rest of the process on CPU %s",
                      where, sorted(self.device_cpus), sorted(others))  # fmt: skip
         self.metrics = RuntimeMetrics()
-        device = pick_device(self.config.device)
-        self.worker: DeviceWorker
-        if self.config.executor == "process":  # the event loop schedules, a child computes
-            self.worker = LoopDispatcher(device, self.metrics, aging_ms=self.config.aging_ms or 0.0)
-        else:
-            self.worker = DeviceWorker(
-                device, self.metrics, aging_ms=self.config.aging_ms or 0.0, cpus=self.device_cpus
-            )
+        self.worker: Executor = build_executor(self.config, self.metrics, self.device_cpus)
         self.repository = Repository(self.config, self.worker, self.metrics)
         self.draining = False
         self.started = False
 
     async def start(self) -> None:
-        """Starts the worker and loads the initial models (warm-up included)."""
-        if self.config.executor == "process":
-            self.worker.process = ForwardProcess(
-                str(self.worker.device),
-                torch_threads=self.config.torch_threads,
-                cpus=self.device_cpus,
-                retain_mb=self.config.retain_freed_memory_mb,
-                loop=asyncio.get_running_loop(),
-            )
+        """Starts the executor and loads the initial models (warm-up included)."""
         self.worker.start()
         log.info("runtime on %s; loading %d model(s)", self.worker.device, len(self.initial.models))
         await self.repository.apply(self.initial.models, wait=True)
@@ -76,8 +63,7 @@ class Runtime:
 
     def forward_process_failure(self) -> str | None:
         """Why the forward process is gone (``executor: process``); None while it runs."""
-        process = self.worker.process
-        return None if process is None or process.alive() else process.died
+        return self.worker.failure()
 
     async def drain(self, grace_s: float | None = None) -> bool:
         """Readiness false, new requests refused, queued and in-flight ones finish.
@@ -101,6 +87,25 @@ class Runtime:
     async def close(self) -> None:
         await self.repository.close()
         await self.worker.stop()
-        if self.worker.process is not None:
-            self.worker.process.detach()
-            await asyncio.get_running_loop().run_in_executor(None, self.worker.process.close)
+
+
+def build_executor(
+    config: ServerConfig, metrics: RuntimeMetrics, cpus: set[int] | None
+) -> Executor:
+    """The executor ``config.executor`` names: forward passes on a device thread of
+    this process, or in a child process that the event loop feeds."""
+    device = pick_device(config.device)
+    aging_ms = config.aging_ms or 0.0
+    if config.executor == "thread":
+        return DeviceWorker(device, metrics, aging_ms=aging_ms, cpus=cpus)
+
+    def spawn(loop: asyncio.AbstractEventLoop) -> ForwardProcess:
+        return ForwardProcess(
+            str(device),
+            torch_threads=config.torch_threads,
+            cpus=cpus,
+            retain_mb=config.retain_freed_memory_mb,
+            loop=loop,
+        )
+
+    return LoopDispatcher(device, metrics, aging_ms=aging_ms, spawn=spawn)

@@ -1,0 +1,154 @@
+"""The forward process itself (``executor: process``): the child's side of its pipes.
+
+Forward passes run on its main thread, one batch after the other as they come
+through the run pipe; loads, warm-ups and unloads (``control``) on a second
+thread, so that they do not stop the forward passes of the models already
+serving. torch is imported only once the child has set its CPUs and its
+allocator (before torch allocates anything).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from modelfleet.runtime.affinity import pin_this_thread
+from modelfleet.runtime.config import ModelConfig
+from modelfleet.runtime.control import Done, Failed, Load, Loaded, Reply, Unload, Warm
+from modelfleet.runtime.errors import ModelLoadError, ServingError
+from modelfleet.runtime.malloc import retain_freed_memory
+from modelfleet.runtime.pipe import FrameReceiver, send_frame
+from modelfleet.runtime.wire import answer_parts, decode_batch, encode_failure
+
+SPIN_S = 0.002
+"""With ``device_cpus`` (the child has CPUs of its own) it polls its pipe this long
+after each batch before it blocks: a sleeping CPU takes tens to hundreds of
+microseconds to wake on a virtual machine, longer than the next request takes
+to arrive under load. Without ``device_cpus`` it never spins (the CPU is shared)."""
+
+
+def child_main(
+    run: socket.socket,
+    control: Connection,
+    device_name: str,
+    torch_threads: int | None,
+    cpus: set[int] | None,
+    retain_mb: int = 0,
+) -> None:
+    """Entry point of the forward process: forward passes on the main thread,
+    loads and unloads on a second one."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    retain_freed_memory(retain_mb)  # before torch allocates anything
+    others: set[int] | None = None
+    if cpus:
+        others = os.sched_getaffinity(0) - cpus or None
+        os.sched_setaffinity(0, cpus)
+    import torch
+
+    from modelfleet.runtime.forward import forward
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    device = torch.device(device_name)
+    modules: dict[int, tuple[torch.nn.Module, ModelConfig]] = {}
+    lock = threading.Lock()
+    threading.Thread(  # loads and warm-ups off the device's CPUs: serving goes on there
+        target=_serve_control, args=(control, device, modules, lock, others), daemon=True
+    ).start()
+    spin_s = SPIN_S if cpus else 0.0
+    poller = select.poll()
+    poller.register(run.fileno(), select.POLLIN)
+    receiver = FrameReceiver(run)  # batches arrive into its buffer: writable views
+    while True:
+        try:
+            if spin_s:  # a CPU of its own: poll a while before sleeping (no wake-up cost)
+                until = time.perf_counter() + spin_s
+                while not poller.poll(0) and time.perf_counter() < until:
+                    pass
+            frame = receiver.receive()
+        except (EOFError, OSError):
+            return
+        started = time.perf_counter()
+        try:
+            handle, arrays = decode_batch(frame)
+            with lock:
+                entry = modules.get(handle)
+            if entry is None:
+                raise LookupError(f"no module {handle} is loaded in the forward process")
+            module, config = entry
+            outputs = forward(module, arrays, config.outputs, device)
+            reply = answer_parts(outputs, time.perf_counter() - started)
+        except Exception as exc:
+            served = isinstance(exc, ServingError)
+            reply = [encode_failure(served, _describe(exc), time.perf_counter() - started)]
+        try:
+            send_frame(run, reply)
+        except (EOFError, OSError):
+            return
+
+
+def _serve_control(
+    control: Connection,
+    device: Any,
+    modules: dict[int, Any],
+    lock: threading.Lock,
+    cpus: set[int] | None,
+) -> None:
+    """The control thread: answers each request of the serving process in turn."""
+    import torch
+
+    from modelfleet.runtime.forward import forward
+    from modelfleet.runtime.loader import load_module, module_bytes
+
+    if cpus:
+        pin_this_thread(cpus)
+    while True:
+        try:
+            message = control.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the serving process is gone: nothing left to serve
+        reply: Reply
+        try:
+            match message:
+                case Load(handle=handle, config=raw, store=store):
+                    config = ModelConfig.model_validate(raw)
+                    cuda = device.type == "cuda"
+                    before = torch.cuda.memory_allocated(device) if cuda else 0
+                    module = load_module(config, store, device)
+                    used = torch.cuda.memory_allocated(device) - before if cuda else 0
+                    with lock:
+                        modules[handle] = (module, config)
+                    reply = Loaded(max(int(used), module_bytes(module)))
+                case Warm(handle=handle, arrays=arrays):
+                    with lock:
+                        module, config = modules[handle]
+                    forward(module, arrays, config.outputs, device)
+                    reply = Done()
+                case Unload(handle=handle):
+                    with lock:
+                        modules.pop(handle, None)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    reply = Done()
+                case _:
+                    reply = Failed(f"unknown control message: {message!r:.100}")
+        except Exception as exc:
+            reply = Failed(_describe(exc))
+        try:
+            control.send(reply)
+        except (EOFError, OSError):
+            os._exit(0)
+
+
+def _describe(exc: Exception) -> str:
+    message = getattr(exc, "message", None)
+    if isinstance(message, str):
+        return message
+    return str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
