@@ -13,7 +13,9 @@ import os
 import secrets
 from pathlib import Path
 
-DEFAULT_RUNTIME_IMAGE = "modelfleet/runtime:0.1.0"
+from modelfleet.version import VERSION
+
+DEFAULT_RUNTIME_IMAGE = f"modelfleet/runtime:{VERSION}"
 
 
 class SettingsError(RuntimeError):

@@ -19,12 +19,13 @@ from modelfleet.runtime.loop_dispatcher import LoopDispatcher
 from modelfleet.runtime.malloc import retain_freed_memory
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.repository import Repository
+from modelfleet.version import VERSION
 
 log = logging.getLogger("modelfleet.runtime")
 
 
 class Runtime:
-    VERSION = "0.1.0"
+    VERSION = VERSION
 
     def __init__(self, document: RuntimeDocument) -> None:
         self.config: ServerConfig = document.server

@@ -26,6 +26,7 @@ from modelfleet.runtime.gateway.metrics import GatewayMetrics
 from modelfleet.runtime.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
 from modelfleet.runtime.gateway.split import Spread, choose_version
 from modelfleet.runtime.gateway.upstream import UpstreamError, Upstreams
+from modelfleet.version import VERSION
 
 log = logging.getLogger("modelfleet.gateway")
 SESSION_HEADER = "X-ModelFleet-Session"
@@ -328,7 +329,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return web.json_response({"name": "modelfleet-gateway", "version": "0.1.0", "extensions": []})
+    return web.json_response({"name": "modelfleet-gateway", "version": VERSION, "extensions": []})
 
 
 async def metrics(request: web.Request) -> web.Response:
