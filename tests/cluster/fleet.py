@@ -12,7 +12,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,28 +22,12 @@ import yaml
 
 from tests.cluster.conftest import Cluster
 from tests.support.servers import ENV, Process
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY = json.dumps(
     {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.25] * 16}]}
 ).encode()
-
-
-def wait_for(what: str, check: Any, timeout: float = 90) -> Any:
-    """Polls ``check`` until it returns something true; fails naming ``what`` and
-    the last result (or exception)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (AssertionError, KeyError, IndexError, ValueError, OSError, StopIteration) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def model_yaml(name: str, ns: str, pool: str, **spec: Any) -> str:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import time
 from typing import Any
 
 import pytest
 
 from tests.cluster.conftest import Cluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -35,16 +35,6 @@ spec:
               properties:
                 size: {type: integer, minimum: 1, maximum: 10}
 """
-
-
-def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_crd_is_served_round_trips_and_rejects_invalid_objects(kube_cluster: Cluster) -> None:

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from tests.cluster.conftest import Cluster
-from tests.cluster.fleet import wait_for
 from tests.support.servers import ENV, GatewayProcess, Process, RuntimeProcess
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]

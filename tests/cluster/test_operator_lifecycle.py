@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Cluster
-from tests.cluster.fleet import BODY, Fleet, running_fleet, wait_for
+from tests.cluster.fleet import BODY, Fleet, running_fleet
 from tests.cluster.fleet import model_yaml as fleet_model_yaml
 from tests.cluster.fleet import pool_yaml as fleet_pool_yaml
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 NS = "mf-life"

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Cluster
-from tests.cluster.fleet import Fleet, model_yaml, running_fleet, wait_for
+from tests.cluster.fleet import Fleet, model_yaml, running_fleet
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 NS, POOL = "mf-roll", "roll"
