@@ -16,6 +16,7 @@ from modelfleet.runtime.admin import build_admin_app
 from modelfleet.runtime.examples import mlp
 from tests.runtime import models as test_models
 from tests.runtime.conftest import StartRuntime, infer_body, mlp_config, tiny_model
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 GOOD = infer_body("input", [[0.5] * 16], [1, 16])
@@ -219,7 +220,7 @@ async def test_put_state_converges_while_other_models_keep_serving(admin: Any) -
            outputs=[{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}])]  # fmt: skip
     resp = await admin_client.put("/admin/state", json={"models": new}, headers=AUTH)
     assert resp.status == 202
-    await wait_until(lambda: runtime.repository.models.get(("cnn", "1")) is not None
+    await wait_until("the CNN ready", lambda: runtime.repository.models.get(("cnn", "1")) is not None
                      and str(runtime.repository.models[("cnn", "1")].state) == "ready")  # fmt: skip
     image = infer_body("image", [0.0] * 784, [1, 1, 28, 28])
     assert (await client.post("/v2/models/cnn/infer", json=image)).status == 200
@@ -229,7 +230,8 @@ async def test_put_state_converges_while_other_models_keep_serving(admin: Any) -
     await load
     resp = await admin_client.put("/admin/state", json={"models": changed}, headers=AUTH)
     await wait_until(
-        lambda: ("mlp", "1") not in runtime.repository.models and not runtime.repository.draining
+        "the MLP gone",
+        lambda: ("mlp", "1") not in runtime.repository.models and not runtime.repository.draining,
     )
     assert runtime.repository.models[("cnn", "1")].queue.batching.max_batch_size == 4
     assert set(statuses) == {200}, "traffic to the MLP failed while the CNN loaded"
@@ -260,13 +262,14 @@ async def test_put_state_with_a_new_optimize_setting_reloads_the_module(admin: A
     resp = await admin_client.put("/admin/state", json={"models": traced}, headers=AUTH)
     assert resp.status == 202
     await wait_until(
+        "the traced module ready",
         lambda: (
             isinstance(
                 getattr(runtime.repository.models.get(("mlp", "1")), "module", None),
                 torch.jit.ScriptModule,
             )
             and str(runtime.repository.models[("mlp", "1")].state) == "ready"
-        )
+        ),
     )
 
 
@@ -294,14 +297,6 @@ async def test_repository_extension_index_load_unload(admin: Any) -> None:
     assert (await client.post("/v2/models/mlp/infer", json=GOOD)).status == 200
     resp = await admin_client.post("/v2/repository/models/ghost/load", headers=AUTH)
     assert resp.status == 400 and "not in the desired state" in (await resp.json())["error"]
-
-
-async def wait_until(predicate: Any, within_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_optimize_trace_serves_the_same_answers(start_runtime: StartRuntime) -> None:
