@@ -8,7 +8,7 @@ PYTHON = "$$(bash scripts/venv.sh)/bin/python"
 export PYTHONPATH := $(CURDIR):$(CURDIR)/runtime:$(CURDIR)/operator
 export MODELFLEET_CACHE ?= $(HOME)/.cache/modelfleet
 
-.PHONY: help venv run test lint unit crds bench bench-peers example-models clean
+.PHONY: help venv run test lint unit crds bench bench-peers bench-operator example-models clean
 
 help:
 	@echo "make run        serve the example fleet locally (no cluster needed)"
@@ -16,6 +16,7 @@ help:
 	@echo "make crds       regenerate crds/, the chart's copy and docs/reference.md from the spec models"
 	@echo "make bench      runtime, gateway and overload benchmarks (tables + PNG in bench-results/)"
 	@echo "make bench-peers   the runtime against LitServe, MLServer and Ray Serve"
+	@echo "make bench-operator   the operator's API requests and time to Ready (5 pools, 100 models)"
 	@echo "make cluster-up / cluster-down   a local Kubernetes control plane to poke at"
 	@echo "make kind-up / kind-down   kind cluster + images + helm install + samples (needs Docker)"
 
@@ -56,6 +57,9 @@ bench: venv
 
 bench-peers: venv
 	@$(PYTHON) -m bench.peers_bench --out bench-results
+
+bench-operator: venv cluster-build
+	@$(PYTHON) -m bench.operator_bench --out bench-results
 
 clean:
 	rm -rf var bench-results .mypy_cache .ruff_cache

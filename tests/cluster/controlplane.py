@@ -124,10 +124,14 @@ def kubeconfig(server: str, pki: Path) -> dict[str, Any]:
 class ControlPlane:
     """Starts the components; ``stop`` ends every process it started, by PID."""
 
-    def __init__(self, bin_dir: Path, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, bin_dir: Path, data_dir: Path | None = None, apiserver_args: tuple[str, ...] = ()
+    ) -> None:
         # Pods get IPs from a loopback /16 chosen per control plane, so that two test
         # runs on one machine (two clones, say) never hand out the same addresses.
         self.bin_dir = bin_dir
+        self.apiserver_args = apiserver_args
+        """Extra kube-apiserver flags (the operator benchmark turns on an audit log)."""
         self.data = data_dir or Path(tempfile.mkdtemp(prefix="modelfleet-cluster-"))
         self.pki = self.data / "pki"
         self.kubeconfig = self.data / "kubeconfig"
@@ -205,7 +209,7 @@ class ControlPlane:
                     f"--service-account-signing-key-file={pki / 'sa.key'}",
                     "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                     "--authorization-mode=RBAC", "--service-cluster-ip-range=10.0.0.0/24",
-                    "--allow-privileged=true", "--v=0")  # fmt: skip
+                    "--allow-privileged=true", "--v=0", *self.apiserver_args)  # fmt: skip
         self._wait("kube-apiserver /readyz", lambda: self._get("/readyz") == "ok")
         for name in ("kube-controller-manager", "kube-scheduler"):
             extra = ([f"--service-account-private-key-file={pki / 'sa.key'}",

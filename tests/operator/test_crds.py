@@ -170,6 +170,7 @@ def test_every_status_field_the_operator_writes_is_declared() -> None:
     result = plan(pool(), {"mlp": spec}, pods)
     report = result.reports["mlp"]
     report.versions[0].unplaced = "evicted by other version 1 (priority 100)"
+    report.versions[0].evicted_by = ("other", "1")
     status = model_status(
         report, "http://mlp.ml.svc/v2/models/mlp/infer", {}, 1, "2026-01-01T00:00:00Z"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelfleet.operator.rates import RateWindow
+from modelfleet.operator.rates import RateWindow, attainment
 
 
 def test_rates_need_a_few_seconds_of_samples_then_follow_the_counters() -> None:
@@ -33,3 +33,14 @@ def test_the_shed_rate_is_the_share_of_requests_admission_refused() -> None:
     assert rate == pytest.approx(10.0)
     assert errors == pytest.approx(0.4) and shed == pytest.approx(0.3)
     assert window.add(12.0, 62, 40, 2) is None  # a shed counter that drops: a new pod
+
+
+def test_objective_attainment_is_the_share_of_answers_within_the_objective() -> None:
+    window = RateWindow()
+    assert attainment(window, 0.0, 0, 0) is None
+    assert attainment(window, 2.0, 5, 0) is None  # the window is too short yet
+    assert attainment(window, 10.0, 90, 10) == pytest.approx(0.9)
+    idle = RateWindow()
+    attainment(idle, 0.0, 7, 3)
+    assert attainment(idle, 10.0, 7, 3) is None  # no answers in the window: no figure
+    assert attainment(window, 12.0, 3, 0) is None  # counters dropped (a new pod): afresh

@@ -120,3 +120,22 @@ def test_the_shed_rate_reaches_status_beside_the_request_and_error_rates() -> No
     version = st["versions"][0]
     assert (version["requestRate"], version["errorRate"], version["shedRate"]) == (20.0, 0.2, 0.2)
     assert comparable(st) == comparable({**st, "versions": [{**version, "shedRate": 0.5}]})
+
+
+def test_objective_attainment_reaches_status_per_version_as_a_volatile_figure() -> None:
+    pods = [pod("gpu-0", "127.1.0.2", {("mlp", "1"): "ready"}),
+            pod("gpu-1", "127.1.0.3", {("mlp", "1"): "ready"})]  # fmt: skip
+    for p, (met, missed) in zip(pods, [(90, 10), (50, 50)], strict=True):
+        for seen in p.state.actual.models:
+            object.__setattr__(seen, "served", met + missed)
+            object.__setattr__(seen, "objective_met", met)
+            object.__setattr__(seen, "objective_missed", missed)
+    report = plan(pool(), {"mlp": model(replicas=2, latencyObjectiveMs=50)}, pods).reports["mlp"]
+    assert (report.stable.objective_met, report.stable.objective_missed) == (140, 60)
+    st = model_status(report, "http://x", {}, 1, T0, None, {"1": 0.7})
+    version = st["versions"][0]
+    assert version["objectiveAttainment"] == 0.7
+    assert "objectiveAttainment" not in model_status(report, "http://x", {}, 1, T0)["versions"][0]
+    assert comparable(st) == comparable(
+        {**st, "versions": [{**version, "objectiveAttainment": 0.1}]}
+    )

@@ -119,3 +119,21 @@ async def test_a_full_queue_refuses_low_priority_fast_while_the_device_is_busy(
 
     state = describe(runtime.repository.models[("low", "1")])  # what the operator reads
     assert state["shed"] == statuses.count(503) and state["errors"] >= state["shed"]
+
+
+async def test_the_admin_state_counts_answers_within_and_past_the_latency_objective(
+    start_runtime: StartRuntime,
+) -> None:
+    # 30 ms a request, one at a time, objective 55 ms: alone a request meets it; of
+    # four sent at once, the first meets it and the later ones, queued behind, miss.
+    client, runtime = await start_runtime([slow("slo", 10, delay_ms=30, latency_objective_ms=55)])
+    from modelfleet.runtime.admin import describe
+
+    assert (await timed(client, "slo"))[0] == 200
+    results = await asyncio.gather(*(timed(client, "slo") for _ in range(4)))
+    assert [status for status, _, _ in results] == [200] * 4
+    state = describe(runtime.repository.models[("slo", "1")])  # what the operator reads
+    assert state["objective_met"] + state["objective_missed"] == 5 == state["served"]
+    assert state["objective_met"] >= 1 and state["objective_missed"] >= 2
+    metrics = await (await client.get("/metrics")).text()
+    assert "modelfleet_objective_total{" in metrics

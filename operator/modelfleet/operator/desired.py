@@ -39,14 +39,23 @@ class VersionReport:
     """Why replicas are missing (empty when all are placed)."""
     evicted_by: Key | None = None
     """Set in the pass that evicted it: the version that took its place."""
+    evicted_earlier: bool = False
+    """Unplaced since an earlier pass evicted it (status remembers by whom)."""
     requests: int = 0
     errors: int = 0
     shed: int = 0
+    objective_met: int = 0
+    objective_missed: int = 0
     p99_ms: float | None = None
     """The highest p99 latency its pods report for the last minute."""
     traffic: int | None = None
     """The weight the routes give it when that differs from ``weight`` (a draining
     version keeps its share, the stable one gets none, until the stable is ready)."""
+
+    @property
+    def evicted(self) -> bool:
+        """Unplaced because a higher-priority version took its place."""
+        return bool(self.unplaced) and (self.evicted_by is not None or self.evicted_earlier)
 
     @property
     def routed_weight(self) -> int:
@@ -204,6 +213,8 @@ def plan(
                     report.requests += seen.served
                     report.errors += seen.errors
                     report.shed += seen.shed
+                    report.objective_met += seen.objective_met
+                    report.objective_missed += seen.objective_missed
                     if seen.p99_ms is not None:
                         report.p99_ms = max(report.p99_ms or 0.0, seen.p99_ms)
                 if pod.name not in where:

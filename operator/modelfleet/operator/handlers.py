@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -16,13 +17,15 @@ import kopf
 
 from modelfleet.operator.kube import Kube, KubeError
 from modelfleet.operator.manifests import (
+    COMPONENT_LABEL,
+    INSTANCE_LABEL,
     MANAGED_BY,
     Owner,
     model_service,
     pool_children,
     token_secret,
 )
-from modelfleet.operator.reconcile import Reconciler, mark_unknown_pool
+from modelfleet.operator.reconcile import Reconciler, Seen
 from modelfleet.operator.settings import SettingsError, admin_token
 from modelfleet.operator.spec import API_VERSION, GROUP, PoolSpec
 
@@ -33,28 +36,33 @@ SLOW_S = 5.0
 """Pass interval once converged; handlers and pod events trigger passes sooner."""
 
 
+@dataclass
 class Fleet:
-    """The operator process's clients and the per-pool triggers."""
+    """The operator's state, passed to every handler as kopf's ``memo`` (kopf copies
+    the memo shallowly per object, so these are shared): the clients, made at
+    start-up, and the per-pool triggers of the convergence loops."""
 
     kube: Kube | None = None
     http: aiohttp.ClientSession | None = None
     reconciler: Reconciler | None = None
-    triggers: dict[tuple[str | None, str], asyncio.Event] = {}
+    triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
 
-    @classmethod
-    def trigger(cls, namespace: str | None, pool: str) -> asyncio.Event:
-        return cls.triggers.setdefault((namespace, pool), asyncio.Event())
+    def trigger(self, namespace: str, pool: str) -> asyncio.Event:
+        return self.triggers.setdefault((namespace, pool), asyncio.Event())
 
-    @classmethod
-    def poke(cls, namespace: str | None, pool: str | None) -> None:
+    def poke(self, namespace: str, pool: str | None) -> None:
         if pool:
-            cls.trigger(namespace, pool).set()
+            self.trigger(namespace, pool).set()
 
-    @classmethod
-    def ready(cls) -> tuple[Kube, Reconciler]:
-        if cls.kube is None or cls.reconciler is None:
+    def ready(self) -> tuple[Kube, Reconciler]:
+        if self.kube is None or self.reconciler is None:
             raise kopf.TemporaryError("the operator's clients are not started yet", delay=1)
-        return cls.kube, cls.reconciler
+        return self.kube, self.reconciler
+
+
+def _seen(kwargs: dict[str, Any]) -> Seen:
+    """The indices kopf passes every handler by their names (live views)."""
+    return Seen(kwargs["models_by_pool"], kwargs["pods_by_pool"])
 
 
 def _login() -> kopf.ConnectionInfo | None:
@@ -65,7 +73,7 @@ def _login() -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: Fleet, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # kopf's bookkeeping in annotations under our group: status stays ours.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -74,17 +82,37 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
-    Fleet.kube = Kube(_login)
-    Fleet.http = aiohttp.ClientSession()
-    Fleet.reconciler = Reconciler(Fleet.kube, Fleet.http)
+    memo.kube = Kube(_login)
+    memo.http = aiohttp.ClientSession()
+    memo.reconciler = Reconciler(memo.kube, memo.http)
 
 
 @kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    if Fleet.kube is not None:
-        await Fleet.kube.close()
-    if Fleet.http is not None:
-        await Fleet.http.close()
+async def cleanup(memo: Fleet, **_: Any) -> None:
+    if memo.kube is not None:
+        await memo.kube.close()
+    if memo.http is not None:
+        await memo.http.close()
+
+
+@kopf.index(GROUP, "inferencemodels")
+def models_by_pool(
+    body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, pool) -> the models that name it, as the watch last saw them:
+    a pass reads its models from here instead of listing them."""
+    return {(namespace or "", str(spec.get("pool", ""))): _with_kind("InferenceModel", body)}
+
+
+@kopf.index("v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+def pods_by_pool(
+    name: str, namespace: str | None, labels: kopf.Labels, status: kopf.Status,
+    meta: kopf.Meta, **_: Any,
+) -> dict[tuple[str, str, str], dict[str, Any]]:  # fmt: skip
+    """(namespace, pool, component) -> the pool's pods, with what a pass reads of them."""
+    key = (namespace or "", labels.get(INSTANCE_LABEL, ""), labels.get(COMPONENT_LABEL, ""))
+    metadata = {"name": name, "deletionTimestamp": meta.get("deletionTimestamp")}
+    return {key: {"metadata": metadata, "status": {"podIP": status.get("podIP")}}}
 
 
 def _with_kind(kind: str, body: kopf.Body) -> dict[str, Any]:
@@ -95,9 +123,11 @@ def _with_kind(kind: str, body: kopf.Body) -> dict[str, Any]:
 @kopf.on.resume(GROUP, "inferencepools")
 @kopf.on.create(GROUP, "inferencepools")
 @kopf.on.update(GROUP, "inferencepools", field="spec")
-async def pool_changed(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+async def pool_changed(
+    body: kopf.Body, name: str, namespace: str | None, memo: Fleet, **_: Any
+) -> None:
     """The pool's children, applied idempotently (server-side apply)."""
-    kube, reconciler = Fleet.ready()
+    kube, reconciler = memo.ready()
     namespace = namespace or ""
     pool = _with_kind("InferencePool", body)
     owner = Owner.of(pool)
@@ -112,24 +142,26 @@ async def pool_changed(body: kopf.Body, name: str, namespace: str | None, **_: A
             f"applying pool {name}'s children failed: {exc}", delay=5
         ) from exc
     log.info("pool %s: children applied", name)
-    Fleet.poke(namespace, name)
+    memo.poke(namespace, name)
 
 
 @kopf.daemon(GROUP, "inferencepools", cancellation_timeout=10)
 async def pool_loop(
-    name: str, namespace: str | None, stopped: kopf.DaemonStopped, **_: Any
+    name: str, namespace: str | None, stopped: kopf.DaemonStopped, memo: Fleet, **kwargs: Any
 ) -> None:
     """The convergence loop: a pass now, then again after ``FAST_S`` or ``SLOW_S``,
-    or as soon as a handler pokes it."""
-    _kube, reconciler = Fleet.ready()
+    or as soon as a handler pokes it. It reads models and pods from the watches'
+    indices (kept current by kopf), not by listing them."""
+    _kube, reconciler = memo.ready()
     namespace = namespace or ""
-    trigger = Fleet.trigger(namespace, name)
+    trigger = memo.trigger(namespace, name)
+    seen = _seen(kwargs)
     log.info("pool %s: convergence loop started", name)
     while not stopped:
         trigger.clear()
         progressing = True
         try:
-            progressing = (await reconciler.converge(namespace, name)).progressing
+            progressing = (await reconciler.converge(namespace, name, seen)).progressing
         except KubeError as exc:
             # A conflict or a hiccup of the API server: the next pass retries.
             log.warning("pool %s: pass failed, will retry: %s", name, exc)
@@ -138,7 +170,7 @@ async def pool_loop(
         except Exception:
             log.exception("pool %s: pass failed, will retry", name)
         await _pause(trigger, stopped, FAST_S if progressing else SLOW_S)
-    Fleet.triggers.pop((namespace, name), None)
+    memo.triggers.pop((namespace, name), None)
 
 
 async def _pause(trigger: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> None:
@@ -156,14 +188,13 @@ async def _pause(trigger: asyncio.Event, stopped: kopf.DaemonStopped, delay: flo
 
 
 @kopf.on.delete(GROUP, "inferencepools")
-async def pool_deleted(name: str, namespace: str | None, **_: Any) -> None:
+async def pool_deleted(name: str, namespace: str | None, memo: Fleet, **kwargs: Any) -> None:
     """Its children go with it (owner references); its models now serve nowhere, and say so."""
-    kube, _reconciler = Fleet.ready()
+    _kube, reconciler = memo.ready()
     namespace = namespace or ""
     try:
-        for obj in await kube.list(API_VERSION, "InferenceModel", namespace):
-            if (obj.get("spec") or {}).get("pool") == name:
-                await mark_unknown_pool(kube, obj)
+        for obj in _seen(kwargs).models_of(namespace, name):
+            await reconciler.mark_unknown_pool(obj)
     except KubeError as exc:
         log.warning("pool %s deleted; reporting on its models failed: %s", name, exc)
 
@@ -172,37 +203,39 @@ async def pool_deleted(name: str, namespace: str | None, **_: Any) -> None:
 @kopf.on.create(GROUP, "inferencemodels")
 @kopf.on.update(GROUP, "inferencemodels", field="spec")
 async def model_changed(
-    body: kopf.Body, name: str, namespace: str | None, old: Any, **_: Any
+    body: kopf.Body, name: str, namespace: str | None, old: Any, memo: Fleet, **_: Any
 ) -> None:
     """The model's Service, then a pass of its pool (and of the pool it left)."""
-    kube, reconciler = Fleet.ready()
+    kube, reconciler = memo.ready()
     namespace = namespace or ""
     model = _with_kind("InferenceModel", body)
     pool = model["spec"]["pool"]
     try:
         if await kube.get(API_VERSION, "InferencePool", namespace, pool) is None:
-            await mark_unknown_pool(kube, model)
+            await reconciler.mark_unknown_pool(model)
             log.warning("model %s: pool %s does not exist", name, pool)
         else:
             await kube.apply(model_service(Owner.of(model), pool))
             reconciler.services.add((model["metadata"]["uid"], pool))
     except KubeError as exc:
         raise kopf.TemporaryError(f"model {name}: {exc}", delay=5) from exc
-    Fleet.poke(namespace, pool)
+    memo.poke(namespace, pool)
     if isinstance(old, dict):
-        Fleet.poke(namespace, (old.get("spec") or old).get("pool"))
+        memo.poke(namespace, (old.get("spec") or old).get("pool"))
 
 
 @kopf.on.event(GROUP, "inferencemodels")
-async def model_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+async def model_event(
+    type: str, body: kopf.Body, namespace: str | None, memo: Fleet, **_: Any
+) -> None:
     """A deleted model leaves its pool's next pass, which unloads it everywhere."""
     if type == "DELETED":
-        Fleet.poke(namespace or "", (body.get("spec") or {}).get("pool"))
+        memo.poke(namespace or "", (body.get("spec") or {}).get("pool"))
+        if memo.reconciler is not None:
+            memo.reconciler.forget(str(body["metadata"].get("uid", "")))
 
 
 @kopf.on.event("v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
-async def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+async def pod_event(body: kopf.Body, namespace: str | None, memo: Fleet, **_: Any) -> None:
     """A pool pod appeared, got its IP, or is terminating: the routes must follow now."""
-    Fleet.poke(
-        namespace or "", body["metadata"].get("labels", {}).get("app.kubernetes.io/instance")
-    )
+    memo.poke(namespace or "", body["metadata"].get("labels", {}).get(INSTANCE_LABEL))

@@ -6,6 +6,7 @@ operator needs no second client library and authenticates exactly as kopf does.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime
@@ -34,10 +35,58 @@ _PATHS = {
 }
 
 
+TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
+"""No call to the API server waits longer than this (a watch is kopf's, not ours)."""
+RETRIES = 3
+"""Attempts for a call that failed in a way worth retrying (429, 5xx, no answer)."""
+BACKOFF_S = 0.2
+"""First pause between attempts; it doubles each time (a 429's Retry-After wins)."""
+
+
 class KubeError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """A failed call: ``status`` is the HTTP status, 0 when no answer came."""
+
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class NotFound(KubeError):
+    """404: the object (or its kind) does not exist."""
+
+
+class Conflict(KubeError):
+    """409: a conflicting write (resourceVersion, or an object that already exists)."""
+
+
+class TooManyRequests(KubeError):
+    """429: the API server's priority and fairness turned the call away; retry later."""
+
+
+class ServerError(KubeError):
+    """5xx, or no answer at all (status 0): worth retrying."""
+
+
+def kube_error(status: int, message: str, retry_after_s: float | None = None) -> KubeError:
+    """The typed error for an HTTP status."""
+    kind: type[KubeError] = KubeError
+    if status == 404:
+        kind = NotFound
+    elif status == 409:
+        kind = Conflict
+    elif status == 429:
+        kind = TooManyRequests
+    elif status == 0 or status >= 500:
+        kind = ServerError
+    return kind(status, message, retry_after_s)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
@@ -75,7 +124,9 @@ class Kube:
         if cert and key:
             context.load_cert_chain(cert, key)
         headers = {"Authorization": f"Bearer {info.token}"} if info.token else {}
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context), headers=headers)
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context), headers=headers, timeout=TIMEOUT
+        )
 
     def _tmp(self, data: bytes | str) -> str:
         raw = data if isinstance(data, bytes) else data.encode()
@@ -97,22 +148,40 @@ class Kube:
         self._files.clear()
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        for attempt in (1, 2):
-            if self.session is None:
-                self.session = self._connect()
+        """One call, retried with back-off on 429, 5xx and no answer (``RETRIES``
+        attempts; a POST only on 429, when the server did not act on it), and once
+        after logging in again on a 401 (a rotated service-account token)."""
+        relogged = False
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                async with self.session.request(method, self.server + path, **kwargs) as resp:
-                    body = await resp.read()
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise KubeError(0, f"{method} {path}: {exc!r}") from exc
-            if status == 401 and attempt == 1:
-                await self.close()  # log in again: the token may have been rotated
-                continue
-            if status >= 400:
-                raise KubeError(status, body.decode(errors="replace")[:500])
-            return json.loads(body) if body else None
-        raise AssertionError("unreachable")
+                return await self._once(method, path, **kwargs)
+            except KubeError as exc:
+                if exc.status == 401 and not relogged:
+                    relogged = True
+                    await self.close()
+                    continue
+                retryable = isinstance(exc, TooManyRequests) or (
+                    isinstance(exc, ServerError) and method != "POST"
+                )
+                if not retryable or attempt >= RETRIES:
+                    raise
+                await asyncio.sleep(exc.retry_after_s or BACKOFF_S * 2 ** (attempt - 1))
+
+    async def _once(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self.session is None:
+            self.session = self._connect()
+        try:
+            async with self.session.request(method, self.server + path, **kwargs) as resp:
+                body = await resp.read()
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise kube_error(0, f"{method} {path}: {exc!r}") from exc
+        if status >= 400:
+            raise kube_error(status, body.decode(errors="replace")[:500], retry_after)
+        return json.loads(body) if body else None
 
     async def apply(self, obj: dict[str, Any]) -> Any:
         """Server-side apply: create or update idempotently, owning only our fields."""
@@ -127,10 +196,8 @@ class Kube:
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
         try:
             return await self._call("GET", _path(api_version, kind, namespace, name))
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
 
     async def list(
         self, api_version: str, kind: str, namespace: str, selector: str = ""
@@ -147,9 +214,8 @@ class Kube:
                 data=json.dumps({"status": status}),
                 headers={"Content-Type": "application/merge-patch+json"},
             )  # fmt: skip
-        except KubeError as exc:
-            if exc.status != 404:  # deleted meanwhile: nothing to report on
-                raise
+        except NotFound:
+            pass  # deleted meanwhile: nothing to report on
 
     async def event(
         self, obj: dict[str, Any], reason: str, message: str, kind: str = "Normal"

@@ -13,7 +13,7 @@ log = logging.getLogger("modelfleet.operator")
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Watch the given namespaces (or all of them); 0 on a clean stop, 1 on a crash."""
-    from modelfleet.operator import handlers  # noqa: F401  (registers the handlers)
+    from modelfleet.operator import handlers  # registers the handlers
     from modelfleet.operator.settings import SettingsError, admin_token, runtime_image
 
     try:
@@ -32,6 +32,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                 clusterwide=clusterwide,
                 namespaces=[] if clusterwide else namespaces,
                 standalone=True,
+                memo=handlers.Fleet(),
             )
         )
     except KeyboardInterrupt:

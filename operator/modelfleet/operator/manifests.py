@@ -25,6 +25,10 @@ TOKEN_PATH = f"{TOKEN_DIR}/{TOKEN_KEY}"
 STATE_PATH = "/etc/modelfleet/state.yaml"
 ROUTES_PATH = "/etc/modelfleet/routes.yaml"
 MANAGED_BY = "modelfleet-operator"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+"""The pool a pod belongs to."""
+COMPONENT_LABEL = "app.kubernetes.io/component"
+"""``runtime`` or ``gateway``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +53,8 @@ class Owner:
 def labels(pool: str, component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "modelfleet",
-        "app.kubernetes.io/instance": pool,
-        "app.kubernetes.io/component": component,
+        INSTANCE_LABEL: pool,
+        COMPONENT_LABEL: component,
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
 

@@ -36,6 +36,9 @@ class ObservedVersion(_Lenient):
     errors: int = 0
     shed: int = 0
     """Of the errors, requests the runtime's admission refused or dropped (overload)."""
+    objective_met: int = 0
+    objective_missed: int = 0
+    """Answered requests within / past the model's latency objective (when it has one)."""
     p99_ms: float | None = None
     """p99 latency of the pod's last 60 s of successful requests (None when idle)."""
     loaded_at: float = 0.0

@@ -38,3 +38,14 @@ class RateWindow:
         if not total:
             return round(total / span, 3), 0.0, 0.0
         return round(total / span, 3), round(failed_n / total, 4), round(shed_n / total, 4)
+
+
+def attainment(window: RateWindow, now: float, met: int, missed: int) -> float | None:
+    """Records the counts of answers within and past a latency objective; returns
+    the share within (0 to 1) over the window, or None before the window spans
+    ``MIN_SPAN_S`` or while it holds no answers (an idle model attains nothing)."""
+    # Met counts as "answered" and missed as "failed": the failed fraction is the share missed.
+    measured = window.add(now, met, missed)
+    if measured is None or measured[0] == 0:
+        return None
+    return round(1.0 - measured[1], 4)

@@ -13,6 +13,7 @@ import base64
 import datetime
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +31,11 @@ from modelfleet.operator.manifests import (
     Owner,
     config_map,
     model_service,
-    selector,
 )
 from modelfleet.operator.observed import Key, PodView
 from modelfleet.operator.podapi import PodAPI, same_models, same_routes
 from modelfleet.operator.rates import RateWindow
+from modelfleet.operator.rates import attainment as attained
 from modelfleet.operator.spec import API_VERSION, ModelSpec, PoolSpec
 from modelfleet.operator.status import (
     Rates,
@@ -49,6 +50,25 @@ from modelfleet.operator.status import (
 log = logging.getLogger("modelfleet.operator")
 REFRESH_S = 10.0
 """Live figures (request counters, memory) in status are refreshed at most this often."""
+TOKEN_TTL_S = 60.0
+"""A pool's admin token is read from its Secret again after this long."""
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the operator's watches have seen (kopf indices, kept current by kopf),
+    so that a pass reads its models and pods without listing them."""
+
+    models: Mapping[tuple[str, str], Iterable[dict[str, Any]]]
+    """(namespace, pool) -> the models naming that pool."""
+    pods: Mapping[tuple[str, str, str], Iterable[dict[str, Any]]]
+    """(namespace, pool, component) -> the pool's pods of that component."""
+
+    def pods_of(self, namespace: str, pool: str, component: str) -> list[dict[str, Any]]:
+        return list(self.pods.get((namespace, pool, component), ()))
+
+    def models_of(self, namespace: str, pool: str) -> list[dict[str, Any]]:
+        return list(self.models.get((namespace, pool), ()))
 
 
 @dataclass
@@ -127,6 +147,37 @@ class Reconciler:
         """(uid, pool) of the models whose Service this process has applied."""
         self.rates: dict[tuple[str, str], RateWindow] = {}
         """(model uid, version) -> its request counters over the last minute."""
+        self.objectives: dict[tuple[str, str], RateWindow] = {}
+        """(model uid, version) -> its answers within / past its latency objective."""
+        self.statuses: dict[str, dict[str, Any]] = {}
+        """uid -> the status this process last wrote. The operator is the only writer
+        of its resources' status, so this is their status now, even before the
+        watch (and so the index a pass reads) has seen the write."""
+        self.tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        """(namespace, pool) -> its admin token and when it was read."""
+
+    def forget(self, uid: str) -> None:
+        """A deleted object: drop what this process remembered of it."""
+        self.written.pop(uid, None)
+        self.statuses.pop(uid, None)
+        for windows in (self.rates, self.objectives):
+            for key in [k for k in windows if k[0] == uid]:
+                del windows[key]
+
+    def status_of(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The object's current status: what this process last wrote, else what it shows."""
+        return self.statuses.get(obj["metadata"].get("uid", "")) or obj.get("status") or {}
+
+    async def _token(self, namespace: str, pool: str) -> str | None:
+        cached = self.tokens.get((namespace, pool))
+        if cached is not None and time.monotonic() - cached[1] < TOKEN_TTL_S:
+            return cached[0]
+        secret = await self.kube.get("v1", "Secret", namespace, f"{pool}-admin-token")
+        if secret is None:
+            return None
+        token = base64.b64decode(secret["data"][TOKEN_KEY]).decode()
+        self.tokens[(namespace, pool)] = (token, time.monotonic())
+        return token
 
     async def ensure_pool_config(self, pool_obj: dict[str, Any]) -> None:
         """The ConfigMaps the pods mount must exist (with a key for every pod)
@@ -142,7 +193,7 @@ class Reconciler:
         if routes is None:
             await self.kube.apply(config_map(owner, "routes", {"routes.yaml": routes_file({})}))
 
-    async def converge(self, namespace: str, pool_name: str) -> PassResult:
+    async def converge(self, namespace: str, pool_name: str, seen: Seen) -> PassResult:
         kube = self.kube
         pool_obj = await kube.get(API_VERSION, "InferencePool", namespace, pool_name)
         if pool_obj is None or pool_obj["metadata"].get("deletionTimestamp"):
@@ -150,16 +201,16 @@ class Reconciler:
         pool_obj.setdefault("kind", "InferencePool")
         owner = Owner.of(pool_obj)
         pool_spec = PoolSpec.model_validate(pool_obj.get("spec") or {})
-        secret = await kube.get("v1", "Secret", namespace, f"{pool_name}-admin-token")
-        if secret is None:
+        token = await self._token(namespace, pool_name)
+        if token is None:
             log.info("pool %s: no admin token yet; waiting for the pool handler", pool_name)
             return PassResult(progressing=True)
-        api = PodAPI(self.http, base64.b64decode(secret["data"][TOKEN_KEY]).decode())
+        api = PodAPI(self.http, token)
 
-        model_objs, models = await self._models(namespace, pool_name)
+        model_objs, models = await self._models(pool_name, seen.models_of(namespace, pool_name))
         state_cm = await kube.get("v1", "ConfigMap", namespace, f"{pool_name}-state")
         previous_data: dict[str, str] = (state_cm or {}).get("data") or {}
-        pod_objs = await kube.list("v1", "Pod", namespace, selector(pool_name, "runtime"))
+        pod_objs = seen.pods_of(namespace, pool_name, "runtime")
         pods = sorted(
             (PodView(p["metadata"]["name"], p["status"]["podIP"],
                      remembered=remembered(previous_data, p["metadata"]["name"]))
@@ -173,29 +224,32 @@ class Reconciler:
         unreachable = [p.name for p in pods if not p.reachable]
 
         routes_cm = await kube.get("v1", "ConfigMap", namespace, f"{pool_name}-routes")
-        in_force = routed((routes_cm or {}).get("data") or {})
+        routes_data: dict[str, str] | None = (routes_cm or {}).get("data")
+        in_force = routed(routes_data or {})
         result = plan(pool_spec, models, pods, in_force)
         pushed = await self._push_documents(api, pods, result)
         # Gateways first, then the routes ConfigMap: the ConfigMap is the record of
         # the routes in force, and a draining version leaves the pods only once it
         # shows no traffic for it (possibly after an operator restart).
-        await self._push_routes(api, namespace, pool_name, result)
-        await self._write_config(owner, pool_spec, previous_data, result)
+        await self._push_routes(
+            api, seen.pods_of(namespace, pool_name, "gateway"), pool_name, result
+        )
+        await self._write_config(owner, pool_spec, previous_data, routes_data, result)
         await self._events(namespace, model_objs, result, in_force)
         now = now_iso()
         for obj in model_objs:
             await self._model_status(obj, result, now)
-        pool_new = pool_status(pods, unreachable, result.reports, pool_obj.get("status") or {},
+        pool_new = pool_status(pods, unreachable, result.reports, self.status_of(pool_obj),
                                pool_obj["metadata"].get("generation", 0), now)  # fmt: skip
         await self._write_status(pool_obj, pool_new)
         loading = any(v.loading for r in result.reports.values() for v in r.versions)
         return PassResult(progressing=bool(loading or pushed or unreachable or not pods))
 
     async def _models(
-        self, namespace: str, pool: str
+        self, pool: str, seen: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], dict[str, ModelSpec]]:
         objs, specs = [], {}
-        for obj in await self.kube.list(API_VERSION, "InferenceModel", namespace):
+        for obj in sorted(seen, key=lambda o: str(o["metadata"]["name"])):
             meta = obj["metadata"]
             if (obj.get("spec") or {}).get("pool") != pool or meta.get("deletionTimestamp"):
                 continue
@@ -226,18 +280,21 @@ class Reconciler:
         return len(pushes)
 
     async def _write_config(
-        self, owner: Owner, pool_spec: PoolSpec, previous: dict[str, str], result: Plan
-    ) -> None:
+        self, owner: Owner, pool_spec: PoolSpec, previous: dict[str, str],
+        previous_routes: dict[str, str] | None, result: Plan,
+    ) -> None:  # fmt: skip
+        """The two ConfigMaps, each applied only when it changes (both were read
+        at the start of the pass)."""
         data = state_data(owner.name, pool_spec, previous, result.documents)
         if data != previous:
             await self.kube.apply(config_map(owner, "state", data))
         routes = {"routes.yaml": routes_file(result.routes)}
-        current = await self.kube.get("v1", "ConfigMap", owner.namespace, f"{owner.name}-routes")
-        if (current or {}).get("data") != routes:
+        if previous_routes != routes:
             await self.kube.apply(config_map(owner, "routes", routes))
 
-    async def _push_routes(self, api: PodAPI, namespace: str, pool: str, result: Plan) -> None:
-        gateways = await self.kube.list("v1", "Pod", namespace, selector(pool, "gateway"))
+    async def _push_routes(
+        self, api: PodAPI, gateways: list[dict[str, Any]], pool: str, result: Plan
+    ) -> None:
         for gw in gateways:
             ip = gw.get("status", {}).get("podIP")
             if not ip or gw["metadata"].get("deletionTimestamp"):
@@ -284,13 +341,19 @@ class Reconciler:
         report = result.reports[meta["name"]]
         clock = time.monotonic()
         rates: dict[str, Rates] = {}
+        attainment: dict[str, float] = {}
         for v in report.versions:
             window = self.rates.setdefault((meta["uid"], v.version), RateWindow())
             if (measured := window.add(clock, v.requests, v.errors, v.shed)) is not None:
                 rates[v.version] = measured
-        previous = obj.get("status") or {}
+            # Only the runtimes of a model with a latency objective count these.
+            objective = self.objectives.setdefault((meta["uid"], v.version), RateWindow())
+            share = attained(objective, clock, v.objective_met, v.objective_missed)
+            if share is not None:
+                attainment[v.version] = share
+        previous = self.status_of(obj)
         new = model_status(report, model_url(meta["name"], meta["namespace"]), previous,
-                           meta.get("generation", 0), now, rates)  # fmt: skip
+                           meta.get("generation", 0), now, rates, attainment)  # fmt: skip
         await self._rollout_events(obj, previous, new)
         await self._write_status(obj, new)
 
@@ -313,19 +376,35 @@ class Reconciler:
         """One status patch per object per pass, and only when something a user
         would read changed (or the live figures are older than ``REFRESH_S``)."""
         meta = obj["metadata"]
-        previous = obj.get("status") or {}
+        previous = self.status_of(obj)
         stale = time.monotonic() - self.written.get(meta["uid"], 0.0) > REFRESH_S
         if comparable(previous) == comparable(new) and (not stale or previous == new):
             return
         kind = obj.get("kind", "InferenceModel")
         await self.kube.patch_status(API_VERSION, kind, meta["namespace"], meta["name"], new)
         self.written[meta["uid"]] = time.monotonic()
+        self.statuses[meta["uid"]] = _merged(previous, new)
+
+    async def mark_unknown_pool(self, obj: dict[str, Any]) -> None:
+        """Status of a model whose pool does not exist (it serves nowhere)."""
+        meta = obj["metadata"]
+        generation = meta.get("generation", 0)
+        previous = self.status_of(obj)
+        conds = with_times(unknown_pool_conditions(obj["spec"]["pool"]),
+                           previous.get("conditions") or [], now_iso(), generation)  # fmt: skip
+        status = {"observedGeneration": generation, "readyReplicas": 0, "versions": [],
+                  "url": model_url(meta["name"], meta["namespace"]), "conditions": conds}  # fmt: skip
+        if comparable(previous) != comparable({**previous, **status}):
+            await self.kube.patch_status(
+                API_VERSION, "InferenceModel", meta["namespace"], meta["name"], status
+            )
+            self.statuses[meta.get("uid", "")] = _merged(previous, status)
 
     async def _invalid(self, obj: dict[str, Any], message: str) -> None:
         meta = obj["metadata"]
         conds = [condition("Degraded", True, "InvalidSpec", message[:1000]),
                  condition("Ready", False, "InvalidSpec", "the spec cannot be read")]  # fmt: skip
-        previous = (obj.get("status") or {}).get("conditions") or []
+        previous = self.status_of(obj).get("conditions") or []
         status = {"observedGeneration": meta.get("generation", 0),
                   "conditions": with_times(conds, previous, now_iso(), meta.get("generation", 0))}  # fmt: skip
         await self._write_status(obj, status)
@@ -348,16 +427,7 @@ def _shares(route_doc: dict[str, object]) -> dict[str, int]:
     return _percent({str(v["version"]): int(v["weight"]) for v in versions if v["endpoints"]})
 
 
-async def mark_unknown_pool(kube: Kube, obj: dict[str, Any]) -> None:
-    """Status of a model whose pool does not exist (it serves nowhere)."""
-    meta = obj["metadata"]
-    generation = meta.get("generation", 0)
-    previous = obj.get("status") or {}
-    conds = with_times(unknown_pool_conditions(obj["spec"]["pool"]), previous.get("conditions") or [],
-                       now_iso(), generation)  # fmt: skip
-    status = {"observedGeneration": generation, "readyReplicas": 0, "versions": [],
-              "url": model_url(meta["name"], meta["namespace"]), "conditions": conds}  # fmt: skip
-    if comparable(previous) != comparable({**previous, **status}):
-        await kube.patch_status(
-            API_VERSION, "InferenceModel", meta["namespace"], meta["name"], status
-        )
+def _merged(previous: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """A status after a JSON merge patch of ``patch`` (top-level keys replace, None deletes)."""
+    out = {**previous, **patch}
+    return {k: v for k, v in out.items() if v is not None}

@@ -67,7 +67,7 @@ def model_conditions(report: ModelReport) -> list[dict[str, Any]]:
                           f"version {_names(old_serving)} serves while version {stable.version} "
                           f"rolls out ({ready_n} of {want} replicas ready)")  # fmt: skip
     else:
-        why = "Evicted" if stable.evicted_by or "evicted by" in stable.unplaced else (
+        why = "Evicted" if stable.evicted else (
             "Unplaced" if stable.unplaced else "LoadFailed" if stable.failures else "Loading")  # fmt: skip
         ready = condition("Ready", False, why, f"{ready_n} of {want} replicas ready" + (
             f": {problems}" if problems else ""))  # fmt: skip
@@ -75,7 +75,7 @@ def model_conditions(report: ModelReport) -> list[dict[str, Any]]:
     if not unplaced:
         placed = condition("Placed", True, "Placed", "every replica of every version is placed")
     else:
-        evicted = any("evicted by" in v.unplaced for v in unplaced)
+        evicted = any(v.evicted for v in unplaced)
         placed = condition("Placed", False, "Evicted" if evicted else "DoesNotFit",
                            "; ".join(_version_problem(v) for v in unplaced))  # fmt: skip
 
@@ -124,7 +124,9 @@ def unknown_pool_conditions(pool: str) -> list[dict[str, Any]]:
     ]
 
 
-def version_status(v: VersionReport, rates: Rates | None = None) -> dict[str, Any]:
+def version_status(
+    v: VersionReport, rates: Rates | None = None, attainment: float | None = None
+) -> dict[str, Any]:
     out = {
         "version": v.version, "role": v.role, "weight": v.routed_weight, "replicas": v.replicas,
         "readyReplicas": len(v.endpoints), "pods": v.pods, "endpoints": v.endpoints,
@@ -134,12 +136,14 @@ def version_status(v: VersionReport, rates: Rates | None = None) -> dict[str, An
         out["p99LatencyMs"] = v.p99_ms
     if rates is not None:
         out["requestRate"], out["errorRate"], out["shedRate"] = rates
+    if attainment is not None:
+        out["objectiveAttainment"] = attainment
     return out
 
 
 def model_status(
     report: ModelReport, url: str, previous: dict[str, Any], generation: int, now: str,
-    rates: dict[str, Rates] | None = None,
+    rates: dict[str, Rates] | None = None, attainment: dict[str, float] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The InferenceModel's status after a pass. An eviction is seen in the pass
     that makes it; later passes only see a version that does not fit, so the
@@ -149,10 +153,11 @@ def model_status(
     for v in report.versions:
         if not v.unplaced:
             continue
-        if "evicted by" in v.unplaced:
+        if v.evicted_by is not None:
             evicted_by[v.version] = v.unplaced
         elif v.version in earlier:
             evicted_by[v.version] = v.unplaced = earlier[v.version]
+            v.evicted_earlier = True
     conditions = with_times(
         model_conditions(report), previous.get("conditions") or [], now, generation
     )
@@ -160,7 +165,10 @@ def model_status(
         "observedGeneration": generation,
         "url": url,
         "readyReplicas": len(report.stable.endpoints),
-        "versions": [version_status(v, (rates or {}).get(v.version)) for v in report.versions],
+        "versions": [
+            version_status(v, (rates or {}).get(v.version), (attainment or {}).get(v.version))
+            for v in report.versions
+        ],
         "conditions": conditions,
         # A merge patch removes a key only when told so with null.
         "evictedBy": {**dict.fromkeys(earlier), **evicted_by},
@@ -216,6 +224,7 @@ VOLATILE = (
     "requestRate",
     "errorRate",
     "shedRate",
+    "objectiveAttainment",
     "p99LatencyMs",
 )
 

@@ -88,6 +88,9 @@ class VersionStatus(_Status):
     """Fraction of those requests that the runtimes' admission refused or dropped under
     overload (queue full, deadline out of reach, rate limit, displaced by a higher
     priority, expired in the queue), over the last minute; counted in errorRate too."""
+    objective_attainment: float | None = None
+    """Fraction of the answered requests (0 to 1) that met the model's
+    latencyObjectiveMs in the runtime over the last minute; only with an objective."""
     p99_latency_ms: float | None = None
     """p99 latency in the runtime over the last minute (the highest of its pods), in milliseconds."""
 

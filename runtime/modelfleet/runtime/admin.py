@@ -35,6 +35,8 @@ def describe(model: HostedModel) -> dict[str, Any]:
         "served": model.served,
         "errors": model.errors,
         "shed": model.shed,
+        "objective_met": model.objective_met,
+        "objective_missed": model.objective_missed,
         "p99_ms": model.recent.quantile_ms(0.99, time.perf_counter()),
         "loaded_at": model.loaded_at,
     }

@@ -98,6 +98,9 @@ class HostedModel:
         self.served = 0
         self.errors = 0
         self.shed = 0
+        self.objective_met = 0
+        self.objective_missed = 0
+        """Answered requests within / past the latency objective (when one is set)."""
         """Requests refused or dropped by admission (queue full, deadline, rate limit,
         displaced, expired): counted in ``errors`` too."""
         self.service = ServiceTime()

@@ -143,7 +143,12 @@ async def infer(request: web.Request) -> web.Response:
     metrics.latency.observe(finished - started)
     objective = model.config.latency_objective_ms
     if objective is not None:
-        metrics.objective((finished - started) * 1000 <= objective)
+        met = (finished - started) * 1000 <= objective
+        metrics.objective(met)
+        if met:
+            model.objective_met += 1
+        else:
+            model.objective_missed += 1
     model.recent.record(finished, finished - started)
     if cached:
         metrics.cache_hits.inc()
