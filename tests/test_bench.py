@@ -332,3 +332,157 @@ async def test_the_load_generator_sends_each_body_with_its_own_headers(
     assert point.requests > 0 and point.errors == 0 and mismatched == 0
     with pytest.raises(ValueError, match="2 header sets for 3 bodies"):
         await closed_loop(str(server.make_url("/")), bodies, headers[:2], 1, 0.1)
+
+
+# -- make bench-peers: the zoo's BERT with variable lengths ------------------------
+
+
+def test_the_peers_bert_requests_are_make_bench_sentences_with_their_unbatched_answers(
+    model_store: Path,
+) -> None:
+    from bench.peers_bench import workload
+    from bench.traffic import sentence_lengths
+
+    load = workload("bert", model_store, 8)
+    lengths = sentence_lengths(8)
+    assert len(load.bodies) == len(load.headers) == len(load.answers) == 8
+    assert load.url_path == "/v2/models/bert/infer"
+    for body, answer, n in zip(load.bodies, load.answers, lengths, strict=True):
+        doc = json.loads(body)
+        assert [(e["name"], e["shape"]) for e in doc["inputs"]] == [
+            ("ids", [1, n]), ("mask", [1, n]),
+        ]  # fmt: skip
+        assert answer["pooled"].shape == (1, 64)
+        assert answer["tokens"].shape == (1, n, 64)  # the request's own length
+    assert len({a["tokens"].shape for a in load.answers}) > 1
+    assert workload("cnn", model_store).answers[0]["logits"].shape == (1, 10)
+
+
+def test_an_answer_is_wrong_when_an_output_is_missing_of_another_length_or_off() -> None:
+    from bench.peers_bench import mismatch
+
+    rng = np.random.default_rng(0)
+    want = {"pooled": rng.standard_normal((1, 64)).astype(np.float32),
+            "tokens": rng.standard_normal((1, 9, 64)).astype(np.float32)}  # fmt: skip
+    assert mismatch({k: v + 1e-7 for k, v in want.items()}, want) is None
+    assert "no output 'tokens'" in (mismatch({"pooled": want["pooled"]}, want) or "")
+    padded = {**want, "tokens": np.concatenate([want["tokens"], np.zeros((1, 7, 64))], axis=1)}
+    assert mismatch(padded, want) == "'tokens' has shape [1, 16, 64], expected [1, 9, 64]"
+    off = {**want, "pooled": want["pooled"] + 0.01}
+    assert "'pooled' differs from the reference by up to 0.01" in (mismatch(off, want) or "")
+
+
+def test_the_peers_padding_gives_each_sentence_its_unbatched_answer(model_store: Path) -> None:
+    from bench.peers.servers.common import forward_concatenated, forward_padded, load
+    from bench.peers_bench import mismatch, workload
+    from bench.runtime_bench import make_traffic
+
+    module = load("bert", str(model_store), 1)
+    requests = make_traffic("bert", 6).requests
+    want = workload("bert", model_store, 6).answers
+    got = forward_padded(module, requests)
+    assert [mismatch(g, w) for g, w in zip(got, want, strict=True)] == [None] * 6
+    # as the fixed-shape servers batch: numpy refuses sentences of different lengths
+    with pytest.raises(ValueError, match="must match exactly"):
+        forward_concatenated(module, requests)
+
+
+def test_the_bench_serves_bert_with_bucket_padding_and_probes_it_without() -> None:
+    from bench.peers_bench import modelfleet_config
+    from modelfleet.runtime.config import parse_document
+
+    handled = modelfleet_config("bert", Path("/models"), 19010, 2.0, {})
+    as_is = modelfleet_config("bert", Path("/models"), 19010, 2.0, {}, lengths="as-is")
+    for doc in (handled, as_is):
+        parse_document(doc)  # valid runtime configs
+        assert doc["models"][0]["batching"]["max_batch_size"] == 16
+        assert doc["models"][0]["batching"]["max_queue_delay_ms"] == 2.0
+    assert handled["models"][0]["batching"]["pad"]["buckets"] == [16, 32, 64, 128]
+    assert "pad" not in as_is["models"][0]["batching"]
+
+
+def test_a_server_error_is_quoted_from_the_last_line_of_its_traceback(tmp_path: Path) -> None:
+    from bench.peers_bench import last_error
+
+    log = tmp_path / "ray.log"
+    log.write_text(
+        "INFO starting\nTraceback (most recent call last):\n"
+        '  File "x.py", line 3, in infer\n    raise ValueError(msg)\n'
+        "ValueError: all the input array dimensions except for the concatenation axis "
+        "must match exactly\nINFO 500 POST /v2/models/bert/infer\n"
+    )
+    assert last_error(log) == (
+        "ValueError: all the input array dimensions except for the concatenation axis "
+        "must match exactly"
+    )
+    assert last_error(tmp_path / "absent.log") is None
+
+
+async def test_the_bert_check_passes_a_padding_server_and_catches_a_wrong_one(
+    model_store: Path, aiohttp_server: Any
+) -> None:
+    from aiohttp import web
+
+    from bench.peers.servers.common import decode, encode, forward_padded, load
+    from bench.peers_bench import verify, workload
+
+    module = load("bert", str(model_store), 1)
+
+    async def right(request: web.Request) -> web.Response:
+        answer = forward_padded(module, [decode("bert", await request.json())])[0]
+        return web.json_response(encode("bert", answer))
+
+    async def untrimmed(request: web.Request) -> web.Response:
+        # padded to 128 tokens and not cut back: the padding positions left in
+        ids, mask = decode("bert", await request.json())
+        answer = forward_padded(module, [(ids, mask)])[0]
+        answer["tokens"] = np.pad(answer["tokens"], ((0, 0), (0, 128 - ids.shape[1]), (0, 0)))
+        return web.json_response(encode("bert", answer))
+
+    async def refusing(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="Internal Server Error")
+
+    app = web.Application()
+    app.router.add_post("/right", right)
+    app.router.add_post("/untrimmed", untrimmed)
+    app.router.add_post("/refusing", refusing)
+    server = await aiohttp_server(app)
+    load_ = workload("bert", model_store, 12)
+    good = await verify(str(server.make_url("/right")), load_, concurrency=4)
+    assert (good.ok, good.wrong, good.refused) == (12, 0, 0)
+    bad = await verify(str(server.make_url("/untrimmed")), load_, concurrency=4)
+    assert bad.ok == 0 and bad.wrong == 12
+    assert "'tokens' has shape [1, 128, 64], expected [1, " in (bad.first_wrong or "")
+    refused = await verify(str(server.make_url("/refusing")), load_, concurrency=4)
+    assert refused.refused == 12 and refused.first_refusal == "HTTP 500: Internal Server Error"
+    assert "12 refused" in refused.summary()
+
+
+async def test_modelfleet_serves_the_peers_bert_case_with_every_answer_right(
+    model_store: Path,
+) -> None:
+    from aiohttp.test_utils import TestServer
+
+    from bench.loadgen import closed_loop
+    from bench.peers_bench import modelfleet_config, summarize, verify, workload
+    from modelfleet.runtime.config import parse_document
+    from modelfleet.runtime.runtime import Runtime
+    from modelfleet.runtime.server import build_data_app
+
+    doc = modelfleet_config("bert", model_store, 0, 2.0, {})
+    runtime = Runtime(parse_document(doc))
+    await runtime.start()
+    server = TestServer(build_data_app(runtime))
+    await server.start_server()
+    try:
+        load = workload("bert", model_store, 16)
+        url = str(server.make_url(load.url_path))
+        verdict = await verify(url, load, concurrency=8)
+        assert (verdict.ok, verdict.sent) == (16, 16), verdict.summary()
+        point = await closed_loop(url, load.bodies, load.headers, 4, 0.3, warmup_s=0.05)
+    finally:
+        await server.close()
+        await runtime.close()
+    summary = summarize([point], forward_ms=1.0, ceiling=1000.0)
+    assert point.requests > 0 and summary["errors"] == 0
+    assert summary["ratio_p99_100ms"] == pytest.approx(summary["thr_p99_100ms"] / 1000)

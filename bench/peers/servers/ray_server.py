@@ -1,8 +1,15 @@
-"""Ray Serve serving the example model: @serve.batch, one replica, one CPU."""
+"""Ray Serve serving the example model: @serve.batch, one replica, one CPU.
+
+Variable lengths (the zoo's BERT): ``@serve.batch`` hands the method the list
+of requests and leaves the rest to the user. ``--lengths handled`` pads them to
+the batch's longest; ``--lengths as-is`` concatenates them as the fixed-shape
+models are.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import ray
@@ -10,7 +17,15 @@ import torch
 from ray import serve
 from starlette.requests import Request
 
-from bench.peers.servers.common import arguments, decode, encode, load
+from bench.peers.servers.common import (
+    SEQUENCES,
+    arguments,
+    decode,
+    encode,
+    forward_concatenated,
+    forward_padded,
+    load,
+)
 
 ARGS = arguments()
 
@@ -25,7 +40,11 @@ class Model:
         self.model = load(ARGS.model, ARGS.model_dir, ARGS.threads)
 
     @serve.batch(max_batch_size=ARGS.max_batch, batch_wait_timeout_s=ARGS.max_wait_ms / 1000)
-    async def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    async def infer(self, inputs: list[Any]) -> list[Any]:
+        if ARGS.model in SEQUENCES:
+            if ARGS.lengths == "as-is":
+                return forward_concatenated(self.model, inputs)
+            return forward_padded(self.model, inputs)
         sizes = [len(x) for x in inputs]
         with torch.inference_mode():
             out = self.model(torch.from_numpy(np.concatenate(inputs))).numpy()
