@@ -71,3 +71,14 @@ class SequenceSum(nn.Module):
 
 def sequence_sum() -> nn.Module:
     return SequenceSum()
+
+
+class LengthBaked(nn.Module):
+    """Adds its input's length as a Python int: a trace turns it into a constant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + int(x.shape[1])
+
+
+def length_baked() -> nn.Module:
+    return LengthBaked()

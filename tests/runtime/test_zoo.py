@@ -229,3 +229,34 @@ def test_write_zoo_is_deterministic(tmp_path: Path) -> None:
         a = (first / f"{name}.safetensors").read_bytes()
         assert a == (second / f"{name}.safetensors").read_bytes(), name
     assert write_zoo(first) == [f"{first / name}.safetensors (kept)" for name in ZOO]
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt"])
+def test_a_traced_sequence_model_answers_like_the_eager_one_at_every_length(
+    name: str, models: dict[str, torch.nn.Module], model_store: Path
+) -> None:
+    traced = load_module(config(name, optimize="trace"), model_store, torch.device("cpu"))
+    assert isinstance(traced, torch.jit.ScriptModule)
+    with torch.inference_mode():
+        for batch, length in [(1, 3), (4, 16), (2, 77)]:
+            x = inputs_for(name, batch, length, seed=length)
+            eager, fast = models[name](*x), traced(*x)
+            pairs = (
+                [(eager[k], fast[k]) for k in eager] if isinstance(eager, dict) else [(eager, fast)]
+            )
+            for want, got in pairs:
+                assert got.shape == want.shape
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=ATOL)
+
+
+def test_a_trace_that_bakes_a_length_in_is_refused_at_load(model_store: Path) -> None:
+    from modelfleet.runtime.loader import ModelLoadError
+
+    baked = ModelConfig.model_validate({
+        "name": "baked", "source": "empty.safetensors", "optimize": "trace",
+        "architecture": "tests.runtime.models:length_baked",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, -1]}],
+    })  # fmt: skip
+    with pytest.raises(ModelLoadError, match=r"answers differently .*size 5 along the variable"):
+        load_module(baked, model_store, torch.device("cpu"))

@@ -111,43 +111,62 @@ def load_module(config: ModelConfig, store: str | Path, device: torch.device) ->
     return module
 
 
-def trace(module: torch.nn.Module, config: ModelConfig, device: torch.device) -> torch.nn.Module:
-    """Traces and freezes the module (``optimize: inference``: and applies
-    ``torch.jit.optimize_for_inference``), and checks it answers like the eager one."""
+TRACE_SHAPES = ((2, 8), (3, 5))
+"""(batch, each variable dimension) of the example inputs: the module is traced on
+the first and checked against the eager one on both, so that a trace that baked a
+shape in (a length turned into a constant) is caught before it serves."""
+
+
+def _examples(config: ModelConfig, device: torch.device, rows: int, size: int) -> tuple[Any, ...]:
+    """Inputs of ``rows`` rows, ``size`` along every variable dimension: random floats,
+    zeros for integers (token ids and masks: valid whatever the vocabulary)."""
     from modelfleet.runtime.protocol import NP_DTYPES
 
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(rows * 1000 + size)
     examples = []
     for spec in config.inputs:
-        shape = (2, *(d if d > 0 else 1 for d in spec.shape[1:]))
+        shape = (rows, *(d if d > 0 else size for d in spec.shape[1:]))
         dtype = torch.from_numpy(np.zeros(0, dtype=NP_DTYPES[spec.datatype])).dtype
         if dtype.is_floating_point:
             examples.append(torch.randn(shape, generator=generator).to(device, dtype))
         else:
             examples.append(torch.zeros(shape, dtype=dtype, device=device))
+    return tuple(examples)
+
+
+def trace(module: torch.nn.Module, config: ModelConfig, device: torch.device) -> torch.nn.Module:
+    """Traces and freezes the module (``optimize: inference``: and applies
+    ``torch.jit.optimize_for_inference``), and checks it answers like the eager one
+    at two batch sizes and, for variable dimensions, two sizes (``TRACE_SHAPES``)."""
+    samples = [_examples(config, device, rows, size) for rows, size in TRACE_SHAPES]
     try:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notices
             traced = torch.jit.trace(  # type: ignore[no-untyped-call]
                 module,
-                tuple(examples),
+                samples[0],
                 strict=False,  # strict=False: dict outputs
             )
             if config.optimize == "inference":  # freezes, folds, oneDNN kernels on CPU
                 traced = torch.jit.optimize_for_inference(traced)
             else:
                 traced = torch.jit.freeze(traced)
-            expected, got = module(*examples), traced(*examples)
+            answers = [(module(*x), traced(*x)) for x in samples]
     except Exception as exc:
         raise ModelLoadError(
             f"model '{config.name}': optimize: {config.optimize} failed: {exc}"
         ) from exc
-    pairs = zip(_flat(expected), _flat(got), strict=False)
-    if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in pairs):
-        raise ModelLoadError(
-            f"model '{config.name}': the {config.optimize}-optimized module answers "
-            "differently; use optimize: none"
-        )
+    for (rows, size), (expected, got) in zip(TRACE_SHAPES, answers, strict=True):
+        pairs = list(zip(_flat(expected), _flat(got), strict=False))
+        if not all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+                   for a, b in pairs):  # fmt: skip
+            where = f"{rows} rows" + (f", size {size} along the variable dimensions"
+                                      if any(d < 0 for t in config.inputs for d in t.shape[1:])
+                                      else "")  # fmt: skip
+            raise ModelLoadError(
+                f"model '{config.name}': the {config.optimize}-optimized module answers "
+                f"differently from the eager one ({where}); use optimize: none"
+            )
     return traced  # type: ignore[no-any-return]
 
 
