@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # The virtual environment is cached outside the clone (see scripts/venv.sh);
 # evaluated in each recipe so that a fresh machine creates it on first use.
 PYTHON = "$$(bash scripts/venv.sh)/bin/python"
-export PYTHONPATH := $(CURDIR):$(CURDIR)/runtime:$(CURDIR)/operator
+export PYTHONPATH := $(CURDIR):$(CURDIR)/runtime:$(CURDIR)/gateway:$(CURDIR)/operator
 export MODELFLEET_CACHE ?= $(HOME)/.cache/modelfleet
 
 .PHONY: help venv run test lint unit crds bench bench-peers bench-operator example-models clean
@@ -31,11 +31,11 @@ run: venv example-models
 
 lint: venv
 	@echo "==> ruff"
-	@$(PYTHON) -m ruff check runtime operator tests bench
-	@$(PYTHON) -m ruff format --check runtime operator tests bench
+	@$(PYTHON) -m ruff check runtime gateway operator tests bench
+	@$(PYTHON) -m ruff format --check runtime gateway operator tests bench
 	@echo "==> mypy (strict)"
 	@$(PYTHON) -m mypy -p modelfleet
-	@echo "==> import contracts (operator and gateway never import torch)"
+	@echo "==> import contracts (the components stay apart; operator and gateway never import torch)"
 	@"$$(bash scripts/venv.sh)/bin/lint-imports" --config pyproject.toml
 
 unit: venv

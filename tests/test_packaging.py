@@ -86,12 +86,14 @@ def test_the_wheel_holds_runtime_gateway_operator_and_cli(tmp_path: Path) -> Non
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in (
         "modelfleet/cli.py",
+        "modelfleet/serving/sites.py",
         "modelfleet/runtime/server.py",
-        "modelfleet/runtime/gateway/__init__.py",
+        "modelfleet/gateway/__init__.py",
+        "modelfleet/gateway/proxy.py",
         "modelfleet/operator/__init__.py",
     ):
         assert expected in names, f"{expected} missing from the wheel"
-    assert not any(n.startswith(("operator/", "runtime/")) for n in names), (
+    assert not any(n.startswith(("operator/", "runtime/", "gateway/")) for n in names), (
         "no top-level 'operator'"
     )
 
@@ -99,14 +101,14 @@ def test_the_wheel_holds_runtime_gateway_operator_and_cli(tmp_path: Path) -> Non
 def test_the_gateway_and_operator_never_import_torch() -> None:
     code = (
         "import sys, importlib\n"
-        "for m in ('modelfleet.cli', 'modelfleet.runtime.gateway.main', 'modelfleet.operator.main'):\n"
+        "for m in ('modelfleet.cli', 'modelfleet.gateway.main', 'modelfleet.operator.main'):\n"
         "    importlib.import_module(m)\n"
         "bad = sorted(m for m in ('torch', 'numpy', 'safetensors') if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime"), str(ROOT / "operator")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / d) for d in ("runtime", "gateway", "operator")]),
     }
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -17,6 +17,6 @@ def test_every_component_reports_the_version_pyproject_declares() -> None:
     assert declared == VERSION
     assert f"modelfleet/runtime:{declared}" == DEFAULT_RUNTIME_IMAGE
     sources = [ROOT / "runtime/modelfleet/runtime/runtime.py",
-               ROOT / "runtime/modelfleet/runtime/gateway/proxy.py"]  # fmt: skip
+               ROOT / "gateway/modelfleet/gateway/proxy.py"]  # fmt: skip
     for source in sources:  # the servers' metadata endpoints: no second literal
         assert f'"{declared}"' not in source.read_text(), source

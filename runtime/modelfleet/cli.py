@@ -10,6 +10,8 @@ import argparse
 import logging
 import sys
 
+from modelfleet.serving.flags import add_server_flags
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelfleet", description=__doc__)
@@ -18,17 +20,11 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the inference runtime from a desired-state file")
     serve.add_argument("--config", required=True, help="YAML desired-state document")
-    serve.add_argument("--host", help="override server.host")
-    serve.add_argument("--port", type=int, help="override server.port")
-    serve.add_argument("--admin-port", type=int, help="override server.admin_port")
-    serve.add_argument("--admin-token-file", help="override server.admin_token_file")
+    add_server_flags(serve)
 
     gateway = sub.add_parser("gateway", help="run the gateway from a routes file")
     gateway.add_argument("--routes", required=True, help="YAML routes document")
-    gateway.add_argument("--host", help="override server.host")
-    gateway.add_argument("--port", type=int, help="override server.port")
-    gateway.add_argument("--admin-port", type=int, help="override server.admin_port")
-    gateway.add_argument("--admin-token-file", help="override server.admin_token_file")
+    add_server_flags(gateway)
 
     operator = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
     operator.add_argument("--namespace", action="append", default=[], help="watch this namespace")
@@ -53,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(serve_from_args(args))
     if args.command == "gateway":
-        from modelfleet.runtime.gateway.main import serve_from_args as gateway_from_args
+        from modelfleet.gateway.main import serve_from_args as gateway_from_args
 
         return int(gateway_from_args(args))
     if args.command == "operator":

@@ -228,7 +228,7 @@ async def test_sigterm_finishes_in_flight_requests_then_exits_0(procs: Any) -> N
 
 def test_the_gateway_never_imports_torch() -> None:
     code = (
-        "import sys, modelfleet.runtime.gateway.main\n"
+        "import sys, modelfleet.gateway.main\n"
         "print(sorted(m for m in ('torch', 'numpy', 'safetensors') if m in sys.modules))"
     )
     out = subprocess.run(

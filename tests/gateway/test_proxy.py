@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from modelfleet.runtime.gateway.proxy import Gateway, build_gateway_app
-from modelfleet.runtime.gateway.routes import parse_routes
+from modelfleet.gateway.proxy import Gateway, build_gateway_app
+from modelfleet.gateway.routes import parse_routes
 from tests.support.servers import free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

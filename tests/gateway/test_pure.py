@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from modelfleet.runtime.errors import Unavailable
-from modelfleet.runtime.gateway.admission import Admission
-from modelfleet.runtime.gateway.balancer import Endpoint, pick
-from modelfleet.runtime.gateway.routes import RoutesError, VersionRoute, parse_routes
-from modelfleet.runtime.gateway.split import Spread, choose_version
+from modelfleet.gateway.admission import Admission
+from modelfleet.gateway.balancer import Endpoint, pick
+from modelfleet.gateway.routes import RoutesError, VersionRoute, parse_routes
+from modelfleet.gateway.split import Spread, choose_version
+from modelfleet.serving.errors import Unavailable
 
 
 def versions(*weights: float) -> list[VersionRoute]:

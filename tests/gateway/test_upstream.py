@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from modelfleet.runtime.gateway.upstream import UpstreamError, Upstreams
+from modelfleet.gateway.upstream import UpstreamError, Upstreams
 from tests.support.servers import free_port
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"

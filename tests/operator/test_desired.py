@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import yaml
 
+from modelfleet.gateway.routes import parse_routes
 from modelfleet.operator.desired import plan
 from modelfleet.operator.podapi import same_models, same_routes
 from modelfleet.operator.reconcile import remembered, state_data, state_file
 from modelfleet.operator.spec import ModelSpec
 from modelfleet.runtime.config import ModelConfig, Padding, parse_document
-from modelfleet.runtime.gateway.routes import parse_routes
 from tests.operator.builders import MLP_SOURCE, model, pod, pool, sequence_spec_dict
 
 

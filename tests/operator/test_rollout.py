@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from modelfleet.gateway.routes import parse_routes
 from modelfleet.operator.desired import Plan, plan
 from modelfleet.operator.observed import Key, PodView, RuntimeState
 from modelfleet.operator.podapi import same_models
@@ -14,7 +15,6 @@ from modelfleet.operator.reconcile import routed, routes_file, state_file
 from modelfleet.operator.spec import ModelSpec
 from modelfleet.operator.status import model_status
 from modelfleet.runtime.config import parse_document
-from modelfleet.runtime.gateway.routes import parse_routes
 from tests.operator.builders import MLP_SOURCE, model, pool
 
 V2_SOURCE = {**MLP_SOURCE, "path": "mlp-v2.safetensors"}

@@ -6,7 +6,7 @@ import pytest
 
 from modelfleet.runtime.batcher import EXPIRED, QUEUED, RUNNING, ModelQueue, Pending
 from modelfleet.runtime.config import Batching
-from modelfleet.runtime.errors import Unavailable
+from modelfleet.serving.errors import Unavailable
 
 
 def make_queue(

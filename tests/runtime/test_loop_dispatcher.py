@@ -17,12 +17,13 @@ import torch
 
 from modelfleet.runtime.batcher import Pending
 from modelfleet.runtime.config import ModelConfig
-from modelfleet.runtime.errors import ForwardProcessDied, Unavailable
+from modelfleet.runtime.errors import ForwardProcessDied
 from modelfleet.runtime.forward_process import RemoteModel
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.loop_dispatcher import LoopDispatcher
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import Array
+from modelfleet.serving.errors import Unavailable
 from tests.runtime.conftest import mlp_config
 
 Done = Any

@@ -30,7 +30,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {
     **os.environ,
-    "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtime"), str(ROOT / "operator")]),
+    "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), str(ROOT / "runtime"), str(ROOT / "gateway"), str(ROOT / "operator")]
+    ),
 }
 READY_TIMEOUT_S = 60.0
 

@@ -1,5 +1,5 @@
 """The ModelFleet runtime: a multi-model, dynamic-batching OIP inference server.
 
-Importing this package must stay cheap and torch-free: the gateway lives in
-``modelfleet.runtime.gateway`` and never imports torch.
+Importing this package must stay cheap and torch-free: the forward process's
+child imports its modules before torch, once it has set its CPUs and allocator.
 """

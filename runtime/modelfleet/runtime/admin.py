@@ -13,12 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
-from modelfleet.runtime.auth import bearer_auth
 from modelfleet.runtime.config import ConfigError, ModelConfig, parse_document
-from modelfleet.runtime.errors import BadRequest, errors_as_json
 from modelfleet.runtime.hosted import HostedModel
 from modelfleet.runtime.runtime import Runtime
 from modelfleet.runtime.server import RUNTIME
+from modelfleet.serving.auth import bearer_auth
+from modelfleet.serving.errors import BadRequest, errors_as_json
 
 SHUTDOWN = web.AppKey("shutdown", asyncio.Event)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelfleet.runtime.config import Batching
-from modelfleet.runtime.errors import Unavailable
+from modelfleet.serving.errors import Unavailable
 
 QUEUED, RUNNING, DONE, EXPIRED, SHED = "queued", "running", "done", "expired", "shed"
 

@@ -9,7 +9,7 @@ these typed models; nothing downstream sees raw dicts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import yaml
 from pydantic import (
@@ -21,8 +21,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 DATATYPES = (
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64",
@@ -332,14 +330,3 @@ def describe(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"])
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
-
-
-SERVER_FLAGS = ("host", "port", "admin_port", "admin_token_file")
-
-
-def with_flags(server: BaseModelT, args: object) -> BaseModelT:
-    """The server settings with the command line's ``--host``/``--port``/... applied."""
-    overrides = {k: getattr(args, k) for k in SERVER_FLAGS if getattr(args, k, None) is not None}
-    if not overrides:
-        return server
-    return server.model_validate({**server.model_dump(), **overrides})

@@ -23,10 +23,11 @@ import torch
 
 from modelfleet.runtime.batcher import Pending
 from modelfleet.runtime.config import Padding, TensorSpec
-from modelfleet.runtime.errors import ModelFailure, ServingError
+from modelfleet.runtime.errors import ModelFailure
 from modelfleet.runtime.hosted import HostedModel
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import Array
+from modelfleet.serving.errors import ServingError
 
 log = logging.getLogger("modelfleet.runtime")
 

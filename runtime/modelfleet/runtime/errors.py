@@ -1,93 +1,12 @@
-"""Errors that carry their HTTP status, so handlers never map them by hand."""
+"""The runtime's own errors: a model that fails, a forward process gone, a load
+refused, a request that expired in a queue. The errors every server answers with
+(400, 404, 503, ...) are in ``modelfleet.serving.errors``."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
-
-from aiohttp import web
-from aiohttp.typedefs import Middleware
-
-
-class ServingError(Exception):
-    """Base class: an error a client sees as ``{"error": message}``."""
-
-    status: int = 500
-
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.headers = headers or {}
-
-    def to_response(self) -> web.Response:
-        return web.json_response({"error": self.message}, status=self.status, headers=self.headers)
-
-
-class BadRequest(ServingError):
-    """The request is malformed or does not match the model's declared inputs."""
-
-    status = 400
-
-
-class Unauthorized(ServingError):
-    """The admin API was called without the right bearer token."""
-
-    status = 401
-
-
-class NotFound(ServingError):
-    """Unknown model or version."""
-
-    status = 404
-
-
-class PayloadTooLarge(ServingError):
-    """The body is larger than the configured limit."""
-
-    status = 413
-
-
-class RateLimited(ServingError):
-    """The model's token bucket is empty; ``Retry-After`` says when to come back."""
-
-    status = 429
-
-    def __init__(self, message: str, *, retry_after_s: float) -> None:
-        seconds = max(1, int(retry_after_s + 0.999))
-        super().__init__(message, headers={"Retry-After": str(seconds)})
-        self.retry_after_s = retry_after_s
-
-
-class Unavailable(ServingError):
-    """Queue full, not ready, draining, or the deadline expired while queued."""
-
-    status = 503
-
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        headers = {"Retry-After": str(max(1, int(retry_after_s)))} if retry_after_s else None
-        super().__init__(message, headers=headers)
-
-
-def expired_error(model_key: tuple[str, str], waited_s: float) -> Unavailable:
-    """The 503 of a request whose deadline passed while it waited in a queue."""
-    name, version = model_key
-    return Unavailable(
-        f"deadline expired after {waited_s * 1000:.0f} ms in the queue of model '{name}' "
-        f"version '{version}'; the request was not executed",
-        retry_after_s=1,
-    )
-
-
-class GatewayTimeout(ServingError):
-    """The gateway gave up waiting for a runtime."""
-
-    status = 504
-
-
-class BadGateway(ServingError):
-    """No runtime endpoint could be reached."""
-
-    status = 502
+# BadRequest is re-exported for protocol.py, until it imports it from modelfleet.serving.
+from modelfleet.serving.errors import BadRequest as BadRequest
+from modelfleet.serving.errors import ServingError, Unavailable
 
 
 class ModelFailure(ServingError):
@@ -106,29 +25,11 @@ class ModelLoadError(Exception):
     """A model could not be loaded: bad file, checksum mismatch, memory budget."""
 
 
-def errors_as_json(max_body_bytes: int, log: logging.Logger) -> Middleware:
-    """Every error leaves as ``{"error": "..."}`` with its status; nothing crashes the server."""
-
-    @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ServingError as exc:
-            return exc.to_response()
-        except web.HTTPRequestEntityTooLarge:
-            return PayloadTooLarge(
-                f"request body is larger than the limit of {max_body_bytes} bytes"
-            ).to_response()
-        except web.HTTPException as exc:
-            if exc.empty_body:
-                raise
-            headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
-            message = f"{exc.reason}: {request.method} {request.path}"
-            return web.json_response({"error": message}, status=exc.status, headers=headers)
-        except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            return web.json_response({"error": "internal server error"}, status=500)
-
-    return middleware
+def expired_error(model_key: tuple[str, str], waited_s: float) -> Unavailable:
+    """The 503 of a request whose deadline passed while it waited in a queue."""
+    name, version = model_key
+    return Unavailable(
+        f"deadline expired after {waited_s * 1000:.0f} ms in the queue of model '{name}' "
+        f"version '{version}'; the request was not executed",
+        retry_after_s=1,
+    )

@@ -21,10 +21,11 @@ from typing import Any
 from modelfleet.runtime.affinity import pin_this_thread
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.control import Done, Failed, Load, Loaded, Reply, Unload, Warm
-from modelfleet.runtime.errors import ModelLoadError, ServingError
+from modelfleet.runtime.errors import ModelLoadError
 from modelfleet.runtime.malloc import retain_freed_memory
 from modelfleet.runtime.pipe import FrameReceiver, send_frame
 from modelfleet.runtime.wire import answer_parts, decode_batch, encode_failure
+from modelfleet.serving.errors import ServingError
 
 SPIN_S = 0.002
 """With ``device_cpus`` (the child has CPUs of its own) it polls its pipe this long

@@ -15,12 +15,13 @@ import numpy as np
 from modelfleet.runtime.batcher import ModelQueue, Pending
 from modelfleet.runtime.cache import ResultCache, cache_key
 from modelfleet.runtime.config import ModelConfig, Warmup
-from modelfleet.runtime.errors import BadRequest, RateLimited, Unavailable, expired_error
+from modelfleet.runtime.errors import expired_error
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import NP_DTYPES, Array, InferRequest
 from modelfleet.runtime.ratelimit import TokenBucket
 from modelfleet.runtime.recent import RecentLatencies
 from modelfleet.runtime.service import ServiceTime
+from modelfleet.serving.errors import BadRequest, RateLimited, Unavailable
 
 log = logging.getLogger("modelfleet.runtime")
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
-from aiohttp import web
-
 from modelfleet.runtime.admin import build_admin_app
-from modelfleet.runtime.auth import read_token
-from modelfleet.runtime.config import ConfigError, RuntimeDocument, load_document, with_flags
-from modelfleet.runtime.eventloop import run
+from modelfleet.runtime.config import ConfigError, RuntimeDocument, load_document
 from modelfleet.runtime.runtime import Runtime
 from modelfleet.runtime.server import build_data_app
+from modelfleet.serving.auth import read_token
+from modelfleet.serving.eventloop import run
+from modelfleet.serving.flags import with_flags
+from modelfleet.serving.sites import serving
 
 log = logging.getLogger("modelfleet.runtime")
 
@@ -23,39 +22,24 @@ log = logging.getLogger("modelfleet.runtime")
 async def serve(document: RuntimeDocument) -> int:
     config = document.server
     runtime = Runtime(document)
-    shutdown = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, shutdown.set)
+    async with serving(config.host, log) as sites:
+        await sites.listen(build_data_app(runtime), config.port, "data API")
+        token = read_token(config.admin_token_file)
+        if token:
+            admin = build_admin_app(runtime, token, sites.stop)
+            await sites.listen(admin, config.admin_port, "admin API")
+        else:
+            log.info("admin API off (no admin_token_file configured)")
 
-    runners: list[web.AppRunner] = []
-
-    async def start_site(app: web.Application, port: int, what: str) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, config.host, port, backlog=1024, reuse_address=True)
-        await site.start()
-        runners.append(runner)
-        log.info("%s listening on http://%s:%d", what, config.host, port)
-
-    await start_site(build_data_app(runtime), config.port, "data API")
-    token = read_token(config.admin_token_file)
-    if token:
-        await start_site(build_admin_app(runtime, token, shutdown), config.admin_port, "admin API")
-    else:
-        log.info("admin API off (no admin_token_file configured)")
-
-    starting = asyncio.create_task(runtime.start())
-    waiter = asyncio.create_task(shutdown.wait())
-    await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if starting.done() and starting.exception() is None:
-        log.info("runtime ready")
-        print(try_it(runtime), flush=True)
-        await waiter
-    log.info("shutdown requested: draining (grace %.1f s)", config.drain_grace_s)
-    clean = await runtime.drain()
-    for runner in reversed(runners):
-        await runner.cleanup()
+        starting = asyncio.create_task(runtime.start())
+        waiter = asyncio.create_task(sites.stop.wait())
+        await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done() and starting.exception() is None:
+            log.info("runtime ready")
+            print(try_it(runtime), flush=True)
+            await waiter
+        log.info("shutdown requested: draining (grace %.1f s)", config.drain_grace_s)
+        clean = await runtime.drain()
     starting.cancel()
     await runtime.close()
     log.info("stopped%s", "" if clean else " (grace ran out)")

@@ -16,11 +16,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from modelfleet.runtime.config import ModelConfig, ServerConfig
-from modelfleet.runtime.errors import ModelLoadError, NotFound, Unavailable
+from modelfleet.runtime.errors import ModelLoadError
 from modelfleet.runtime.executor import Executor
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.loader import resolve_source
 from modelfleet.runtime.metrics import RuntimeMetrics
+from modelfleet.serving.errors import NotFound, Unavailable
 
 log = logging.getLogger("modelfleet.runtime")
 MiB = 1024 * 1024

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelfleet.runtime.errors import ServingError, Unavailable, errors_as_json
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.protocol import (
     HEADER_LENGTH,
@@ -19,6 +18,7 @@ from modelfleet.runtime.protocol import (
     tensor_metadata,
 )
 from modelfleet.runtime.runtime import Runtime
+from modelfleet.serving.errors import ServingError, Unavailable, errors_as_json
 
 log = logging.getLogger("modelfleet.runtime")
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -6,10 +6,10 @@ import json
 
 from aiohttp import web
 
-from modelfleet.runtime.auth import bearer_auth
-from modelfleet.runtime.errors import BadRequest, errors_as_json
-from modelfleet.runtime.gateway.proxy import GATEWAY, Gateway, log
-from modelfleet.runtime.gateway.routes import RoutesError, parse_routes
+from modelfleet.gateway.proxy import GATEWAY, Gateway, log
+from modelfleet.gateway.routes import RoutesError, parse_routes
+from modelfleet.serving.auth import bearer_auth
+from modelfleet.serving.errors import BadRequest, errors_as_json
 
 
 async def get_routes(request: web.Request) -> web.Response:

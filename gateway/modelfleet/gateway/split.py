@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 
-from modelfleet.runtime.gateway.routes import VersionRoute
+from modelfleet.gateway.routes import VersionRoute
 
 
 def key_point(key: str) -> float:

@@ -13,7 +13,7 @@ import asyncio
 import heapq
 import itertools
 
-from modelfleet.runtime.errors import Unavailable
+from modelfleet.serving.errors import Unavailable
 
 _Waiter = tuple[int, int, "asyncio.Future[None]"]
 

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelfleet.runtime.errors import (
+from modelfleet.gateway.admission import Admission
+from modelfleet.gateway.balancer import Endpoint, least_wait, pick
+from modelfleet.gateway.metrics import GatewayMetrics
+from modelfleet.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
+from modelfleet.gateway.split import Spread, choose_version
+from modelfleet.gateway.upstream import UpstreamError, UpstreamResponse, Upstreams
+from modelfleet.serving.errors import (
     BadGateway,
     GatewayTimeout,
     NotFound,
@@ -20,12 +26,6 @@ from modelfleet.runtime.errors import (
     Unavailable,
     errors_as_json,
 )
-from modelfleet.runtime.gateway.admission import Admission
-from modelfleet.runtime.gateway.balancer import Endpoint, least_wait, pick
-from modelfleet.runtime.gateway.metrics import GatewayMetrics
-from modelfleet.runtime.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
-from modelfleet.runtime.gateway.split import Spread, choose_version
-from modelfleet.runtime.gateway.upstream import UpstreamError, Upstreams
 from modelfleet.version import VERSION
 
 log = logging.getLogger("modelfleet.gateway")
@@ -176,9 +176,7 @@ class Gateway:
         within its deadline, by what the runtimes last reported: the pool keeps
         its headroom, and the client is told now rather than after a round trip."""
         now = time.monotonic()
-        asked_us = request.headers.get(TIMEOUT_HEADER, "")
-        if asked_us.isdigit():
-            deadline = min(deadline, now + int(asked_us) / 1e6)
+        deadline = _client_deadline(request, deadline, now)
         endpoints = [
             self.table.endpoints[u] for u in version.endpoints if u in self.table.endpoints
         ]
@@ -204,24 +202,12 @@ class Gateway:
     ) -> tuple[str, web.Response]:
         """Sends the request to an endpoint of the version, and to another one when the
         connection fails (infer is idempotent) or, once, when the runtime answers 503."""
-        endpoints = [
-            self.table.endpoints[u] for u in version.endpoints if u in self.table.endpoints
-        ]
-        if not endpoints:
-            raise Unavailable(
-                f"model '{model}' version '{version.version}' has no ready endpoint",
-                retry_after_s=1,
-            )
-        tried: set[str] = set()
-        headers = {k: request.headers[k] for k in _PASSED_HEADERS if k in request.headers}
-        if level != DEFAULT_LEVEL:  # the runtime decides before reading the body
-            headers[PRIORITY_HEADER] = str(level)
-        asked_us = request.headers.get(TIMEOUT_HEADER, "")
-        asked_s = int(asked_us) / 1e6 if asked_us.isdigit() else None
-        if asked_s is not None:
-            deadline = min(deadline, time.monotonic() + asked_s)
+        endpoints = self._ready_endpoints(model, version)
+        headers = _upstream_headers(request, level)
+        deadline = _client_deadline(request, deadline, time.monotonic())
         path = f"/v2/models/{model}/versions/{version.version}{suffix}"
         last_error: ServingError = BadGateway(f"no endpoint of model '{model}' could be reached")
+        tried: set[str] = set()
         busy_retried = False
         for _ in range(min(self.config.max_attempts, len(endpoints))):
             endpoint = pick(endpoints, time.monotonic(), self.rng, tried)
@@ -232,50 +218,107 @@ class Gateway:
             if remaining <= 0:
                 break
             headers[TIMEOUT_HEADER] = str(int(remaining * 1e6))
-            endpoint.outstanding += 1
             try:
-                async with asyncio.timeout(remaining):
-                    answer = await self.upstreams.request(
-                        endpoint.url, request.method, path, headers, body
-                    )
-            except UpstreamError as exc:
-                endpoint.eject(time.monotonic(), self.config.eject_s)
-                self.upstreams.forget(endpoint.url)
-                self.metrics.retries.labels(model, endpoint.url, "unreachable").inc()
-                log.warning(
-                    "endpoint %s failed for model '%s' version '%s' (%s); trying another",
-                    endpoint.url, model, version.version, exc,
-                )  # fmt: skip
-                last_error = BadGateway(f"endpoint {endpoint.url} of model '{model}' failed: {exc}")
+                answer = await self._attempt(
+                    endpoint, request.method, path, headers, body, remaining, model, version
+                )
+            except BadGateway as exc:  # the connection failed: another endpoint
+                last_error = exc
                 continue
-            except TimeoutError:
-                raise GatewayTimeout(
-                    f"model '{model}' version '{version.version}' did not answer within "
-                    f"{remaining * 1000:.0f} ms at {endpoint.url}"
-                ) from None
-            finally:
-                endpoint.outstanding -= 1
-            endpoint.succeeded()
-            depth = answer.headers.get(QUEUE_DEPTH_HEADER)
-            if depth is not None and depth.isdigit():
-                endpoint.queue_depth = int(depth)
-            _note_wait(endpoint, answer.headers.get(EXPECTED_WAIT_HEADER))
             if answer.status == 503 and not busy_retried and len(tried) < len(endpoints):
                 busy_retried = True  # full or draining there: another pod may have room
                 self.metrics.retries.labels(model, endpoint.url, "busy").inc()
                 last_error = Unavailable(f"endpoint {endpoint.url} is busy", retry_after_s=1)
                 continue
-            returned = {
-                name: answer.headers[key]
-                for key, name in _RETURNED_HEADERS.items()
-                if key in answer.headers
-            }
-            return endpoint.url, web.Response(
-                body=answer.body, status=answer.status, headers=returned
-            )
+            return endpoint.url, _client_response(answer)
         if time.monotonic() >= deadline:
             raise GatewayTimeout(f"model '{model}' did not answer within its deadline")
         raise last_error
+
+    def _ready_endpoints(self, model: str, version: VersionRoute) -> list[Endpoint]:
+        """The version's endpoints; 503 when it has none."""
+        endpoints = [
+            self.table.endpoints[u] for u in version.endpoints if u in self.table.endpoints
+        ]
+        if not endpoints:
+            raise Unavailable(
+                f"model '{model}' version '{version.version}' has no ready endpoint",
+                retry_after_s=1,
+            )
+        return endpoints
+
+    async def _attempt(
+        self,
+        endpoint: Endpoint,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        remaining: float,
+        model: str,
+        version: VersionRoute,
+    ) -> UpstreamResponse:
+        """One try at one endpoint: its answer, whatever the status, with what it
+        reported noted. A failed connection ejects the endpoint and raises BadGateway
+        (the caller tries another one); no answer in ``remaining`` raises GatewayTimeout."""
+        endpoint.outstanding += 1
+        try:
+            async with asyncio.timeout(remaining):
+                answer = await self.upstreams.request(endpoint.url, method, path, headers, body)
+        except UpstreamError as exc:
+            endpoint.eject(time.monotonic(), self.config.eject_s)
+            self.upstreams.forget(endpoint.url)
+            self.metrics.retries.labels(model, endpoint.url, "unreachable").inc()
+            log.warning(
+                "endpoint %s failed for model '%s' version '%s' (%s); trying another",
+                endpoint.url, model, version.version, exc,
+            )  # fmt: skip
+            raise BadGateway(f"endpoint {endpoint.url} of model '{model}' failed: {exc}") from exc
+        except TimeoutError:
+            raise GatewayTimeout(
+                f"model '{model}' version '{version.version}' did not answer within "
+                f"{remaining * 1000:.0f} ms at {endpoint.url}"
+            ) from None
+        finally:
+            endpoint.outstanding -= 1
+        endpoint.succeeded()
+        _note_report(endpoint, answer.headers)
+        return answer
+
+
+def _upstream_headers(request: web.Request, level: int) -> dict[str, str]:
+    """The client's headers that the runtime needs, and the priority level when it
+    is not the default (the runtime then decides before it reads the body)."""
+    headers = {k: request.headers[k] for k in _PASSED_HEADERS if k in request.headers}
+    if level != DEFAULT_LEVEL:
+        headers[PRIORITY_HEADER] = str(level)
+    return headers
+
+
+def _client_deadline(request: web.Request, deadline: float, now: float) -> float:
+    """The gateway's deadline, or the client's ``X-ModelFleet-Timeout-Us`` when sooner."""
+    asked_us = request.headers.get(TIMEOUT_HEADER, "")
+    if asked_us.isdigit():
+        return min(deadline, now + int(asked_us) / 1e6)
+    return deadline
+
+
+def _client_response(answer: UpstreamResponse) -> web.Response:
+    """The runtime's answer as the client gets it: body, status and the headers it keeps."""
+    returned = {
+        name: answer.headers[key]
+        for key, name in _RETURNED_HEADERS.items()
+        if key in answer.headers
+    }
+    return web.Response(body=answer.body, status=answer.status, headers=returned)
+
+
+def _note_report(endpoint: Endpoint, headers: dict[str, str]) -> None:
+    """Records the queue depth and expected wait that the runtime reported."""
+    depth = headers.get(QUEUE_DEPTH_HEADER)
+    if depth is not None and depth.isdigit():
+        endpoint.queue_depth = int(depth)
+    _note_wait(endpoint, headers.get(EXPECTED_WAIT_HEADER))
 
 
 def _note_wait(endpoint: Endpoint, reported: str | None) -> None:

@@ -1,0 +1,60 @@
+"""Start-up and graceful shutdown of a server process's listening sites (the
+runtime's and the gateway's data and admin APIs)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+
+class Sites:
+    """The listening sites of one process, and the event that asks them to stop."""
+
+    def __init__(self, host: str, log: logging.Logger, shutdown_timeout_s: float) -> None:
+        self.host = host
+        self.log = log
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.stop = asyncio.Event()
+        """Set by SIGTERM or SIGINT (or by an admin API that drains): time to shut down."""
+        self._runners: list[web.AppRunner] = []
+
+    async def listen(self, app: web.Application, port: int, what: str) -> None:
+        """Serves ``app`` on ``host:port`` and logs "<what> listening on http://host:port"."""
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout_s
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, self.host, port, backlog=1024, reuse_address=True).start()
+        self.log.info("%s listening on http://%s:%d", what, self.host, port)
+
+    async def close(self) -> None:
+        """Closes the sites in the order they started. Each closes its listening
+        socket, then waits for the handlers under way (up to the shutdown timeout)
+        before it closes their connections."""
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+
+
+@asynccontextmanager
+async def serving(
+    host: str, log: logging.Logger, *, shutdown_timeout_s: float = 60.0
+) -> AsyncIterator[Sites]:
+    """The sites that the block opens with ``listen``, closed when it ends (also on
+    an error); SIGTERM and SIGINT set ``stop`` instead of killing the process.
+    ``shutdown_timeout_s`` bounds the wait for in-flight handlers (aiohttp's
+    default is 60 s)."""
+    sites = Sites(host, log, shutdown_timeout_s)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sites.stop.set)
+    try:
+        yield sites
+    finally:
+        await sites.close()
