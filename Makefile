@@ -34,7 +34,7 @@ lint: venv
 	@$(PYTHON) -m ruff check runtime gateway operator tests bench
 	@$(PYTHON) -m ruff format --check runtime gateway operator tests bench
 	@echo "==> mypy (strict)"
-	@$(PYTHON) -m mypy -p modelfleet
+	@$(PYTHON) -m mypy -p modelfleet -p modelfleet.operator -p modelfleet.gateway
 	@echo "==> import contracts (the components stay apart; operator and gateway never import torch)"
 	@"$$(bash scripts/venv.sh)/bin/lint-imports" --config pyproject.toml
 

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import Field
-from pydantic.json_schema import JsonDict, JsonValue
+from pydantic import JsonValue
+
+JsonDict = dict[str, JsonValue]
+"""A JSON object, as pydantic's json_schema_extra takes it."""
 
 
 @dataclass(frozen=True, slots=True)
