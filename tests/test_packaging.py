@@ -87,6 +87,7 @@ def test_the_wheel_holds_runtime_gateway_operator_and_cli(tmp_path: Path) -> Non
     for expected in (
         "modelfleet/cli.py",
         "modelfleet/serving/sites.py",
+        "modelfleet/api/admin.py",
         "modelfleet/runtime/server.py",
         "modelfleet/gateway/__init__.py",
         "modelfleet/gateway/proxy.py",

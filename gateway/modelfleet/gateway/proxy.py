@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from modelfleet.api import headers as contract
 from modelfleet.gateway.admission import Admission
 from modelfleet.gateway.balancer import Endpoint, least_wait, pick
 from modelfleet.gateway.metrics import GatewayMetrics
@@ -29,12 +30,12 @@ from modelfleet.serving.errors import (
 from modelfleet.version import VERSION
 
 log = logging.getLogger("modelfleet.gateway")
-SESSION_HEADER = "X-ModelFleet-Session"
-VERSION_HEADER = "X-ModelFleet-Version"
-PRIORITY_HEADER = "X-ModelFleet-Priority"
-TIMEOUT_HEADER = "X-ModelFleet-Timeout-Us"
-QUEUE_DEPTH_HEADER = "x-modelfleet-queue-depth"
-EXPECTED_WAIT_HEADER = "x-modelfleet-expected-wait-ms"
+SESSION_HEADER = contract.SESSION
+VERSION_HEADER = contract.VERSION
+PRIORITY_HEADER = contract.PRIORITY
+TIMEOUT_HEADER = contract.TIMEOUT_US
+QUEUE_DEPTH_HEADER = contract.QUEUE_DEPTH.lower()  # read from a dict of lower-cased names
+EXPECTED_WAIT_HEADER = contract.EXPECTED_WAIT_MS.lower()
 DEFAULT_LEVEL = 5
 """Priority level of a request that names none (or 0, Triton's 'the default')."""
 _PRIORITY_IN_BODY = re.compile(rb'"priority"\s*:\s*(\d+)')

@@ -18,8 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic import JsonValue
+from pydantic import Field, JsonValue
 
 JsonDict = dict[str, JsonValue]
 """A JSON object, as pydantic's json_schema_extra takes it."""

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from modelfleet.api.admin import ActualState, AdminState, DesiredModels, Key, VersionState
 
-Key = tuple[str, str]
-"""(model, version)."""
+__all__ = ["LIVE", "ActualState", "DesiredModels", "Key", "ObservedVersion", "PodView",
+           "RuntimeState"]  # fmt: skip
 LIVE = ("loading", "warming", "ready")
 
 
@@ -18,57 +18,10 @@ def _key(entry: dict[str, Any]) -> Key:
     return (str(entry.get("name")), str(entry.get("version", "1")))
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class ObservedVersion(_Lenient):
-    name: str
-    version: str
-    state: str = "loading"
-    """``loading``, ``warming``, ``ready``, ``failed`` or ``draining``."""
-    reason: str = ""
-    """Why the version failed (the runtime's message)."""
-    memory_mb: float = 0.0
-    """Device memory measured after loading."""
-    queue_depth: int = 0
-    served: int = 0
-    errors: int = 0
-    shed: int = 0
-    """Of the errors, requests the runtime's admission refused or dropped (overload)."""
-    objective_met: int = 0
-    objective_missed: int = 0
-    """Answered requests within / past the model's latency objective (when it has one)."""
-    p99_ms: float | None = None
-    """p99 latency of the pod's last 60 s of successful requests (None when idle)."""
-    loaded_at: float = 0.0
-    """When this copy became ready (epoch seconds): a reload changes it."""
-
-    @property
-    def key(self) -> Key:
-        return (self.name, self.version)
-
-
-class DesiredModels(_Lenient):
-    models: tuple[dict[str, Any], ...] = ()
-    """The runtime's desired models, every default filled in (compared, not interpreted)."""
-
-    def keys(self) -> set[Key]:
-        return {_key(m) for m in self.models}
-
-
-class ActualState(_Lenient):
-    ready: bool = False
-    draining: bool = False
-    memory_in_use_mb: float = 0.0
-    models: tuple[ObservedVersion, ...] = ()
-
-
-class RuntimeState(_Lenient):
-    """The runtime's ``GET /admin/state`` answer."""
-
-    desired: DesiredModels = DesiredModels()
-    actual: ActualState = ActualState()
+ObservedVersion = VersionState
+"""One model version as a runtime pod reports it (``modelfleet.api.admin``)."""
+RuntimeState = AdminState
+"""The runtime's ``GET /admin/state`` answer (``modelfleet.api.admin``)."""
 
 
 @dataclass

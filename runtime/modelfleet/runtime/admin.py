@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from modelfleet.api.admin import ActualState, AdminState, DesiredModels, VersionState
 from modelfleet.runtime.config import ConfigError, ModelConfig, parse_document
 from modelfleet.runtime.hosted import HostedModel
 from modelfleet.runtime.runtime import Runtime
@@ -23,35 +24,45 @@ from modelfleet.serving.errors import BadRequest, errors_as_json
 SHUTDOWN = web.AppKey("shutdown", asyncio.Event)
 
 
+def version_state(model: HostedModel) -> VersionState:
+    """One hosted version as the admin state reports it."""
+    return VersionState(
+        name=model.config.name,
+        version=model.config.version,
+        state=str(model.state),
+        reason=model.reason or "",
+        memory_mb=round(model.memory_bytes / (1024 * 1024), 3),
+        queue_depth=len(model.queue),
+        inflight=model.inflight,
+        served=model.served,
+        errors=model.errors,
+        shed=model.shed,
+        objective_met=model.objective_met,
+        objective_missed=model.objective_missed,
+        p99_ms=model.recent.quantile_ms(0.99, time.perf_counter()),
+        loaded_at=model.loaded_at,
+    )
+
+
 def describe(model: HostedModel) -> dict[str, Any]:
-    return {
-        "name": model.config.name,
-        "version": model.config.version,
-        "state": str(model.state),
-        "reason": model.reason or "",
-        "memory_mb": round(model.memory_bytes / (1024 * 1024), 3),
-        "queue_depth": len(model.queue),
-        "inflight": model.inflight,
-        "served": model.served,
-        "errors": model.errors,
-        "shed": model.shed,
-        "objective_met": model.objective_met,
-        "objective_missed": model.objective_missed,
-        "p99_ms": model.recent.quantile_ms(0.99, time.perf_counter()),
-        "loaded_at": model.loaded_at,
-    }
+    return version_state(model).model_dump(mode="json")
 
 
 def actual_state(runtime: Runtime) -> dict[str, Any]:
+    return held(runtime).model_dump(mode="json")
+
+
+def held(runtime: Runtime) -> ActualState:
+    """What the runtime holds now (the ``actual`` half of the admin state)."""
     repo = runtime.repository
-    return {
-        "ready": runtime.is_ready(),
-        "draining": runtime.draining,
-        "device": str(runtime.worker.device),
-        "memory_budget_mb": runtime.config.memory_budget_mb,
-        "memory_in_use_mb": round(repo.memory_in_use() / (1024 * 1024), 3),
-        "models": [describe(m) for m in repo.all_models()],
-    }
+    return ActualState(
+        ready=runtime.is_ready(),
+        draining=runtime.draining,
+        device=str(runtime.worker.device),
+        memory_budget_mb=runtime.config.memory_budget_mb,
+        memory_in_use_mb=round(repo.memory_in_use() / (1024 * 1024), 3),
+        models=tuple(version_state(m) for m in repo.all_models()),
+    )
 
 
 async def _json(request: web.Request) -> Any:
@@ -63,8 +74,9 @@ async def _json(request: web.Request) -> Any:
 
 async def get_state(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    desired = [m.model_dump(mode="json") for m in runtime.repository.desired]
-    return web.json_response({"desired": {"models": desired}, "actual": actual_state(runtime)})
+    desired = tuple(m.model_dump(mode="json") for m in runtime.repository.desired)
+    state = AdminState(desired=DesiredModels(models=desired), actual=held(runtime))
+    return web.json_response(state.model_dump(mode="json"))
 
 
 async def put_state(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from modelfleet.api import headers as contract
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.protocol import (
     HEADER_LENGTH,
@@ -22,10 +23,10 @@ from modelfleet.serving.errors import ServingError, Unavailable, errors_as_json
 
 log = logging.getLogger("modelfleet.runtime")
 RUNTIME = web.AppKey("runtime", Runtime)
-QUEUE_DEPTH_HEADER = "X-ModelFleet-Queue-Depth"
-TIMEOUT_HEADER = "X-ModelFleet-Timeout-Us"
-PRIORITY_HEADER = "X-ModelFleet-Priority"
-EXPECTED_WAIT_HEADER = "X-ModelFleet-Expected-Wait-Ms"
+QUEUE_DEPTH_HEADER = contract.QUEUE_DEPTH
+TIMEOUT_HEADER = contract.TIMEOUT_US
+PRIORITY_HEADER = contract.PRIORITY
+EXPECTED_WAIT_HEADER = contract.EXPECTED_WAIT_MS
 """On every infer answer: the queue wait a default-priority request for the model
 can expect now (the gateway holds requests back that could not make it)."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -1,0 +1,9 @@
+"""The contracts between ModelFleet's components, in one torch-free place.
+
+* :mod:`modelfleet.api.headers` -- the ``X-ModelFleet-*`` HTTP headers the gateway
+  and the runtime exchange (documented in docs/contracts.md);
+* :mod:`modelfleet.api.admin` -- a runtime's ``GET /admin/state`` answer, which the
+  runtime builds and the operator reads.
+
+Every component may import this package; it imports none of them.
+"""

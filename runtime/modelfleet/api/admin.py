@@ -1,0 +1,74 @@
+"""A runtime's ``GET /admin/state`` answer: built by the runtime, read by the operator.
+
+The models ignore fields they do not know and default the ones they miss, so a
+runtime and an operator of neighbouring versions still understand each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+Key = tuple[str, str]
+"""(model, version)."""
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class VersionState(_Lenient):
+    """One model version as a runtime holds it."""
+
+    name: str
+    version: str
+    state: str = "loading"
+    """``loading``, ``warming``, ``ready``, ``failed`` or ``draining``."""
+    reason: str = ""
+    """Why the version failed (the runtime's message)."""
+    memory_mb: float = 0.0
+    """Device memory measured after loading."""
+    queue_depth: int = 0
+    inflight: int = 0
+    served: int = 0
+    errors: int = 0
+    shed: int = 0
+    """Of the errors, requests the runtime's admission refused or dropped (overload)."""
+    objective_met: int = 0
+    objective_missed: int = 0
+    """Answered requests within / past the model's latency objective (when it has one)."""
+    p99_ms: float | None = None
+    """p99 latency of the last 60 s of successful requests (None when idle)."""
+    loaded_at: float = 0.0
+    """When this copy became ready (epoch seconds): a reload changes it."""
+
+    @property
+    def key(self) -> Key:
+        return (self.name, self.version)
+
+
+class ActualState(_Lenient):
+    """What the runtime holds now."""
+
+    ready: bool = False
+    draining: bool = False
+    device: str = ""
+    memory_budget_mb: float | None = None
+    memory_in_use_mb: float = 0.0
+    models: tuple[VersionState, ...] = ()
+
+
+class DesiredModels(_Lenient):
+    models: tuple[dict[str, Any], ...] = ()
+    """The runtime's desired models, every default filled in (compared, not interpreted)."""
+
+    def keys(self) -> set[Key]:
+        return {(str(m.get("name")), str(m.get("version", "1"))) for m in self.models}
+
+
+class AdminState(_Lenient):
+    """The whole answer: what the runtime was told to hold, and what it holds."""
+
+    desired: DesiredModels = DesiredModels()
+    actual: ActualState = ActualState()
