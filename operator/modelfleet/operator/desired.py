@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelfleet.operator.manifests import ADMIN_PORT, DATA_PORT, DRAIN_GRACE_S, TOKEN_PATH
-from modelfleet.operator.observed import Key, PodView
+from modelfleet.operator.observed import Key, ObservedVersion, PodView
 from modelfleet.operator.placement import Demand, Placement, Pod, place
 from modelfleet.operator.spec import DEFAULT_MEMORY_MB, ModelSpec, PoolSpec, Role, runtime_model
 
@@ -168,76 +168,142 @@ def plan(
 ) -> Plan:
     """``serving``: the weights of the routes in force (versions receiving traffic)."""
     pods = sorted(pods, key=lambda p: p.name)
-    serving = serving or {}
-    measured = measured_memory(pods)
+    current = _hosting(pods)
+    wants = _Wants.of(models, pods, current, serving or {})
+    placement = place(
+        [Pod(p.name, pool_spec.memory_budget_mb) for p in pods], wants.demands, current
+    )
+    reports = {name: _model_report(name, wants, placement, pods) for name in sorted(models)}
+    max_concurrency = pool_spec.gateway.max_concurrency
+    routes = {name: route(models[name], r.versions, max_concurrency) for name, r in reports.items()}
+    documents = _documents(pods, wants, placement)
+    placed, removed = _changes(current, placement)
+    return Plan(placement, documents, routes, reports, placed, removed)
+
+
+def _hosting(pods: list[PodView]) -> dict[Key, list[str]]:
+    """Where each version holds a place now (pod names in the pods' order)."""
     current: dict[Key, list[str]] = {}
     for pod in pods:
         for key in sorted(pod.hosting()):
             current.setdefault(key, []).append(pod.name)
-    demands: list[Demand] = []
-    memory: dict[Key, float] = {}
-    wanted: dict[str, list[_Wanted]] = {}
-    for name, spec in models.items():
-        wanted[name] = wanted_versions(name, spec, pods, current, serving)
-        for w in wanted[name]:
-            key = (name, w.version)
-            declared = w.entry.get("memory_mb")
-            memory[key] = (
-                (float(declared) if isinstance(declared, int | float) and declared else 0.0)
-                or measured.get(key)
-                or DEFAULT_MEMORY_MB
-            )
-            demands.append(Demand(key, spec.priority, w.replicas, memory[key]))
-    placement = place([Pod(p.name, pool_spec.memory_budget_mb) for p in pods], demands, current)
+    return current
 
+
+@dataclass
+class _Wants:
+    """What this pass asks placement for: each model's wanted versions and their memory."""
+
+    wanted: dict[str, list[_Wanted]] = field(default_factory=dict)
+    """Model name -> its versions to keep or place (see ``wanted_versions``)."""
+    memory: dict[Key, float] = field(default_factory=dict)
+    """The memory each version is placed with (MB)."""
+    demands: list[Demand] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls, models: dict[str, ModelSpec], pods: list[PodView], current: Mapping[Key, list[str]],
+        serving: Mapping[Key, int],
+    ) -> _Wants:  # fmt: skip
+        """Every model's wanted versions, in the models' order, as placement demands."""
+        measured = measured_memory(pods)
+        wants = cls()
+        for name, spec in models.items():
+            wants.wanted[name] = wanted_versions(name, spec, pods, current, serving)
+            for w in wants.wanted[name]:
+                key = (name, w.version)
+                wants.memory[key] = _memory_mb(w.entry, measured.get(key))
+                wants.demands.append(Demand(key, spec.priority, w.replicas, wants.memory[key]))
+        return wants
+
+
+def _memory_mb(entry: Mapping[str, object], measured: float | None) -> float:
+    """The memory a version is placed with: as declared, else as its pods measure it,
+    else the default."""
+    declared = entry.get("memory_mb")
+    return (
+        (float(declared) if isinstance(declared, int | float) and declared else 0.0)
+        or measured
+        or DEFAULT_MEMORY_MB
+    )
+
+
+def _model_report(
+    name: str, wants: _Wants, placement: Placement, pods: list[PodView]
+) -> ModelReport:
+    """A model's versions as this pass leaves them."""
+    versions = [
+        _version_report((name, w.version), w, wants.memory[(name, w.version)], placement, pods)
+        for w in wants.wanted[name]
+    ]
+    if any(v.role == "draining" and v.weight for v in versions):
+        for v in versions:  # the old versions keep the traffic until the stable is ready
+            if v.role == "stable":
+                v.traffic = 0
+    return ModelReport(name, versions)
+
+
+def _version_report(
+    key: Key, w: _Wanted, memory_mb: float, placement: Placement, pods: list[PodView]
+) -> VersionReport:
+    """A version's placement, its traffic figures summed over all pods, and its state
+    on each pod it is placed on."""
+    where = placement.pods_of.get(key, [])
+    report = VersionReport(w.version, w.role, w.weight, w.replicas, memory_mb, list(where))
+    report.unplaced = placement.unplaced.get(key, "")
+    evictor = placement.evicted.get(key)
+    report.evicted_by = evictor if report.unplaced and evictor else None
+    for pod in pods:
+        seen = pod.observed().get(key)
+        if seen is not None:
+            _add_usage(report, seen)
+        if pod.name in where:
+            _add_pod_state(report, pod, key, seen)
+    return report
+
+
+def _add_usage(report: VersionReport, seen: ObservedVersion) -> None:
+    """Adds one pod's request counters to the version's; its p99 is the highest seen."""
+    report.requests += seen.served
+    report.errors += seen.errors
+    report.shed += seen.shed
+    report.objective_met += seen.objective_met
+    report.objective_missed += seen.objective_missed
+    if seen.p99_ms is not None:
+        report.p99_ms = max(report.p99_ms or 0.0, seen.p99_ms)
+
+
+def _add_pod_state(
+    report: VersionReport, pod: PodView, key: Key, seen: ObservedVersion | None
+) -> None:
+    """Files a pod the version is placed on as an endpoint (ready), a failure, or loading."""
+    if pod.ready_for(key):
+        report.endpoints.append(f"http://{pod.ip}:{DATA_PORT}")
+    elif seen is not None and seen.state == "failed":
+        report.failures.append(f"{pod.name}: {seen.reason or 'failed to load'}")
+    else:
+        report.loading.append(pod.name)
+
+
+def _documents(
+    pods: list[PodView], wants: _Wants, placement: Placement
+) -> dict[str, list[dict[str, object]]]:
+    """Each pod's model entries: those of the versions placed on it, models by name."""
     documents: dict[str, list[dict[str, object]]] = {p.name: [] for p in pods}
-    routes: dict[str, dict[str, object]] = {}
-    reports: dict[str, ModelReport] = {}
-    for name in sorted(models):
-        spec = models[name]
-        versions: list[VersionReport] = []
-        for w in wanted[name]:
-            key = (name, w.version)
-            where = placement.pods_of.get(key, [])
-            for pod_name in where:
+    for name in sorted(wants.wanted):
+        for w in wants.wanted[name]:
+            for pod_name in placement.pods_of.get((name, w.version), []):
                 documents[pod_name].append(w.entry)
-            report = VersionReport(
-                w.version, w.role, w.weight, w.replicas, memory[key], list(where)
-            )
-            report.unplaced = placement.unplaced.get(key, "")
-            evictor = placement.evicted.get(key)
-            report.evicted_by = evictor if report.unplaced and evictor else None
-            for pod in pods:
-                seen = pod.observed().get(key)
-                if seen is not None:
-                    report.requests += seen.served
-                    report.errors += seen.errors
-                    report.shed += seen.shed
-                    report.objective_met += seen.objective_met
-                    report.objective_missed += seen.objective_missed
-                    if seen.p99_ms is not None:
-                        report.p99_ms = max(report.p99_ms or 0.0, seen.p99_ms)
-                if pod.name not in where:
-                    continue
-                if pod.ready_for(key):
-                    report.endpoints.append(f"http://{pod.ip}:{DATA_PORT}")
-                elif seen is not None and seen.state == "failed":
-                    report.failures.append(f"{pod.name}: {seen.reason or 'failed to load'}")
-                else:
-                    report.loading.append(pod.name)
-            versions.append(report)
-        if any(v.role == "draining" and v.weight for v in versions):
-            for v in versions:  # the old versions keep the traffic until the stable is ready
-                if v.role == "stable":
-                    v.traffic = 0
-        reports[name] = ModelReport(name, versions)
-        routes[name] = route(spec, versions, pool_spec.gateway.max_concurrency)
+    return documents
 
+
+def _changes(
+    current: Mapping[Key, list[str]], placement: Placement
+) -> tuple[list[tuple[Key, str]], list[tuple[Key, str]]]:
+    """The (version, pod) pairs this pass places, and those it removes (both sorted)."""
     before = {(k, p) for k, where in current.items() for p in where}
     after = {(k, p) for k, where in placement.pods_of.items() for p in where}
-    return Plan(
-        placement, documents, routes, reports, sorted(after - before), sorted(before - after)
-    )
+    return sorted(after - before), sorted(before - after)
 
 
 def route(

@@ -47,112 +47,168 @@ def _order(demands: Iterable[Demand]) -> list[Demand]:
     return sorted(demands, key=lambda d: (-d.priority, d.key))
 
 
+_SLACK_MB = 1e-9
+"""Float slack when comparing memory: a version that fills a pod exactly fits."""
+
+
+@dataclass
+class _Board:
+    """The placement being built: where each version is, what each pod hosts and has free."""
+
+    pods: list[Pod]
+    """Sorted by name."""
+    budget: dict[str, float]
+    """Pod name -> memory budget (MB)."""
+    by_key: dict[Key, Demand]
+    free: dict[str, float]
+    """Pod name -> budget not yet taken (MB)."""
+    hosted: dict[str, list[Key]]
+    """Pod name -> the versions placed on it, in the order they were placed."""
+    result: dict[Key, list[str]]
+    """Version -> the pods it is placed on, in the order they were taken."""
+    evicted: dict[Key, Key] = field(default_factory=dict)
+    """Victim -> winner."""
+
+    @classmethod
+    def empty(cls, pods: Iterable[Pod], ordered: list[Demand]) -> _Board:
+        """Every pod empty, every demand without a pod."""
+        pod_list = sorted(pods, key=lambda p: p.name)
+        budget = {p.name: p.budget_mb for p in pod_list}
+        return cls(
+            pods=pod_list,
+            budget=budget,
+            by_key={d.key: d for d in ordered},
+            free=dict(budget),
+            hosted={p.name: [] for p in pod_list},
+            result={d.key: [] for d in ordered},
+        )
+
+    def fits(self, pod: str, memory_mb: float) -> bool:
+        """Whether the pod's free memory holds ``memory_mb``."""
+        return self.free[pod] + _SLACK_MB >= memory_mb
+
+    def put(self, key: Key, pod: str) -> None:
+        self.result[key].append(pod)
+        self.hosted[pod].append(key)
+        self.free[pod] -= self.by_key[key].memory_mb
+
+    def drop(self, key: Key, pod: str) -> None:
+        self.result[key].remove(pod)
+        self.hosted[pod].remove(key)
+        self.free[pod] += self.by_key[key].memory_mb
+
+
 def place(
     pods: Iterable[Pod],
     demands: Iterable[Demand],
     current: Mapping[Key, Iterable[str]] | None = None,
 ) -> Placement:
-    pod_list = sorted(pods, key=lambda p: p.name)
-    budget = {p.name: p.budget_mb for p in pod_list}
     ordered = _order(demands)
-    by_key = {d.key: d for d in ordered}
-    free = dict(budget)
-    hosted: dict[str, list[Key]] = {p.name: [] for p in pod_list}
-    result: dict[Key, list[str]] = {d.key: [] for d in ordered}
-    evicted: dict[Key, Key] = {}
-
-    def put(key: Key, pod: str) -> None:
-        result[key].append(pod)
-        hosted[pod].append(key)
-        free[pod] -= by_key[key].memory_mb
-
-    def drop(key: Key, pod: str) -> None:
-        result[key].remove(pod)
-        hosted[pod].remove(key)
-        free[pod] += by_key[key].memory_mb
-
+    board = _Board.empty(pods, ordered)
     # 1. Keep what is still valid, higher priority first (minimal churn).
     for demand in ordered:
-        kept = sorted(set((current or {}).get(demand.key, ())) & set(budget))
-        for pod in kept[: demand.replicas]:
-            if free[pod] + 1e-9 >= demand.memory_mb:
-                put(demand.key, pod)
-
+        _keep(board, demand, (current or {}).get(demand.key, ()))
     # 2. Place missing replicas, higher priority first; evict only when nothing fits.
-    # Pods only fill up from here on, so once nothing could be evicted for
-    # (priority p, memory m), nothing can for lower p or larger m either.
     hopeless: list[tuple[int, float]] = []
     for demand in ordered:
-        while len(result[demand.key]) < demand.replicas:
-            candidates = [
-                p.name for p in pod_list
-                if p.name not in result[demand.key] and free[p.name] + 1e-9 >= demand.memory_mb
-            ]  # fmt: skip
-            if candidates:
-                # Best fit: the pod left with the least free memory; ties by name.
-                put(demand.key, min(candidates, key=lambda n: (free[n] - demand.memory_mb, n)))
-                continue
-            if any(p >= demand.priority and m <= demand.memory_mb for p, m in hopeless):
-                break
-            choice = _cheapest_eviction(demand, pod_list, free, hosted, by_key, result)
-            if choice is None:
-                if not result[demand.key]:  # no pod was excluded: the finding is general
-                    hopeless.append((demand.priority, demand.memory_mb))
-                break
-            pod, victims = choice
-            for victim in victims:
-                drop(victim, pod)
-                evicted[victim] = demand.key
-            put(demand.key, pod)
+        _place_missing(board, demand, hopeless)
+    # 3. Say where each version runs and why any replicas are missing.
+    return _outcome(board, ordered)
 
-    placement = Placement(evicted=evicted)
+
+def _keep(board: _Board, demand: Demand, where: Iterable[str]) -> None:
+    """Keeps the version on its current pods that still exist (the first ``replicas``
+    of them by name) wherever it still fits."""
+    kept = sorted(set(where) & set(board.budget))
+    for pod in kept[: demand.replicas]:
+        if board.fits(pod, demand.memory_mb):
+            board.put(demand.key, pod)
+
+
+def _place_missing(board: _Board, demand: Demand, hopeless: list[tuple[int, float]]) -> None:
+    """Adds the demand's missing replicas, each on the best-fitting pod, else where the
+    cheapest eviction makes room; stops when neither is possible.
+
+    ``hopeless`` holds the (priority, memory) pairs nothing could be evicted for. Pods
+    only fill up from here on, so nothing can be for lower priority or larger memory either."""
+    while len(board.result[demand.key]) < demand.replicas:
+        pod = _best_fit(board, demand)
+        if pod is not None:
+            board.put(demand.key, pod)
+            continue
+        if any(p >= demand.priority and m <= demand.memory_mb for p, m in hopeless):
+            return
+        choice = _cheapest_eviction(demand, board)
+        if choice is None:
+            if not board.result[demand.key]:  # no pod was excluded: the finding is general
+                hopeless.append((demand.priority, demand.memory_mb))
+            return
+        pod, victims = choice
+        for victim in victims:
+            board.drop(victim, pod)
+            board.evicted[victim] = demand.key
+        board.put(demand.key, pod)
+
+
+def _best_fit(board: _Board, demand: Demand) -> str | None:
+    """The pod, not yet hosting the demand, left with the least free memory once it
+    takes it (ties by name); None when it fits nowhere."""
+    candidates = [
+        p.name for p in board.pods
+        if p.name not in board.result[demand.key] and board.fits(p.name, demand.memory_mb)
+    ]  # fmt: skip
+    if not candidates:
+        return None
+    return min(candidates, key=lambda n: (board.free[n] - demand.memory_mb, n))
+
+
+def _outcome(board: _Board, ordered: list[Demand]) -> Placement:
+    """Each version's pods (sorted), and the reason for each one short of replicas."""
+    placement = Placement(evicted=board.evicted)
     for demand in ordered:
-        pods_for = sorted(result[demand.key])
+        pods_for = sorted(board.result[demand.key])
         placement.pods_of[demand.key] = pods_for
         missing = demand.replicas - len(pods_for)
-        if missing <= 0:
-            continue
-        if demand.key in evicted:
-            winner = evicted[demand.key]
-            placement.unplaced[demand.key] = (
-                f"evicted by {winner[0]} version {winner[1]} (priority {by_key[winner].priority})"
-            )
-        else:
-            largest = max(budget.values(), default=0)
-            placement.unplaced[demand.key] = (
-                f"{missing} of {demand.replicas} replicas do not fit: each needs "
-                f"{demand.memory_mb:g} MB, {len(pod_list)} pod(s) with budgets up to {largest:g} MB, "
-                "held by models of equal or higher priority"
-            )
+        if missing > 0:
+            placement.unplaced[demand.key] = _unplaced_reason(board, demand, missing)
     return placement
 
 
-def _cheapest_eviction(
-    demand: Demand,
-    pods: list[Pod],
-    free: dict[str, float],
-    hosted: dict[str, list[Key]],
-    by_key: dict[Key, Demand],
-    result: dict[Key, list[str]],
-) -> tuple[str, list[Key]] | None:
+def _unplaced_reason(board: _Board, demand: Demand, missing: int) -> str:
+    """Who evicted the version, or why its ``missing`` replicas fit nowhere."""
+    winner = board.evicted.get(demand.key)
+    if winner is not None:
+        return (
+            f"evicted by {winner[0]} version {winner[1]} (priority {board.by_key[winner].priority})"
+        )
+    largest = max(board.budget.values(), default=0)
+    return (
+        f"{missing} of {demand.replicas} replicas do not fit: each needs "
+        f"{demand.memory_mb:g} MB, {len(board.pods)} pod(s) with budgets up to {largest:g} MB, "
+        "held by models of equal or higher priority"
+    )
+
+
+def _cheapest_eviction(demand: Demand, board: _Board) -> tuple[str, list[Key]] | None:
     """The pod where evicting strictly lower-priority versions frees enough memory,
     evicting the least important, then the least memory; None when there is none."""
+    by_key = board.by_key
     best: tuple[tuple[int, float, str], str, list[Key]] | None = None
-    for pod in pods:
-        if pod.name in result[demand.key] or pod.budget_mb + 1e-9 < demand.memory_mb:
+    for pod in board.pods:
+        if pod.name in board.result[demand.key] or pod.budget_mb + _SLACK_MB < demand.memory_mb:
             continue
         lower = sorted(
-            (k for k in hosted[pod.name] if by_key[k].priority < demand.priority),
+            (k for k in board.hosted[pod.name] if by_key[k].priority < demand.priority),
             key=lambda k: (by_key[k].priority, -by_key[k].memory_mb, k),
         )
         victims: list[Key] = []
-        gained = free[pod.name]
+        gained = board.free[pod.name]
         for key in lower:
-            if gained + 1e-9 >= demand.memory_mb:
+            if gained + _SLACK_MB >= demand.memory_mb:
                 break
             victims.append(key)
             gained += by_key[key].memory_mb
-        if gained + 1e-9 < demand.memory_mb:
+        if gained + _SLACK_MB < demand.memory_mb:
             continue
         cost = (
             max(by_key[v].priority for v in victims),

@@ -7,6 +7,7 @@ while the status does not change), ``observedGeneration``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from modelfleet.operator.desired import ModelReport, VersionReport
@@ -49,68 +50,121 @@ def _names(versions: list[VersionReport]) -> str:
     return ", ".join(v.version for v in versions)
 
 
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What a model's conditions are decided from."""
+
+    stable: VersionReport
+    ready_n: int
+    """Ready replicas of the stable version."""
+    unplaced: list[VersionReport]
+    failed: list[VersionReport]
+    loading: list[VersionReport]
+    problems: str
+    """Every version's placement and load problems, for people."""
+    draining: list[VersionReport]
+    old_serving: list[VersionReport]
+    """Draining versions that still have traffic and a ready endpoint."""
+
+    @classmethod
+    def of(cls, report: ModelReport) -> _Facts:
+        """The facts of one pass's report."""
+        versions = report.versions
+        draining = report.draining
+        return cls(
+            stable=report.stable,
+            ready_n=len(report.stable.endpoints),
+            unplaced=[v for v in versions if v.unplaced],
+            failed=[v for v in versions if v.failures],
+            loading=[v for v in versions if v.loading],
+            problems="; ".join(p for p in (_version_problem(v) for v in versions) if p),
+            draining=draining,
+            old_serving=[v for v in draining if v.weight and v.endpoints],
+        )
+
+    @property
+    def ready_summary(self) -> str:
+        """``ready of wanted`` for the stable version, as people read it."""
+        return f"{self.ready_n} of {self.stable.replicas} replicas ready"
+
+    @property
+    def waits_for_room(self) -> bool:
+        """A rollout whose new stable version cannot be placed."""
+        return bool(self.draining and self.stable.unplaced)
+
+
 def model_conditions(report: ModelReport) -> list[dict[str, Any]]:
-    stable = report.stable
-    versions = report.versions
-    ready_n, want = len(stable.endpoints), stable.replicas
-    unplaced = [v for v in versions if v.unplaced]
-    failed = [v for v in versions if v.failures]
-    loading = [v for v in versions if v.loading]
-    problems = "; ".join(p for p in (_version_problem(v) for v in versions) if p)
-    draining = report.draining
-    old_serving = [v for v in draining if v.weight and v.endpoints]
+    facts = _Facts.of(report)
+    placed = _placed(facts)
+    blocked = _rollout_blocked(facts)
+    return [_ready(facts), placed, _degraded(facts, placed), _progressing(facts, blocked), blocked]
 
-    if ready_n >= want:
-        ready = condition("Ready", True, "AllReplicasReady", f"{ready_n} of {want} replicas ready")
-    elif old_serving:
-        ready = condition("Ready", True, "PreviousVersionServing",
-                          f"version {_names(old_serving)} serves while version {stable.version} "
-                          f"rolls out ({ready_n} of {want} replicas ready)")  # fmt: skip
-    else:
-        why = "Evicted" if stable.evicted else (
-            "Unplaced" if stable.unplaced else "LoadFailed" if stable.failures else "Loading")  # fmt: skip
-        ready = condition("Ready", False, why, f"{ready_n} of {want} replicas ready" + (
-            f": {problems}" if problems else ""))  # fmt: skip
 
-    if not unplaced:
-        placed = condition("Placed", True, "Placed", "every replica of every version is placed")
-    else:
-        evicted = any(v.evicted for v in unplaced)
-        placed = condition("Placed", False, "Evicted" if evicted else "DoesNotFit",
-                           "; ".join(_version_problem(v) for v in unplaced))  # fmt: skip
+def _ready(f: _Facts) -> dict[str, Any]:
+    """Ready while every stable replica is, or while a previous version serves a rollout."""
+    stable = f.stable
+    if f.ready_n >= stable.replicas:
+        return condition("Ready", True, "AllReplicasReady", f.ready_summary)
+    if f.old_serving:
+        return condition("Ready", True, "PreviousVersionServing",
+                         f"version {_names(f.old_serving)} serves while version {stable.version} "
+                         f"rolls out ({f.ready_summary})")  # fmt: skip
+    why = "Evicted" if stable.evicted else (
+        "Unplaced" if stable.unplaced else "LoadFailed" if stable.failures else "Loading")  # fmt: skip
+    return condition(
+        "Ready", False, why, f.ready_summary + (f": {f.problems}" if f.problems else "")
+    )
 
-    if failed:
-        degraded = condition("Degraded", True, "LoadFailed", problems)
-    elif unplaced:
-        degraded = condition("Degraded", True, placed["reason"], problems)
-    else:
-        degraded = condition("Degraded", False, "AsExpected", "no problem seen")
 
-    blocked = condition("RolloutBlocked", False, "NotBlocked", "no rollout is waiting for room")
-    if draining and stable.unplaced:
-        blocked = condition("RolloutBlocked", True, "InsufficientMemory",
-                            f"version {stable.version} cannot be placed: {stable.unplaced}; "
-                            f"version {_names(draining)} keeps serving")  # fmt: skip
-        progressing = condition("Progressing", False, "RolloutBlocked", blocked["message"])
-    elif draining and stable.failures:
-        progressing = condition("Progressing", False, "RolloutFailed",
-                                f"{problems}; version {_names(draining)} keeps serving")  # fmt: skip
-    elif old_serving:
+def _placed(f: _Facts) -> dict[str, Any]:
+    """Placed when every replica of every version is; evicted or short of room otherwise."""
+    if not f.unplaced:
+        return condition("Placed", True, "Placed", "every replica of every version is placed")
+    evicted = any(v.evicted for v in f.unplaced)
+    return condition("Placed", False, "Evicted" if evicted else "DoesNotFit",
+                     "; ".join(_version_problem(v) for v in f.unplaced))  # fmt: skip
+
+
+def _degraded(f: _Facts, placed: dict[str, Any]) -> dict[str, Any]:
+    """Degraded by a failed load, else by a version short of its replicas."""
+    if f.failed:
+        return condition("Degraded", True, "LoadFailed", f.problems)
+    if f.unplaced:
+        return condition("Degraded", True, placed["reason"], f.problems)
+    return condition("Degraded", False, "AsExpected", "no problem seen")
+
+
+def _rollout_blocked(f: _Facts) -> dict[str, Any]:
+    """Blocked while the new stable version has no room and the old one keeps serving."""
+    if not f.waits_for_room:
+        return condition("RolloutBlocked", False, "NotBlocked", "no rollout is waiting for room")
+    return condition("RolloutBlocked", True, "InsufficientMemory",
+                     f"version {f.stable.version} cannot be placed: {f.stable.unplaced}; "
+                     f"version {_names(f.draining)} keeps serving")  # fmt: skip
+
+
+def _progressing(f: _Facts, blocked: dict[str, Any]) -> dict[str, Any]:
+    """How far a rollout, else the loading of placed replicas, has come."""
+    stable = f.stable
+    if f.waits_for_room:
+        return condition("Progressing", False, "RolloutBlocked", blocked["message"])
+    if f.draining and stable.failures:
+        return condition("Progressing", False, "RolloutFailed",
+                         f"{f.problems}; version {_names(f.draining)} keeps serving")  # fmt: skip
+    if f.old_serving:
         where = ", ".join(stable.loading) or "its pods"
-        progressing = condition("Progressing", True, "RolloutLoading",
-                                f"version {stable.version} loading and warming on {where}; "
-                                f"version {_names(old_serving)} keeps the traffic")  # fmt: skip
-    elif draining:
-        progressing = condition("Progressing", True, "RolloutDraining",
-                                f"traffic moved to version {stable.version}; version "
-                                f"{_names(draining)} draining, unloaded next")  # fmt: skip
-    elif loading:
-        names = ", ".join(f"version {v.version} on {', '.join(v.loading)}" for v in loading)
-        progressing = condition("Progressing", True, "Loading", f"loading and warming: {names}")
-    else:
-        progressing = condition("Progressing", False, "Converged" if not (failed or unplaced)
-                                else "Stalled", problems or "every placed replica is ready")  # fmt: skip
-    return [ready, placed, degraded, progressing, blocked]
+        return condition("Progressing", True, "RolloutLoading",
+                         f"version {stable.version} loading and warming on {where}; "
+                         f"version {_names(f.old_serving)} keeps the traffic")  # fmt: skip
+    if f.draining:
+        return condition("Progressing", True, "RolloutDraining",
+                         f"traffic moved to version {stable.version}; version "
+                         f"{_names(f.draining)} draining, unloaded next")  # fmt: skip
+    if f.loading:
+        names = ", ".join(f"version {v.version} on {', '.join(v.loading)}" for v in f.loading)
+        return condition("Progressing", True, "Loading", f"loading and warming: {names}")
+    return condition("Progressing", False, "Converged" if not (f.failed or f.unplaced)
+                     else "Stalled", f.problems or "every placed replica is ready")  # fmt: skip
 
 
 def unknown_pool_conditions(pool: str) -> list[dict[str, Any]]:

@@ -4,8 +4,6 @@ refused, a request that expired in a queue. The errors every server answers with
 
 from __future__ import annotations
 
-# BadRequest is re-exported for protocol.py, until it imports it from modelfleet.serving.
-from modelfleet.serving.errors import BadRequest as BadRequest
 from modelfleet.serving.errors import ServingError, Unavailable
 
 

@@ -18,8 +18,8 @@ import numpy.typing as npt
 import orjson
 
 from modelfleet.runtime.config import TensorSpec
-from modelfleet.runtime.errors import BadRequest
 from modelfleet.runtime.wire import deserialize_bytes, serialize_bytes
+from modelfleet.serving.errors import BadRequest
 
 NP_DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -114,6 +114,26 @@ def decode_request(
 ) -> InferRequest:
     """Parses and validates an infer request against the declared inputs."""
     head, binary = split_body(body, header_length)
+    doc = _parse_head(head)
+    params = _request_parameters(doc)
+    by_name = _inputs_by_name(doc["inputs"], specs)
+    arrays = _decode_inputs(by_name, specs, binary)
+    outputs, binary_outputs = _requested_outputs(doc.get("outputs"))
+    request_id = doc.get("id")
+    return InferRequest(
+        id=str(request_id) if request_id is not None else None,
+        arrays=arrays,
+        rows=len(arrays[0]),  # the batch dimension, the same in every input
+        priority=_int_param(params, "priority") or 0,
+        timeout_us=_int_param(params, "timeout"),
+        outputs=outputs,
+        binary_outputs=binary_outputs,
+        binary_default=bool(params.get("binary_data_output", False)),
+    )
+
+
+def _parse_head(head: bytes) -> dict[str, Any]:
+    """The JSON head, refused unless it is an object with a non-empty 'inputs' list."""
     try:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
@@ -126,10 +146,21 @@ def decode_request(
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("request needs a non-empty 'inputs' list")
+    return doc
+
+
+def _request_parameters(doc: dict[str, Any]) -> dict[str, Any]:
+    """The request's 'parameters' (empty when absent); refused unless an object."""
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise BadRequest("'parameters' must be an object")
+    return params
 
+
+def _inputs_by_name(
+    raw_inputs: list[Any], specs: Sequence[TensorSpec]
+) -> dict[str, dict[str, Any]]:
+    """The inputs by name; refuses an unnamed, repeated or undeclared one."""
     by_name: dict[str, dict[str, Any]] = {}
     for item in raw_inputs:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
@@ -144,7 +175,15 @@ def decode_request(
             f"unknown input {', '.join(repr(u) for u in unknown)}; "
             f"the model expects {', '.join(repr(s.name) for s in specs)}"
         )
+    return by_name
 
+
+def _decode_inputs(
+    by_name: Mapping[str, dict[str, Any]], specs: Sequence[TensorSpec], binary: memoryview
+) -> list[Array]:
+    """The arrays in declared order, each taking its binary data after the previous
+    one's; refuses a missing input, disagreeing or empty batch dimensions, and binary
+    data no input claims."""
     offset = 0
     arrays: list[Array] = []
     rows: int | None = None
@@ -167,19 +206,7 @@ def decode_request(
     assert rows is not None
     if rows == 0:
         raise BadRequest(f"input '{specs[0].name}' is empty: the batch dimension is 0")
-
-    outputs, binary_outputs = _requested_outputs(doc.get("outputs"))
-    request_id = doc.get("id")
-    return InferRequest(
-        id=str(request_id) if request_id is not None else None,
-        arrays=arrays,
-        rows=rows,
-        priority=_int_param(params, "priority") or 0,
-        timeout_us=_int_param(params, "timeout"),
-        outputs=outputs,
-        binary_outputs=binary_outputs,
-        binary_default=bool(params.get("binary_data_output", False)),
-    )
+    return arrays
 
 
 def _decode_tensor(item: dict[str, Any], spec: TensorSpec, binary: memoryview) -> tuple[Array, int]:
