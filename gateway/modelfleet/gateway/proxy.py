@@ -219,13 +219,24 @@ class Gateway:
             if remaining <= 0:
                 break
             headers[TIMEOUT_HEADER] = str(int(remaining * 1e6))
+            endpoint.outstanding += 1
             try:
-                answer = await self._attempt(
-                    endpoint, request.method, path, headers, body, remaining, model, version
-                )
-            except BadGateway as exc:  # the connection failed: another endpoint
-                last_error = exc
+                async with asyncio.timeout(remaining):
+                    answer = await self.upstreams.request(
+                        endpoint.url, request.method, path, headers, body
+                    )
+            except UpstreamError as exc:
+                last_error = self._unreachable(endpoint, model, version, exc)
                 continue
+            except TimeoutError:
+                raise GatewayTimeout(
+                    f"model '{model}' version '{version.version}' did not answer within "
+                    f"{remaining * 1000:.0f} ms at {endpoint.url}"
+                ) from None
+            finally:
+                endpoint.outstanding -= 1
+            endpoint.succeeded()
+            _note_report(endpoint, answer.headers)
             if answer.status == 503 and not busy_retried and len(tried) < len(endpoints):
                 busy_retried = True  # full or draining there: another pod may have room
                 self.metrics.retries.labels(model, endpoint.url, "busy").inc()
@@ -248,43 +259,19 @@ class Gateway:
             )
         return endpoints
 
-    async def _attempt(
-        self,
-        endpoint: Endpoint,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        body: bytes | None,
-        remaining: float,
-        model: str,
-        version: VersionRoute,
-    ) -> UpstreamResponse:
-        """One try at one endpoint: its answer, whatever the status, with what it
-        reported noted. A failed connection ejects the endpoint and raises BadGateway
-        (the caller tries another one); no answer in ``remaining`` raises GatewayTimeout."""
-        endpoint.outstanding += 1
-        try:
-            async with asyncio.timeout(remaining):
-                answer = await self.upstreams.request(endpoint.url, method, path, headers, body)
-        except UpstreamError as exc:
-            endpoint.eject(time.monotonic(), self.config.eject_s)
-            self.upstreams.forget(endpoint.url)
-            self.metrics.retries.labels(model, endpoint.url, "unreachable").inc()
-            log.warning(
-                "endpoint %s failed for model '%s' version '%s' (%s); trying another",
-                endpoint.url, model, version.version, exc,
-            )  # fmt: skip
-            raise BadGateway(f"endpoint {endpoint.url} of model '{model}' failed: {exc}") from exc
-        except TimeoutError:
-            raise GatewayTimeout(
-                f"model '{model}' version '{version.version}' did not answer within "
-                f"{remaining * 1000:.0f} ms at {endpoint.url}"
-            ) from None
-        finally:
-            endpoint.outstanding -= 1
-        endpoint.succeeded()
-        _note_report(endpoint, answer.headers)
-        return answer
+    def _unreachable(
+        self, endpoint: Endpoint, model: str, version: VersionRoute, exc: UpstreamError
+    ) -> BadGateway:
+        """A connection to ``endpoint`` failed: it is ejected for a while, its pooled
+        connections dropped; the error the client gets if no other endpoint answers."""
+        endpoint.eject(time.monotonic(), self.config.eject_s)
+        self.upstreams.forget(endpoint.url)
+        self.metrics.retries.labels(model, endpoint.url, "unreachable").inc()
+        log.warning(
+            "endpoint %s failed for model '%s' version '%s' (%s); trying another",
+            endpoint.url, model, version.version, exc,
+        )  # fmt: skip
+        return BadGateway(f"endpoint {endpoint.url} of model '{model}' failed: {exc}")
 
 
 def _upstream_headers(request: web.Request, level: int) -> dict[str, str]:
