@@ -30,6 +30,7 @@ import yaml
 
 from bench.loadgen import closed_loop, table
 from bench.overload import Seen, Traffic, run_classes
+from bench.sources import pythonpath
 from modelfleet.runtime.examples import write_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def start(command: str, flag: str, document: dict[str, Any], tmp: Path, cpu: int
     path = tmp / f"{command}.yaml"
     path.write_text(yaml.safe_dump(document))
     log = (tmp / f"{command}.log").open("w")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtime")])}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     proc = subprocess.Popen([sys.executable, "-m", "modelfleet", command, flag, str(path)],
                             env=env, stdout=log, stderr=subprocess.STDOUT,
                             preexec_fn=on_cpu(cpu))  # fmt: skip

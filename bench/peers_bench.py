@@ -64,6 +64,7 @@ from bench.runtime_bench import (
     raw_forward,
     request_body,
 )
+from bench.sources import pythonpath
 from bench.traffic import decode_response
 from modelfleet.runtime.examples import write_examples
 from modelfleet.runtime.zoo import write_zoo
@@ -158,7 +159,7 @@ def modelfleet_config(model: str, store: Path, port: int, wait_ms: float,
 def start(peer: str, venv: Path, model: str, store: Path, port: int, wait_ms: float,
           extra: dict[str, Any], tmp: Path,
           lengths: str = "handled") -> subprocess.Popen[bytes]:  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtime")]),
+    env = {**os.environ, "PYTHONPATH": pythonpath(),
            "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}  # fmt: skip
     python = str(venv / "bin/python")
     if peer == "modelfleet":
@@ -624,7 +625,7 @@ def priority_case(
     }
     path = tmp / "priorities.yaml"
     path.write_text(yaml.safe_dump(proc_cfg))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtime")])}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     proc = subprocess.Popen(["taskset", "-c", "0", str(venv / "bin/python"), "-m", "modelfleet",
                              "--log-level", "WARNING", "serve", "--config", str(path)],
                             env=env, start_new_session=True)  # fmt: skip

@@ -486,3 +486,20 @@ async def test_modelfleet_serves_the_peers_bert_case_with_every_answer_right(
     summary = summarize([point], forward_ms=1.0, ceiling=1000.0)
     assert point.requests > 0 and summary["errors"] == 0
     assert summary["ratio_p99_100ms"] == pytest.approx(summary["thr_p99_100ms"] / 1000)
+
+
+def test_benchmark_processes_get_every_source_folder_the_layout_has() -> None:
+    """A child started by a benchmark imports each component (the gateway moved to
+    its own folder once and the overload benchmark's gateway could not start)."""
+    import os
+    import subprocess
+    import sys
+
+    from bench.sources import pythonpath, source_folders
+
+    assert {p.name for p in source_folders()} >= {"runtime", "gateway", "operator"}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
+    probe = "import modelfleet.gateway.main, modelfleet.operator.spec, modelfleet.runtime.config"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                          text=True, timeout=60, cwd="/")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-1000:]
