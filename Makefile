@@ -8,11 +8,12 @@ PYTHON = "$$(bash scripts/venv.sh)/bin/python"
 export PYTHONPATH := $(CURDIR):$(CURDIR)/runtime:$(CURDIR)/gateway:$(CURDIR)/operator
 export MODELFLEET_CACHE ?= $(HOME)/.cache/modelfleet
 
-.PHONY: help venv run test lint unit crds bench bench-peers bench-operator example-models clean
+.PHONY: help venv lock run test lint unit crds bench bench-peers bench-operator example-models clean
 
 help:
 	@echo "make run        serve the example fleet locally (no cluster needed)"
 	@echo "make test       lint, type-check and run the whole test suite"
+	@echo "make lock       re-resolve pyproject.toml's dependency ranges into requirements.lock"
 	@echo "make crds       regenerate crds/, the chart's copy and docs/reference.md from the spec models"
 	@echo "make bench      runtime, gateway and overload benchmarks (tables + PNG in bench-results/)"
 	@echo "make bench-peers   the runtime against LitServe, MLServer and Ray Serve"
@@ -22,6 +23,9 @@ help:
 
 venv:
 	@bash scripts/venv.sh >/dev/null
+
+lock:
+	@bash scripts/lock.sh
 
 example-models: venv
 	@$(PYTHON) -m modelfleet example-models --out var/models

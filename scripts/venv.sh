@@ -2,9 +2,10 @@
 # Creates (once) and prints the path of the project's virtual environment.
 #
 # The environment lives outside the clone, in ${MODELFLEET_CACHE:-~/.cache/modelfleet},
-# keyed by a hash of the dependency lists in pyproject.toml and the Python
-# version: a second clone, or CI on the same machine, reuses it instead of
-# downloading torch (several GB) again. The project itself is not installed
+# keyed by a hash of the dependency lists in pyproject.toml, requirements.lock and
+# the Python version: a second clone, or CI on the same machine, reuses it instead
+# of downloading torch (several GB) again. requirements.lock pins every package to
+# the version CI tested (pip constraints); scripts/lock.sh regenerates it. The project itself is not installed
 # into it; the Makefile and pytest put the source folders on PYTHONPATH, so one
 # environment serves every clone.
 set -euo pipefail
@@ -20,7 +21,8 @@ project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 deps = list(project["dependencies"])
 for extra in ("runtime", "operator", "dev"):
     deps += project["optional-dependencies"][extra]
-blob = json.dumps([sys.version_info[:2], sorted(deps)]).encode()
+lock = open("requirements.lock").read()
+blob = json.dumps([sys.version_info[:2], sorted(deps), lock]).encode()
 print(hashlib.sha256(blob).hexdigest()[:12], json.dumps(deps))
 PY
 )
@@ -42,7 +44,7 @@ if [ -f "$venv/.complete" ]; then echo "$venv"; exit 0; fi
   "$PYTHON_BIN" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   mapfile -t list < <("$venv/bin/python" -c 'import json,sys; print("\n".join(json.loads(sys.argv[1])))' "$reqs")
-  "$venv/bin/python" -m pip install --progress-bar off "${list[@]}"
+  "$venv/bin/python" -m pip install --progress-bar off -c requirements.lock "${list[@]}"
   touch "$venv/.complete"
   echo "==> environment ready: $venv"
 } >&2

@@ -114,3 +114,38 @@ def test_the_gateway_and_operator_never_import_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "", f"imported: {result.stdout.strip()}"
+
+
+def test_the_lock_pins_every_dependency_and_every_install_uses_it() -> None:
+    """requirements.lock is current (each dependency pyproject.toml lists is pinned in
+    it, with a version its range allows) and the environment and both images install
+    with it as constraints, so a fresh machine gets the versions CI tested."""
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for extra in ("runtime", "operator", "dev"):
+        wanted += project["optional-dependencies"][extra]
+    lines = (ROOT / "requirements.lock").read_text().splitlines()
+    pinned = {}
+    for line in lines:
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"requirements.lock: {line!r} is not pinned with =="
+            pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+    for spec in wanted:
+        req = Requirement(spec)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert name in pinned, f"{req.name} is not in requirements.lock: run make lock"
+        assert req.specifier.contains(pinned[name], prereleases=True), (
+            f"requirements.lock pins {req.name}=={pinned[name]}, outside {req.specifier}"
+        )
+    assert "-c requirements.lock" in (ROOT / "scripts/venv.sh").read_text()
+    for dockerfile in DOCKERFILES:
+        text = (ROOT / dockerfile).read_text()
+        assert "requirements.lock" in text and "-c requirements.lock" in text, dockerfile
