@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.runtime.conftest import StartRuntime, batch_stats, infer_body, mlp_config, tiny_model
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -86,14 +87,15 @@ async def test_full_queue_rejects_with_503_and_earlier_requests_complete(
         batching={"max_batch_size": 1, "max_queue_delay_ms": 0},
         queue={"max_size": 2}, warmup={"enabled": False},
     )  # fmt: skip
-    client, _ = await start_runtime([slow])
+    client, runtime = await start_runtime([slow])
+    model = runtime.repository.models[("slow", "1")]
     body = infer_body("x", [[1.0, 2.0, 3.0, 4.0]], [1, 4])
     first = asyncio.ensure_future(client.post("/v2/models/slow/infer", json=body))
-    await asyncio.sleep(0.05)  # the first is running; the next two wait in the queue
+    await wait_until("the first running", lambda: model.inflight == 1 and not len(model.queue))
     queued = [
         asyncio.ensure_future(client.post("/v2/models/slow/infer", json=body)) for _ in range(2)
     ]
-    await asyncio.sleep(0.05)
+    await wait_until("the next two queued", lambda: len(model.queue) == 2)
     refused = await client.post("/v2/models/slow/infer", json=body)
     await expect_error(refused, 503, "queue of model 'slow'", "full")
     for fut in (first, *queued):
@@ -110,15 +112,16 @@ async def test_high_priority_request_displaces_a_queued_low_one_when_full(
         batching={"max_batch_size": 1, "max_queue_delay_ms": 0},
         queue={"max_size": 2}, warmup={"enabled": False},
     )  # fmt: skip
-    client, _ = await start_runtime([slow])
+    client, runtime = await start_runtime([slow])
+    model = runtime.repository.models[("slow", "1")]
     low = infer_body("x", [[1.0, 2.0, 3.0, 4.0]], [1, 4])
     high = {**low, "parameters": {"priority": 1}}
     running = asyncio.ensure_future(client.post("/v2/models/slow/infer", json=low))
-    await asyncio.sleep(0.05)
+    await wait_until("the first running", lambda: model.inflight == 1 and not len(model.queue))
     queued = [
         asyncio.ensure_future(client.post("/v2/models/slow/infer", json=low)) for _ in range(2)
     ]
-    await asyncio.sleep(0.05)
+    await wait_until("two low ones queued", lambda: len(model.queue) == 2)
     # A low one is refused before its body is read (header says its level) ...
     refused = await client.post(
         "/v2/models/slow/infer", json=low, headers={"X-ModelFleet-Priority": "5"}
@@ -141,15 +144,16 @@ async def test_deadline_expired_in_queue_is_503_and_never_executed(
         batching={"max_batch_size": 1, "max_queue_delay_ms": 0}, warmup={"enabled": False},
     )  # fmt: skip
     client, runtime = await start_runtime([slow])
+    model = runtime.repository.models[("slow", "1")]
     body = infer_body("x", [[1.0, 2.0, 3.0, 4.0]], [1, 4])
     first = asyncio.ensure_future(client.post("/v2/models/slow/infer", json=body))
-    await asyncio.sleep(0.05)
+    await wait_until("the first running", lambda: model.inflight == 1 and not len(model.queue))
     # Triton's timeout is in microseconds: 50 ms, shorter than the running batch.
     short = {**body, "parameters": {"timeout": 50_000}}
     resp = await client.post("/v2/models/slow/infer", json=short)
     await expect_error(resp, 503, "deadline expired", "not executed")
     assert (await first).status == 200
-    await asyncio.sleep(0.4)
+    await wait_until("the model idle", lambda: model.inflight == 0 and not len(model.queue))
     _, rows = batch_stats(runtime, "slow")
     assert rows == 1, "the expired request must never reach the model"
 

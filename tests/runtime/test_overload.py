@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.runtime.conftest import StartRuntime, batch_stats, tiny_model
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
@@ -36,11 +37,7 @@ async def timed(client: Any, model: str, body: dict[str, Any] = BODY,
 
 async def wait_for_backlog(runtime: Any, model: str, depth: int) -> None:
     queue = runtime.repository.models[(model, "1")].queue
-    for _ in range(500):
-        if len(queue) >= depth:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the backlog of {model} never reached {depth} (it is {len(queue)})")
+    await wait_until(f"a backlog of {depth} for {model}", lambda: len(queue) >= depth, 5.0)
 
 
 async def test_a_high_priority_model_is_not_queued_behind_a_low_priority_backlog(
