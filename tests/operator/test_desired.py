@@ -3,6 +3,7 @@ the gateway accepts, and what each model reports."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from modelfleet.gateway.routes import parse_routes
@@ -192,3 +193,18 @@ def test_a_latency_objective_reaches_the_runtime_document_and_leaves_it_when_rem
     (plain,) = without.documents.values()
     assert "latency_objective_ms" not in plain[0]
     assert not same_models(models, plain), "a removed objective must be pushed to the pod"
+
+
+def test_the_routes_the_operator_writes_satisfy_the_gateways_contract() -> None:
+    """routes_file checks its document with modelfleet.api.routes (what the gateways
+    parse it with): a valid plan passes, a route the gateway would refuse fails."""
+    import pydantic
+
+    from modelfleet.operator.reconcile import routes_file
+
+    spec = model(canary={"version": "2", "weight": 25, "source": MLP_SOURCE})
+    pods = [pod("gpu-0", "127.1.0.2", {("mlp", "1"): "ready", ("mlp", "2"): "ready"})]
+    document = yaml.safe_load(routes_file(plan(pool(), {"mlp": spec}, pods).routes))
+    assert parse_routes(document).models["mlp"].versions[1].weight == 25
+    with pytest.raises(pydantic.ValidationError, match="must start with http"):
+        routes_file({"mlp": {"versions": [{"version": "1", "endpoints": ["10.0.0.1:8080"]}]}})

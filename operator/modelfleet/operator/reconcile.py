@@ -21,6 +21,7 @@ import aiohttp
 import yaml
 from pydantic import ValidationError
 
+from modelfleet.api.routes import RoutesDocument
 from modelfleet.operator.desired import Plan, plan, server_section
 from modelfleet.operator.kube import Kube
 from modelfleet.operator.manifests import (
@@ -92,9 +93,14 @@ def state_file(pool_spec: PoolSpec, models: list[dict[str, object]]) -> str:
 
 
 def routes_file(models: dict[str, dict[str, object]]) -> str:
+    """The gateways' routes document (the routes ConfigMap's ``routes.yaml``), checked
+    against the contract the gateways read it with (``modelfleet.api.routes``): a
+    document they would refuse fails the pass here, naming the field."""
     server = {"host": "0.0.0.0", "port": DATA_PORT, "admin_port": ADMIN_PORT,
               "admin_token_file": TOKEN_PATH}  # fmt: skip
-    return yaml.safe_dump({"server": server, "models": models}, sort_keys=False)
+    document = {"server": server, "models": models}
+    RoutesDocument.model_validate(document)
+    return yaml.safe_dump(document, sort_keys=False)
 
 
 def remembered(data: dict[str, str], pod: str) -> tuple[dict[str, Any], ...]:

@@ -3,7 +3,9 @@
 * :mod:`modelfleet.api.headers` -- the ``X-ModelFleet-*`` HTTP headers the gateway
   and the runtime exchange (documented in docs/contracts.md);
 * :mod:`modelfleet.api.admin` -- a runtime's ``GET /admin/state`` answer, which the
-  runtime builds and the operator reads.
+  runtime builds and the operator reads;
+* :mod:`modelfleet.api.routes` -- the gateway's routes document, which the operator
+  writes (and checks against these models) and the gateway reads.
 
 Every component may import this package; it imports none of them.
 """
