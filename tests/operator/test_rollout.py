@@ -7,14 +7,14 @@ from typing import Any
 
 import yaml
 
+from modelfleet.api.runtime_document import parse_document
 from modelfleet.gateway.routes import parse_routes
-from modelfleet.operator.desired import Plan, plan
+from modelfleet.operator.desired import Plan, plan, runtime_document
 from modelfleet.operator.observed import Key, PodView, RuntimeState
 from modelfleet.operator.podapi import same_models
 from modelfleet.operator.reconcile import routed, routes_file, state_file
 from modelfleet.operator.spec import ModelSpec
 from modelfleet.operator.status import model_status
-from modelfleet.runtime.config import parse_document
 from tests.operator.builders import MLP_SOURCE, model, pool
 
 V2_SOURCE = {**MLP_SOURCE, "path": "mlp-v2.safetensors"}
@@ -26,11 +26,12 @@ def pods_after(result: Plan, states: dict[Key, str] | None = None) -> list[PodVi
     in ``states`` (default: all ready)."""
     out = []
     for name, entries in result.documents.items():
-        keys = [(str(e["name"]), str(e["version"])) for e in entries]
+        keys = [e.key for e in entries]
         observed = [{"name": n, "version": v, "state": (states or {}).get((n, v), "ready"),
                      "memory_mb": 100.0, "reason": "broken file"} for n, v in keys]  # fmt: skip
+        desired = [e.model_dump(mode="json") for e in entries]  # as the runtime reports them
         state = RuntimeState.model_validate(
-            {"desired": {"models": entries}, "actual": {"ready": True, "models": observed}}
+            {"desired": {"models": desired}, "actual": {"ready": True, "models": observed}}
         )
         out.append(PodView(name, IPS[name], state))
     return out
@@ -49,7 +50,7 @@ def weights(result: Plan, name: str = "mlp") -> dict[str, int]:
 
 
 def hosted(result: Plan) -> set[Key]:
-    return {(str(e["name"]), str(e["version"])) for d in result.documents.values() for e in d}
+    return {e.key for d in result.documents.values() for e in d}
 
 
 def status(result: Plan, name: str = "mlp") -> dict[str, Any]:
@@ -90,7 +91,9 @@ def test_a_version_change_loads_the_new_one_beside_the_old_then_moves_traffic_th
     assert st["by_type"]["Ready"]["status"] == "True"  # the old version serves meanwhile
     assert "version 1 keeps the traffic" in st["by_type"]["Progressing"]["message"]
     for docs in step1.documents.values():  # the runtime accepts the old version's entry as is
-        parse_document(yaml.safe_load(state_file(pool(), docs)))
+        assert parse_document(yaml.safe_load(state_file(pool(), docs))) == runtime_document(
+            pool(), docs
+        )
     assert all(same_models(list(p.state.desired.models), step1.documents[p.name])  # type: ignore[union-attr]
                for p in loading), "the old version's entry changed: its pods would reload it"  # fmt: skip
 
@@ -143,7 +146,7 @@ def test_promotion_reuses_the_canarys_warm_copies_without_a_reload() -> None:
     assert step.placed == []  # nothing new anywhere
     assert weights(step) == {"2": 100}
     for p in pods:  # the entry the pods have for version 2 is the one they get
-        v2 = [e for e in step.documents[p.name] if e["version"] == "2"]
+        v2 = [e for e in step.documents[p.name] if e.version == "2"]
         had = [e for e in p.state.desired.models if e["version"] == "2"]  # type: ignore[union-attr]
         assert same_models(had, v2)
     assert hosted(plan(pool(), promoted, pods_after(step), in_force(step))) == {("mlp", "2")}

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from modelfleet.api.routes import ModelRoute, VersionRoute
+from modelfleet.api.runtime_document import ModelConfig, RuntimeDocument, ServerConfig
 from modelfleet.operator.manifests import ADMIN_PORT, DATA_PORT, DRAIN_GRACE_S, TOKEN_PATH
 from modelfleet.operator.observed import Key, ObservedVersion, PodView
 from modelfleet.operator.placement import Demand, Placement, Pod, place
-from modelfleet.operator.spec import DEFAULT_MEMORY_MB, ModelSpec, PoolSpec, Role, runtime_model
+from modelfleet.operator.spec import (
+    DEFAULT_MEMORY_MB,
+    ModelSpec,
+    PoolSpec,
+    Role,
+    given,
+    runtime_model,
+)
 
 
 @dataclass
@@ -79,9 +87,9 @@ class ModelReport:
 @dataclass
 class Plan:
     placement: Placement
-    documents: dict[str, list[dict[str, object]]]
+    documents: dict[str, list[ModelConfig]]
     """Pod name -> the models it must host (``models`` of its runtime document)."""
-    routes: dict[str, dict[str, object]]
+    routes: dict[str, ModelRoute]
     """The gateway routes document's ``models``."""
     reports: dict[str, ModelReport]
     placed: list[tuple[Key, str]] = field(default_factory=list)
@@ -90,22 +98,26 @@ class Plan:
     """(version, pod) pairs dropped in this pass."""
 
 
-def server_section(pool_spec: PoolSpec) -> dict[str, object]:
+def server_section(pool_spec: PoolSpec) -> ServerConfig:
     """The ``server`` part of a runtime pod's document: the pool's budget is the
-    runtime's budget, so placement and the runtime agree on what fits."""
-    server: dict[str, object] = {
-        "host": "0.0.0.0",
-        "port": DATA_PORT,
-        "admin_port": ADMIN_PORT,
-        "admin_token_file": TOKEN_PATH,
-        "memory_budget_mb": pool_spec.memory_budget_mb,
-        "drain_grace_s": DRAIN_GRACE_S,
-        "model_store": "/models",
-        "executor": pool_spec.runtime.executor,
-    }
-    if pool_spec.runtime.torch_threads is not None:
-        server["torch_threads"] = pool_spec.runtime.torch_threads
-    return server
+    runtime's budget, so placement and the runtime agree on what fits. Only the
+    fields set here are written (``torch_threads`` only when the pool sets it)."""
+    return ServerConfig(
+        host="0.0.0.0",
+        port=DATA_PORT,
+        admin_port=ADMIN_PORT,
+        admin_token_file=TOKEN_PATH,
+        memory_budget_mb=pool_spec.memory_budget_mb,
+        drain_grace_s=DRAIN_GRACE_S,
+        model_store="/models",
+        executor=pool_spec.runtime.executor,
+        **given(torch_threads=pool_spec.runtime.torch_threads),
+    )
+
+
+def runtime_document(pool_spec: PoolSpec, models: list[ModelConfig]) -> RuntimeDocument:
+    """A runtime pod's whole desired-state document (what its ConfigMap key holds)."""
+    return RuntimeDocument(server=server_section(pool_spec), models=tuple(models))
 
 
 def measured_memory(pods: list[PodView]) -> dict[Key, float]:
@@ -125,7 +137,7 @@ class _Wanted:
     role: Role
     replicas: int
     weight: int
-    entry: dict[str, object]
+    entry: ModelConfig
 
 
 def _stable_ready(key: Key, replicas: int, pods: list[PodView]) -> bool:
@@ -217,15 +229,10 @@ class _Wants:
         return wants
 
 
-def _memory_mb(entry: Mapping[str, object], measured: float | None) -> float:
+def _memory_mb(entry: ModelConfig, measured: float | None) -> float:
     """The memory a version is placed with: as declared, else as its pods measure it,
     else the default."""
-    declared = entry.get("memory_mb")
-    return (
-        (float(declared) if isinstance(declared, int | float) and declared else 0.0)
-        or measured
-        or DEFAULT_MEMORY_MB
-    )
+    return entry.memory_mb or measured or DEFAULT_MEMORY_MB
 
 
 def _model_report(
@@ -287,9 +294,9 @@ def _add_pod_state(
 
 def _documents(
     pods: list[PodView], wants: _Wants, placement: Placement
-) -> dict[str, list[dict[str, object]]]:
+) -> dict[str, list[ModelConfig]]:
     """Each pod's model entries: those of the versions placed on it, models by name."""
-    documents: dict[str, list[dict[str, object]]] = {p.name: [] for p in pods}
+    documents: dict[str, list[ModelConfig]] = {p.name: [] for p in pods}
     for name in sorted(wants.wanted):
         for w in wants.wanted[name]:
             for pod_name in placement.pods_of.get((name, w.version), []):
@@ -306,24 +313,24 @@ def _changes(
     return sorted(after - before), sorted(before - after)
 
 
-def route(
-    spec: ModelSpec, versions: list[VersionReport], max_concurrency: int
-) -> dict[str, object]:
+def route(spec: ModelSpec, versions: list[VersionReport], max_concurrency: int) -> ModelRoute:
     """Weights from the spec (or a rollout's), endpoints only where the version is
     loaded and ready; a version with no ready endpoint gets weight 0 and, when the
     weights leave nothing ready to route to, what is ready takes the traffic
-    (a draining version only when nothing else is ready)."""
-    entries: list[dict[str, Any]] = []
-    for v in versions:
-        weight = v.routed_weight if v.endpoints else 0
-        entries.append({"version": v.version, "weight": weight, "endpoints": v.endpoints})
-    if not any(e["weight"] for e in entries):
+    (a draining version only when nothing else is ready). Built with the gateway's
+    models (``modelfleet.api.routes``): a route the gateway would refuse fails here,
+    naming the field. ``max_waiting`` is left to the gateway's default (not written)."""
+    weights = [v.routed_weight if v.endpoints else 0 for v in versions]
+    if not any(weights):
         staying = {v.version for v in versions if v.role != "draining" and v.endpoints}
-        for e in entries:
-            e["weight"] = 1 if e["endpoints"] and (e["version"] in staying or not staying) else 0
-    return {
-        "priority": spec.priority,
-        "max_concurrency": max_concurrency,
-        "timeout_ms": spec.queue.timeout_ms,
-        "versions": entries,
-    }
+        weights = [1 if v.endpoints and (v.version in staying or not staying) else 0
+                   for v in versions]  # fmt: skip
+    return ModelRoute(
+        priority=spec.priority,
+        max_concurrency=max_concurrency,
+        timeout_ms=spec.queue.timeout_ms,
+        versions=tuple(
+            VersionRoute(version=v.version, weight=w, endpoints=tuple(v.endpoints))
+            for v, w in zip(versions, weights, strict=True)
+        ),
+    )

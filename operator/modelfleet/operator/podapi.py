@@ -8,14 +8,16 @@ False) and the next pass tries again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
 from pydantic import ValidationError
 
+from modelfleet.api.routes import ModelRoute, RoutesDocument
+from modelfleet.api.runtime_document import ModelConfig
 from modelfleet.operator.manifests import ADMIN_PORT
-from modelfleet.operator.observed import RuntimeState
-from modelfleet.operator.spec import OMITTED_WHEN_UNSET
+from modelfleet.operator.observed import RuntimeState, known, model_entry
 
 log = logging.getLogger("modelfleet.operator")
 TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
@@ -59,58 +61,43 @@ class PodAPI:
             log.warning("runtime at %s sent a state the operator cannot read: %s", ip, exc)
             return None
 
-    async def put_runtime_models(self, ip: str, models: list[dict[str, object]]) -> bool:
-        return await self._put(f"http://{ip}:{ADMIN_PORT}/admin/state", {"models": models})
+    async def put_runtime_models(self, ip: str, models: Sequence[ModelConfig]) -> bool:
+        body = {"models": [document_entry(m) for m in models]}
+        return await self._put(f"http://{ip}:{ADMIN_PORT}/admin/state", body)
 
     async def gateway_routes(self, ip: str) -> dict[str, Any] | None:
         data = await self._get(f"http://{ip}:{ADMIN_PORT}/admin/routes")
         return data.get("models") if isinstance(data, dict) else None
 
-    async def put_gateway_routes(self, ip: str, models: dict[str, dict[str, object]]) -> bool:
-        return await self._put(f"http://{ip}:{ADMIN_PORT}/admin/routes", {"models": models})
+    async def put_gateway_routes(self, ip: str, models: Mapping[str, ModelRoute]) -> bool:
+        body = {"models": routes_entries(models)}
+        return await self._put(f"http://{ip}:{ADMIN_PORT}/admin/routes", body)
 
 
-def covers(have: Any, want: Any) -> bool:
-    """Whether ``have`` (a document as the pod reports it, every default filled in)
-    says everything ``want`` says. Lists compare item by item."""
-    if isinstance(want, dict):
-        return isinstance(have, dict) and all(covers(have.get(k), v) for k, v in want.items())
-    if isinstance(want, list | tuple):
-        return (
-            isinstance(have, list | tuple)
-            and len(have) == len(want)
-            and all(covers(h, w) for h, w in zip(have, want, strict=True))
-        )
-    if isinstance(want, float | int) and isinstance(have, float | int):
-        return float(have) == float(want)
-    return bool(have == want)
+def document_entry(model: ModelConfig) -> dict[str, Any]:
+    """A model entry as the operator writes it (the PUT body, the state ConfigMap):
+    the fields it set, so that optional ones the spec leaves out are left out."""
+    return model.model_dump(mode="json", exclude_unset=True)
 
 
-def _at(document: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        document = document.get(key) if isinstance(document, dict) else None
-    return document
+def routes_entries(models: Mapping[str, ModelRoute]) -> dict[str, Any]:
+    """The routes document's ``models`` as the operator writes them (the fields it set)."""
+    return {name: r.model_dump(mode="json", exclude_unset=True) for name, r in models.items()}
 
 
-def still_set(have: dict[str, Any], want: dict[str, object]) -> bool:
-    """Whether ``have`` still sets an optional field that ``want`` leaves out (removed
-    from the spec: ``covers`` alone only compares what ``want`` says)."""
-    return any(_at(want, p) is None and _at(have, p) is not None for p in OMITTED_WHEN_UNSET)
-
-
-def same_models(current: list[dict[str, Any]], desired: list[dict[str, object]]) -> bool:
-    """Whether a runtime's desired models already say what the operator wants."""
-    by_key = {(m.get("name"), m.get("version")): m for m in current}
-    if set(by_key) != {(m["name"], m["version"]) for m in desired}:
+def same_models(current: Sequence[Mapping[str, Any]], desired: Sequence[ModelConfig]) -> bool:
+    """Whether a runtime's desired models (as it reports them, every default filled
+    in) are the operator's: the same entries, compared as typed models, so that a
+    default the runtime fills in is no difference and an optional field the spec no
+    longer sets (``batching.pad``, ``rate_limit``) is one."""
+    have = [model_entry(m) for m in current]
+    if any(m is None for m in have) or len(have) != len(desired):
         return False
-    for want in desired:
-        have = by_key[(want["name"], want["version"])]
-        if not covers(have, want) or still_set(have, want):
-            return False
-    return True
+    return {m.key: m for m in have if m is not None} == {m.key: m for m in desired}
 
 
-def same_routes(current: dict[str, Any] | None, desired: dict[str, dict[str, object]]) -> bool:
-    if current is None or set(current) != set(desired):
-        return False
-    return all(covers(current[name], route) for name, route in desired.items())
+def same_routes(current: Mapping[str, Any] | None, desired: Mapping[str, ModelRoute]) -> bool:
+    """Whether a gateway's routes (as it reports them) are the operator's, compared as
+    the gateway's typed models."""
+    have = None if current is None else known(RoutesDocument, {"models": current})
+    return have is not None and have.models == dict(desired)

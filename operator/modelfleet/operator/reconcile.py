@@ -21,8 +21,9 @@ import aiohttp
 import yaml
 from pydantic import ValidationError
 
-from modelfleet.api.routes import RoutesDocument
-from modelfleet.operator.desired import Plan, plan, server_section
+from modelfleet.api.routes import GatewayServer, ModelRoute, RoutesDocument
+from modelfleet.api.runtime_document import ModelConfig
+from modelfleet.operator.desired import Plan, plan, runtime_document
 from modelfleet.operator.kube import Kube
 from modelfleet.operator.manifests import (
     ADMIN_PORT,
@@ -33,11 +34,17 @@ from modelfleet.operator.manifests import (
     config_map,
     model_service,
 )
-from modelfleet.operator.observed import Key, PodView
-from modelfleet.operator.podapi import PodAPI, same_models, same_routes
+from modelfleet.operator.observed import Key, PodView, model_entry
+from modelfleet.operator.podapi import (
+    PodAPI,
+    document_entry,
+    routes_entries,
+    same_models,
+    same_routes,
+)
 from modelfleet.operator.rates import RateWindow
 from modelfleet.operator.rates import attainment as attained
-from modelfleet.operator.spec import API_VERSION, ModelSpec, PoolSpec
+from modelfleet.operator.spec import API_VERSION, ModelSpec, PoolSpec, runtime_model
 from modelfleet.operator.status import (
     Rates,
     comparable,
@@ -87,28 +94,34 @@ def model_url(name: str, namespace: str) -> str:
     return f"http://{name}.{namespace}.svc/v2/models/{name}/infer"
 
 
-def state_file(pool_spec: PoolSpec, models: list[dict[str, object]]) -> str:
-    """A runtime pod's whole document, as mounted at /etc/modelfleet/state.yaml."""
-    return yaml.safe_dump({"server": server_section(pool_spec), "models": models}, sort_keys=False)
+def state_file(pool_spec: PoolSpec, models: list[ModelConfig]) -> str:
+    """A runtime pod's whole document, as mounted at /etc/modelfleet/state.yaml: the
+    fields the operator set (``exclude_unset``), in the models' order."""
+    document = runtime_document(pool_spec, models)
+    server = document.server.model_dump(mode="json", exclude_unset=True)
+    written = {"server": server, "models": [document_entry(m) for m in document.models]}
+    return yaml.safe_dump(written, sort_keys=False)
 
 
-def routes_file(models: dict[str, dict[str, object]]) -> str:
-    """The gateways' routes document (the routes ConfigMap's ``routes.yaml``), checked
-    against the contract the gateways read it with (``modelfleet.api.routes``): a
-    document they would refuse fails the pass here, naming the field."""
-    server = {"host": "0.0.0.0", "port": DATA_PORT, "admin_port": ADMIN_PORT,
-              "admin_token_file": TOKEN_PATH}  # fmt: skip
-    document = {"server": server, "models": models}
-    RoutesDocument.model_validate(document)
-    return yaml.safe_dump(document, sort_keys=False)
+def routes_file(models: dict[str, ModelRoute]) -> str:
+    """The gateways' routes document (the routes ConfigMap's ``routes.yaml``), in the
+    models the gateways read it with (``modelfleet.api.routes``)."""
+    server = GatewayServer(host="0.0.0.0", port=DATA_PORT, admin_port=ADMIN_PORT,
+                           admin_token_file=TOKEN_PATH)  # fmt: skip
+    document = RoutesDocument(server=server, models=models)
+    written = {"server": document.server.model_dump(mode="json", exclude_unset=True),
+               "models": routes_entries(document.models)}  # fmt: skip
+    return yaml.safe_dump(written, sort_keys=False)
 
 
-def remembered(data: dict[str, str], pod: str) -> tuple[dict[str, Any], ...]:
-    """The model entries of a pod's durable document (its state ConfigMap key)."""
+def remembered(data: dict[str, str], pod: str) -> tuple[ModelConfig, ...]:
+    """The model entries of a pod's durable document (its state ConfigMap key), typed;
+    an entry that does not validate is left out."""
     try:
         document = yaml.safe_load(data.get(f"{pod}.yaml", "")) or {}
         models = document.get("models") or []
-        return tuple(dict(m) for m in models if isinstance(m, dict) and "name" in m)
+        entries = (model_entry(m) for m in models if isinstance(m, dict))
+        return tuple(m for m in entries if m is not None)
     except (yaml.YAMLError, TypeError, AttributeError):
         return ()
 
@@ -129,7 +142,7 @@ def routed(data: dict[str, str]) -> dict[Key, int]:
 
 
 def state_data(
-    pool: str, pool_spec: PoolSpec, previous: dict[str, str], documents: dict[str, list[dict[str, object]]]
+    pool: str, pool_spec: PoolSpec, previous: dict[str, str], documents: dict[str, list[ModelConfig]]
 ) -> dict[str, str]:  # fmt: skip
     """The state ConfigMap: one key per pod. Pods not seen this pass keep their key;
     every ordinal up to replicas.max has one, so a new pod always finds its file."""
@@ -262,10 +275,13 @@ class Reconciler:
             obj.setdefault("kind", "InferenceModel")
             obj.setdefault("apiVersion", API_VERSION)
             try:
-                specs[meta["name"]] = ModelSpec.model_validate(obj["spec"])
+                spec = ModelSpec.model_validate(obj["spec"])
+                for version in spec.versions():  # what the runtime would refuse
+                    runtime_model(meta["name"], spec, version)
             except ValidationError as exc:  # the schema should have caught it
                 await self._invalid(obj, str(exc))
                 continue
+            specs[meta["name"]] = spec
             objs.append(obj)
             if (meta["uid"], pool) not in self.services:
                 await self.kube.apply(model_service(Owner.of(obj), pool))
@@ -280,7 +296,7 @@ class Reconciler:
             desired = result.documents[pod.name]
             if not same_models(list(pod.state.desired.models), desired):
                 log.info("pushing %d model version(s) to pod %s: %s", len(desired), pod.name,
-                         ", ".join(f"{m['name']}:{m['version']}" for m in desired) or "none")  # fmt: skip
+                         ", ".join(f"{m.name}:{m.version}" for m in desired) or "none")  # fmt: skip
                 pushes.append(api.put_runtime_models(pod.ip, desired))
         await asyncio.gather(*pushes)
         return len(pushes)
@@ -426,11 +442,9 @@ def _percent(weights: dict[str, int]) -> dict[str, int]:
     return {v: round(100 * w / total) for v, w in sorted(weights.items()) if w} if total else {}
 
 
-def _shares(route_doc: dict[str, object]) -> dict[str, int]:
+def _shares(route_doc: ModelRoute) -> dict[str, int]:
     """Each routed version's share of a model's traffic, in percent."""
-    versions = route_doc.get("versions")
-    assert isinstance(versions, list)
-    return _percent({str(v["version"]): int(v["weight"]) for v in versions if v["endpoints"]})
+    return _percent({v.version: int(v.weight) for v in route_doc.versions if v.endpoints})
 
 
 def _merged(previous: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

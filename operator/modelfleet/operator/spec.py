@@ -11,11 +11,12 @@ defaults so that a spec written before a default existed still parses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from modelfleet.api import runtime_document as rd
 from modelfleet.operator.markers import Rule, k8s
 
 GROUP, VERSION = "modelfleet.io", "v1alpha1"
@@ -377,41 +378,57 @@ class PoolSpec(_Spec):
     """How each runtime pod runs its forward passes."""
 
 
-OMITTED_WHEN_UNSET: tuple[tuple[str, ...], ...] = (
-    ("architecture",), ("sha256",), ("rate_limit",), ("memory_mb",), ("batching", "pad"),
-    ("latency_objective_ms",),
-)  # fmt: skip
-"""Paths of the entry fields ``runtime_model`` leaves out when the spec does not set
-them (a runtime that predates ``batching.pad`` still takes a document without it); a
-pod whose desired state still sets one must be told again (``podapi.same_models``)."""
+def given(**fields: object) -> dict[str, Any]:
+    """The keyword arguments whose value is not None: a document's optional fields are
+    only set (and so only written, ``exclude_unset``) when the spec sets them, so that
+    a runtime that predates one (``batching.pad``) still takes a document without it."""
+    return {name: value for name, value in fields.items() if value is not None}
 
 
-def runtime_model(name: str, spec: ModelSpec, version: ModelVersion) -> dict[str, object]:
-    """One entry of a runtime pod's desired-state document (docs/contracts.md)."""
+def runtime_model(name: str, spec: ModelSpec, version: ModelVersion) -> rd.ModelConfig:
+    """One entry of a runtime pod's desired-state document (docs/contracts.md),
+    in the runtime's own models (``modelfleet.api.runtime_document``): a spec the
+    runtime would refuse raises ``pydantic.ValidationError`` here."""
     source = version.source
-    entry: dict[str, object] = {
-        "name": name,
-        "version": version.version,
-        "source": source.location,
-        "format": source.format,
-        "trusted": source.trusted,
-        "priority": spec.priority,
-        "inputs": [t.model_dump(mode="json") for t in spec.inputs],
-        "outputs": [t.model_dump(mode="json") for t in spec.outputs],
-        "batching": spec.batching.model_dump(mode="json", exclude_none=True),
-        "queue": spec.queue.model_dump(mode="json"),
-        "cache": spec.cache.model_dump(mode="json"),
-        "warmup": spec.warmup.model_dump(mode="json"),
-        "optimize": spec.optimize,
-    }
-    if source.architecture:
-        entry["architecture"] = source.architecture
-    if source.sha256:
-        entry["sha256"] = source.sha256
-    if spec.rate_limit:
-        entry["rate_limit"] = spec.rate_limit.model_dump(mode="json")
-    if spec.memory_mb:
-        entry["memory_mb"] = spec.memory_mb
-    if spec.latency_objective_ms:
-        entry["latency_objective_ms"] = spec.latency_objective_ms
-    return entry
+    return rd.ModelConfig(
+        name=name,
+        version=version.version,
+        source=source.location,
+        format=source.format,
+        trusted=source.trusted,
+        priority=spec.priority,
+        inputs=tuple(_tensor(t) for t in spec.inputs),
+        outputs=tuple(_tensor(t) for t in spec.outputs),
+        batching=_batching(spec.batching),
+        queue=rd.Queue(max_size=spec.queue.max_size, timeout_ms=spec.queue.timeout_ms),
+        cache=rd.Cache(enabled=spec.cache.enabled, max_bytes=spec.cache.max_bytes),
+        warmup=rd.Warmup(enabled=spec.warmup.enabled, data=spec.warmup.data),
+        optimize=spec.optimize,
+        **given(
+            architecture=source.architecture,
+            sha256=source.sha256,
+            rate_limit=_rate_limit(spec.rate_limit),
+            memory_mb=spec.memory_mb,
+            latency_objective_ms=spec.latency_objective_ms,
+        ),
+    )
+
+
+def _tensor(t: Tensor) -> rd.TensorSpec:
+    return rd.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape)
+
+
+def _batching(b: Batching) -> rd.Batching:
+    pad = None
+    if b.pad is not None:
+        p = b.pad
+        pad = rd.Padding(inputs=dict(p.inputs), axis=p.axis, buckets=p.buckets, outputs=p.outputs)
+    return rd.Batching(
+        max_batch_size=b.max_batch_size, max_queue_delay_ms=b.max_queue_delay_ms, **given(pad=pad)
+    )
+
+
+def _rate_limit(r: RateLimit | None) -> rd.RateLimit | None:
+    if r is None:
+        return None
+    return rd.RateLimit(requests_per_second=r.requests_per_second, burst=r.burst)

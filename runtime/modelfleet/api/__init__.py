@@ -4,8 +4,11 @@
   and the runtime exchange (documented in docs/contracts.md);
 * :mod:`modelfleet.api.admin` -- a runtime's ``GET /admin/state`` answer, which the
   runtime builds and the operator reads;
+* :mod:`modelfleet.api.runtime_document` -- a runtime's desired-state document
+  (``RuntimeDocument``: ``server`` + ``models``), which the operator builds for each
+  runtime pod and the runtime reads (``modelfleet.runtime.config`` re-exports it);
 * :mod:`modelfleet.api.routes` -- the gateway's routes document, which the operator
-  writes (and checks against these models) and the gateway reads.
+  builds with these models and the gateway reads.
 
 Every component may import this package; it imports none of them.
 """
