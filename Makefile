@@ -8,13 +8,14 @@ PYTHON = "$$(bash scripts/venv.sh)/bin/python"
 export PYTHONPATH := $(CURDIR):$(CURDIR)/runtime:$(CURDIR)/gateway:$(CURDIR)/operator
 export MODELFLEET_CACHE ?= $(HOME)/.cache/modelfleet
 
-.PHONY: help venv lock run test lint unit crds bench bench-peers bench-operator example-models clean
+.PHONY: help venv lock run test lint unit crds protos bench bench-peers bench-operator example-models clean
 
 help:
 	@echo "make run        serve the example fleet locally (no cluster needed)"
 	@echo "make test       lint, type-check and run the whole test suite"
 	@echo "make lock       re-resolve pyproject.toml's dependency ranges into requirements.lock"
 	@echo "make crds       regenerate crds/, the chart's copy and docs/reference.md from the spec models"
+	@echo "make protos     regenerate the OIP gRPC messages from runtime/modelfleet/api/inference.proto"
 	@echo "make bench      runtime, gateway and overload benchmarks (tables + PNG in bench-results/)"
 	@echo "make bench-peers   the runtime against LitServe, MLServer and Ray Serve"
 	@echo "make bench-operator   the operator's API requests and time to Ready (5 pools, 100 models)"
@@ -53,6 +54,13 @@ test: venv lint cluster-build
 # models in operator/modelfleet/operator/ (tests/operator/test_crdgen.py checks them).
 crds: venv
 	@$(PYTHON) -m modelfleet.operator.crdgen
+
+# The OIP gRPC messages: runtime/modelfleet/api/inference.proto -> inference_pb2.py(i)
+# (tests/test_protos.py checks that the committed files are what this writes).
+protos: venv
+	@$(PYTHON) -m grpc_tools.protoc -Iruntime --python_out=runtime --pyi_out=runtime \
+		runtime/modelfleet/api/inference.proto
+	@echo "wrote runtime/modelfleet/api/inference_pb2.py and inference_pb2.pyi"
 
 bench: venv
 	@$(PYTHON) -m bench.runtime_bench --models mlp,cnn,bert,resnet --out bench-results

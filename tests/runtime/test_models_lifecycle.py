@@ -162,9 +162,9 @@ async def test_metrics_report_requests_latency_batches_queue_and_memory(
     await client.post("/v2/models/mlp/infer", json=infer_body("input", [[1]], [1, 1]))
     text = await (await client.get("/metrics")).text()
     for line in (
-        'modelfleet_requests_total{model="mlp",outcome="ok",version="1"} 1.0',
-        'modelfleet_requests_total{model="mlp",outcome="400",version="1"} 1.0',
-        'modelfleet_request_latency_seconds_count{model="mlp",version="1"} 1.0',
+        'modelfleet_requests_total{model="mlp",outcome="ok",protocol="rest",version="1"} 1.0',
+        'modelfleet_requests_total{model="mlp",outcome="400",protocol="rest",version="1"} 1.0',
+        'modelfleet_request_latency_seconds_count{model="mlp",protocol="rest",version="1"} 1.0',
         'modelfleet_queue_seconds_count{model="mlp",version="1"} 1.0',
         'modelfleet_compute_seconds_count{model="mlp",version="1"} 1.0',
         'modelfleet_batch_size_count{model="mlp",version="1"} 1.0',

@@ -67,6 +67,9 @@ class Process:
         admin = document["server"].get("admin_port")
         self.admin_url = f"http://{host}:{admin}" if admin else None
         """The admin API's base URL (it only listens when a token file is configured)."""
+        grpc_port = document["server"].get("grpc_port")
+        self.grpc_address = f"{host}:{grpc_port}" if grpc_port else None
+        """``host:port`` of the OIP gRPC API (when ``grpc_port`` is in the document)."""
         self.document = document
         name = f"{command}-{host}-{self.port}"
         self.path = tmp / f"{name}.yaml"

@@ -21,6 +21,10 @@ class VersionRoute(_Strict):
     endpoints: tuple[str, ...] = ()
     """Base URLs of runtime pods where this version is loaded and ready."""
 
+    grpc_endpoints: tuple[str, ...] = ()
+    """``host:port`` of the same pods' gRPC APIs, in the order of ``endpoints``
+    (empty: the version takes no gRPC traffic)."""
+
     @field_validator("endpoints")
     @classmethod
     def _urls(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
@@ -28,6 +32,24 @@ class VersionRoute(_Strict):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"endpoint {url!r} must start with http:// or https://")
         return tuple(url.rstrip("/") for url in endpoints)
+
+    @field_validator("grpc_endpoints")
+    @classmethod
+    def _targets(cls, targets: tuple[str, ...]) -> tuple[str, ...]:
+        for target in targets:
+            host, _, port = target.rpartition(":")
+            if not host or not port.isdigit() or "/" in target:
+                raise ValueError(f"gRPC endpoint {target!r} must be host:port")
+        return targets
+
+    @model_validator(mode="after")
+    def _paired(self) -> VersionRoute:
+        if self.grpc_endpoints and len(self.grpc_endpoints) != len(self.endpoints):
+            raise ValueError(
+                f"version {self.version!r} has {len(self.grpc_endpoints)} gRPC endpoints for "
+                f"{len(self.endpoints)} endpoints: give one per endpoint, in the same order"
+            )
+        return self
 
 
 class ModelRoute(_Strict):
@@ -56,6 +78,8 @@ class GatewayServer(_Strict):
     """Data port: the OIP paths and /metrics."""
     admin_port: int = Field(default=8081, ge=0, le=65535)
     """Admin port (``PUT/GET /admin/routes``), only with a token."""
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the OIP gRPC API (``inference.GRPCInferenceService``); off when unset."""
     admin_token_file: str | None = None
     """File holding the admin bearer token; the admin API is off without it."""
     eject_s: float = Field(default=5.0, gt=0)

@@ -92,29 +92,26 @@ async def put_state(request: web.Request) -> web.Response:
     return web.json_response(actual_state(runtime), status=202)
 
 
-async def repository_index(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    return web.json_response(
-        [
-            {
-                "name": m.config.name,
-                "version": m.config.version,
-                "state": str(m.state).upper(),
-                "reason": m.reason or "",
-            }
-            for m in runtime.repository.all_models()
-        ]
-    )
+def repository_models(runtime: Runtime) -> list[dict[str, str]]:
+    """The repository index (Triton's extension): every model version and its state."""
+    return [
+        {
+            "name": m.config.name,
+            "version": m.config.version,
+            "state": str(m.state).upper(),
+            "reason": m.reason or "",
+        }
+        for m in runtime.repository.all_models()
+    ]
 
 
-async def repository_load(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    name = request.match_info["model"]
-    body = await _json(request) if request.can_read_body else {}
-    config_data = ((body or {}).get("parameters") or {}).get("config")
+async def load_model(runtime: Runtime, name: str, config_data: object) -> list[str]:
+    """Loads model ``name`` (from ``config_data``, a config object or its JSON text,
+    or else from the desired state) and returns the versions loaded; ``BadRequest``
+    says why not. The REST and gRPC repository APIs both call this."""
     configs: list[ModelConfig]
     if config_data is not None:
-        if isinstance(config_data, str):
+        if isinstance(config_data, str | bytes):
             try:
                 config_data = json.loads(config_data)
             except json.JSONDecodeError as exc:
@@ -136,7 +133,20 @@ async def repository_load(request: web.Request) -> web.Response:
     failed = [m for m in results if m.reason]
     if failed:
         raise BadRequest(f"failed to load model '{name}': {failed[0].reason}")
-    return web.json_response({"name": name, "loaded": [m.config.version for m in results]})
+    return [m.config.version for m in results]
+
+
+async def repository_index(request: web.Request) -> web.Response:
+    return web.json_response(repository_models(request.app[RUNTIME]))
+
+
+async def repository_load(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    name = request.match_info["model"]
+    body = await _json(request) if request.can_read_body else {}
+    config_data = ((body or {}).get("parameters") or {}).get("config")
+    loaded = await load_model(runtime, name, config_data)
+    return web.json_response({"name": name, "loaded": loaded})
 
 
 async def repository_unload(request: web.Request) -> web.Response:

@@ -4,7 +4,7 @@ refused, a request that expired in a queue. The errors every server answers with
 
 from __future__ import annotations
 
-from modelfleet.serving.errors import ServingError, Unavailable
+from modelfleet.serving.errors import DeadlineExceeded, ServingError
 
 
 class ModelFailure(ServingError):
@@ -23,10 +23,10 @@ class ModelLoadError(Exception):
     """A model could not be loaded: bad file, checksum mismatch, memory budget."""
 
 
-def expired_error(model_key: tuple[str, str], waited_s: float) -> Unavailable:
+def expired_error(model_key: tuple[str, str], waited_s: float) -> DeadlineExceeded:
     """The 503 of a request whose deadline passed while it waited in a queue."""
     name, version = model_key
-    return Unavailable(
+    return DeadlineExceeded(
         f"deadline expired after {waited_s * 1000:.0f} ms in the queue of model '{name}' "
         f"version '{version}'; the request was not executed",
         retry_after_s=1,

@@ -21,7 +21,7 @@ from modelfleet.runtime.protocol import NP_DTYPES, Array, InferRequest
 from modelfleet.runtime.ratelimit import TokenBucket
 from modelfleet.runtime.recent import RecentLatencies
 from modelfleet.runtime.service import ServiceTime
-from modelfleet.serving.errors import BadRequest, RateLimited, Unavailable
+from modelfleet.serving.errors import BadRequest, DeadlineExceeded, RateLimited, Unavailable
 
 log = logging.getLogger("modelfleet.runtime")
 
@@ -170,7 +170,7 @@ class HostedModel:
         if expected + own > budget_s:
             return self._shed(
                 "deadline", level,
-                Unavailable(
+                DeadlineExceeded(
                     f"model '{name}' version '{version}' cannot answer within the request's "
                     f"deadline: {budget_s * 1000:.0f} ms left, about {expected * 1000:.0f} ms "
                     "of work queued ahead of it",

@@ -9,6 +9,7 @@ import sys
 
 from modelfleet.runtime.admin import build_admin_app
 from modelfleet.runtime.config import ConfigError, RuntimeDocument, load_document
+from modelfleet.runtime.grpc_server import build_grpc_server
 from modelfleet.runtime.runtime import Runtime
 from modelfleet.runtime.server import build_data_app
 from modelfleet.serving.auth import read_token
@@ -25,6 +26,9 @@ async def serve(document: RuntimeDocument) -> int:
     async with serving(config.host, log) as sites:
         await sites.listen(build_data_app(runtime), config.port, "data API")
         token = read_token(config.admin_token_file)
+        if config.grpc_port is not None:
+            grpc_api = build_grpc_server(runtime, token)
+            await sites.listen_grpc(grpc_api, config.grpc_port, "gRPC API")
         if token:
             admin = build_admin_app(runtime, token, sites.stop)
             await sites.listen(admin, config.admin_port, "admin API")

@@ -11,6 +11,7 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+PROTOCOLS = ("rest", "grpc")
 
 
 class RuntimeMetrics:
@@ -19,14 +20,16 @@ class RuntimeMetrics:
         labels = ("model", "version")
         self.requests = Counter(
             "modelfleet_requests_total",
-            "Infer requests by model, version and outcome (ok, or the HTTP status).",
-            (*labels, "outcome"),
+            "Infer requests by model, version, protocol (rest, grpc) and outcome (ok, or "
+            "the HTTP status; gRPC errors count under the HTTP status they map from).",
+            (*labels, "protocol", "outcome"),
             registry=self.registry,
         )
         self.latency = Histogram(
             "modelfleet_request_latency_seconds",
-            "End-to-end latency of successful infer requests inside the runtime.",
-            labels,
+            "End-to-end latency of successful infer requests inside the runtime, by "
+            "protocol (rest, grpc).",
+            (*labels, "protocol"),
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -110,11 +113,14 @@ class RuntimeMetrics:
     def forget(self, model: str, version: str) -> None:
         """Drops the per-model series of an unloaded model."""
         for metric in (
-            self.latency, self.queue_time, self.compute_time, self.batch_size,
+            self.queue_time, self.compute_time, self.batch_size,
             self.queue_depth, self.cache_hits, self.model_ready, self.expected_wait,
         ):  # fmt: skip
             with contextlib.suppress(KeyError):
                 metric.remove(model, version)
+        for protocol in PROTOCOLS:
+            with contextlib.suppress(KeyError):
+                self.latency.remove(model, version, protocol)
 
 
 class ModelMetrics:
@@ -123,8 +129,13 @@ class ModelMetrics:
     def __init__(self, metrics: RuntimeMetrics, model: str, version: str) -> None:
         self._metrics = metrics
         self._labels = (model, version)
-        self.ok = metrics.requests.labels(model, version, "ok")
-        self.latency = metrics.latency.labels(model, version)
+        self._served = {
+            protocol: (
+                metrics.requests.labels(model, version, protocol, "ok"),
+                metrics.latency.labels(model, version, protocol),
+            )
+            for protocol in PROTOCOLS
+        }
         self.queue_time = metrics.queue_time.labels(model, version)
         self.compute_time = metrics.compute_time.labels(model, version)
         self.batch_size = metrics.batch_size.labels(model, version)
@@ -133,8 +144,14 @@ class ModelMetrics:
         self.expected_wait = metrics.expected_wait.labels(model, version)
         self._admitted: dict[int, Counter] = {}
 
-    def failed(self, status: int) -> None:
-        self._metrics.requests.labels(*self._labels, str(status)).inc()
+    def served(self, protocol: str, seconds: float) -> None:
+        """One answered request, and how long it took inside the runtime."""
+        ok, latency = self._served[protocol]
+        ok.inc()
+        latency.observe(seconds)
+
+    def failed(self, status: int, protocol: str = "rest") -> None:
+        self._metrics.requests.labels(*self._labels, protocol, str(status)).inc()
 
     def shed(self, reason: str, level: int) -> None:
         self._metrics.shed.labels(*self._labels, str(level), reason).inc()

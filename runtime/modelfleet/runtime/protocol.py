@@ -63,7 +63,7 @@ def _shape_ok(shape: Sequence[int], expected: Sequence[int]) -> bool:
     )
 
 
-def _int_param(params: Mapping[str, Any], key: str) -> int | None:
+def int_param(params: Mapping[str, Any], key: str) -> int | None:
     value = params.get(key)
     if value is None:
         return None
@@ -116,16 +116,16 @@ def decode_request(
     head, binary = split_body(body, header_length)
     doc = _parse_head(head)
     params = _request_parameters(doc)
-    by_name = _inputs_by_name(doc["inputs"], specs)
-    arrays = _decode_inputs(by_name, specs, binary)
+    by_name = inputs_by_name(doc["inputs"], specs)
+    arrays = decode_inputs(by_name, specs, binary)
     outputs, binary_outputs = _requested_outputs(doc.get("outputs"))
     request_id = doc.get("id")
     return InferRequest(
         id=str(request_id) if request_id is not None else None,
         arrays=arrays,
         rows=len(arrays[0]),  # the batch dimension, the same in every input
-        priority=_int_param(params, "priority") or 0,
-        timeout_us=_int_param(params, "timeout"),
+        priority=int_param(params, "priority") or 0,
+        timeout_us=int_param(params, "timeout"),
         outputs=outputs,
         binary_outputs=binary_outputs,
         binary_default=bool(params.get("binary_data_output", False)),
@@ -157,9 +157,7 @@ def _request_parameters(doc: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _inputs_by_name(
-    raw_inputs: list[Any], specs: Sequence[TensorSpec]
-) -> dict[str, dict[str, Any]]:
+def inputs_by_name(raw_inputs: list[Any], specs: Sequence[TensorSpec]) -> dict[str, dict[str, Any]]:
     """The inputs by name; refuses an unnamed, repeated or undeclared one."""
     by_name: dict[str, dict[str, Any]] = {}
     for item in raw_inputs:
@@ -178,7 +176,7 @@ def _inputs_by_name(
     return by_name
 
 
-def _decode_inputs(
+def decode_inputs(
     by_name: Mapping[str, dict[str, Any]], specs: Sequence[TensorSpec], binary: memoryview
 ) -> list[Array]:
     """The arrays in declared order, each taking its binary data after the previous
@@ -325,6 +323,19 @@ def _requested_outputs(raw: Any) -> tuple[list[str] | None, set[str]]:
     return names, binary
 
 
+def check_outputs(wanted: list[str] | None, specs: Sequence[TensorSpec]) -> list[str] | None:
+    """The requested output names (None: all), refused when one is unknown."""
+    if wanted is not None:
+        known = {s.name for s in specs}
+        missing = [w for w in wanted if w not in known]
+        if missing:
+            raise BadRequest(
+                f"unknown output {', '.join(repr(m) for m in missing)}; "
+                f"the model has {', '.join(repr(s.name) for s in specs)}"
+            )
+    return wanted
+
+
 def encode_response(
     *,
     model: str,
@@ -334,15 +345,7 @@ def encode_response(
     arrays: Sequence[Array],
 ) -> tuple[bytes, dict[str, str]]:
     """Builds the OIP response body (JSON, or JSON + binary tensors when asked)."""
-    wanted = request.outputs
-    if wanted is not None:
-        known = {s.name for s in specs}
-        missing = [w for w in wanted if w not in known]
-        if missing:
-            raise BadRequest(
-                f"unknown output {', '.join(repr(m) for m in missing)}; "
-                f"the model has {', '.join(repr(s.name) for s in specs)}"
-            )
+    wanted = check_outputs(request.outputs, specs)
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for spec, array in zip(specs, arrays, strict=True):

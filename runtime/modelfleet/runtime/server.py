@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -11,15 +10,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelfleet.api import headers as contract
 from modelfleet.runtime.hosted import HostedModel, State
+from modelfleet.runtime.infer import Arrival, Infer, expected_wait_ms
 from modelfleet.runtime.protocol import (
     HEADER_LENGTH,
+    Array,
+    InferRequest,
     decode_request,
     encode_response,
     peek_parameters,
     tensor_metadata,
 )
 from modelfleet.runtime.runtime import Runtime
-from modelfleet.serving.errors import ServingError, Unavailable, errors_as_json
+from modelfleet.serving.errors import PayloadTooLarge, Unavailable, errors_as_json
 
 log = logging.getLogger("modelfleet.runtime")
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -87,87 +89,61 @@ async def model_ready(request: web.Request) -> web.Response:
     )
 
 
+class RestWire:
+    """OIP REST: a JSON head, optionally followed by binary tensors."""
+
+    protocol = "rest"
+
+    def __init__(self, header_length: str | None) -> None:
+        self.header_length = header_length
+
+    def peek(self, body: bytes) -> tuple[int | None, int | None]:
+        return peek_parameters(body, self.header_length)
+
+    def decode(self, body: bytes, model: HostedModel) -> InferRequest:
+        return decode_request(body, model.config.inputs, header_length=self.header_length)
+
+    def encode(
+        self, model: HostedModel, request: InferRequest, outputs: list[Array]
+    ) -> tuple[bytes, dict[str, str]]:
+        name, version = model.key
+        return encode_response(
+            model=name, version=version, request=request,
+            specs=model.config.outputs, arrays=outputs,
+        )  # fmt: skip
+
+
 async def infer(request: web.Request) -> web.Response:
     runtime = _runtime(request)
-    started = time.perf_counter()
     if runtime.draining:
         raise Unavailable("the server is shutting down", retry_after_s=1)
     model = _model(request)
-    name, version = model.key
-    metrics = model.metrics
     # Admission as early as it can decide: before the body is read when the gateway's
     # headers give the priority and timeout, else once it is read (the parameters
     # found in the raw bytes) and before its tensors are parsed. A request refused
     # here costs little, so refusing does not eat the capacity it protects.
     header = request.headers.get(PRIORITY_HEADER, "")
     timeout_header = request.headers.get(TIMEOUT_HEADER)
-    timeout_us = int(timeout_header) if timeout_header and timeout_header.isdigit() else None
-    level = int(header) if header.isdigit() else None
-    # Without the headers only what no request could pass is refused here (the
-    # expected wait is weighed once the body's parameters are known).
-    refused = model.refusal(level, model.budget_s(timeout_us), wait=level is not None)
-    if refused is not None:
-        raise _refuse(model, refused)
-    try:
-        model.worker.arriving(model, +1)  # tells eager batching that more work is on its way
+    arrival = Arrival(
+        level=int(header) if header.isdigit() else None,
+        timeout_us=int(timeout_header) if timeout_header and timeout_header.isdigit() else None,
+    )
+    serve = Infer(model, arrival, RestWire(request.headers.get(HEADER_LENGTH)))
+    serve.admit_early()
+
+    async def read() -> bytes:
         try:
-            body = await request.read()
-            header_length = request.headers.get(HEADER_LENGTH)
-            budget = model.budget_s(timeout_us)
-            if level is None:
-                level, timeout_param = peek_parameters(body, header_length)
-                budget = model.budget_s(timeout_us, timeout_param)
-                refused = model.refusal(level or 0, budget)
-                if refused is not None:
-                    raise refused
-            decoded = decode_request(body, model.config.inputs, header_length=header_length)
-        finally:
-            model.worker.arriving(model, -1)
-        outputs, cached = await model.infer(
-            decoded, timeout_us=timeout_us, decided=(level or model.default_level, budget)
-        )
-        payload, headers = encode_response(
-            model=name, version=version, request=decoded,
-            specs=model.config.outputs, arrays=outputs,
-        )  # fmt: skip
-    except ServingError as exc:
-        metrics.failed(exc.status)
-        model.errors += 1
-        if exc.status == 503:
-            exc.headers[EXPECTED_WAIT_HEADER] = _expected_wait_ms(model)
-        raise
-    except web.HTTPRequestEntityTooLarge:
-        metrics.failed(413)
-        raise
-    metrics.ok.inc()
-    finished = time.perf_counter()
-    metrics.latency.observe(finished - started)
-    objective = model.config.latency_objective_ms
-    if objective is not None:
-        met = (finished - started) * 1000 <= objective
-        metrics.objective(met)
-        if met:
-            model.objective_met += 1
-        else:
-            model.objective_missed += 1
-    model.recent.record(finished, finished - started)
-    if cached:
-        metrics.cache_hits.inc()
-    model.served += 1
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = runtime.config.max_body_bytes
+            raise PayloadTooLarge(
+                f"request body is larger than the limit of {limit} bytes"
+            ) from None
+
+    payload, headers = await serve.run(read)
     headers[QUEUE_DEPTH_HEADER] = str(len(model.queue))
-    headers[EXPECTED_WAIT_HEADER] = _expected_wait_ms(model)
+    headers[EXPECTED_WAIT_HEADER] = expected_wait_ms(model)
     return web.Response(body=payload, headers=headers)
-
-
-def _refuse(model: HostedModel, error: ServingError) -> ServingError:
-    model.metrics.failed(error.status)
-    model.errors += 1
-    error.headers[EXPECTED_WAIT_HEADER] = _expected_wait_ms(model)
-    return error
-
-
-def _expected_wait_ms(model: HostedModel) -> str:
-    return f"{model.worker.expected_wait(model, model.default_level) * 1000:.1f}"
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -69,6 +69,11 @@ class Unavailable(ServingError):
         super().__init__(message, headers=headers)
 
 
+class DeadlineExceeded(Unavailable):
+    """The request's deadline passed in a queue, or admission saw it could not be met.
+    A 503 over REST, like every other refusal; ``DEADLINE_EXCEEDED`` over gRPC."""
+
+
 class GatewayTimeout(ServingError):
     """The gateway gave up waiting for a runtime."""
 

@@ -10,15 +10,16 @@ from pydantic import BaseModel
 
 ServerT = TypeVar("ServerT", bound=BaseModel)
 
-SERVER_FLAGS = ("host", "port", "admin_port", "admin_token_file")
+SERVER_FLAGS = ("host", "port", "admin_port", "grpc_port", "admin_token_file")
 """The ``server`` fields a flag can override (``--admin-port`` sets ``admin_port``)."""
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
-    """``--host``, ``--port``, ``--admin-port`` and ``--admin-token-file``."""
+    """``--host``, ``--port``, ``--admin-port``, ``--grpc-port`` and ``--admin-token-file``."""
     parser.add_argument("--host", help="override server.host")
     parser.add_argument("--port", type=int, help="override server.port")
     parser.add_argument("--admin-port", type=int, help="override server.admin_port")
+    parser.add_argument("--grpc-port", type=int, help="override server.grpc_port (OIP gRPC API)")
     parser.add_argument("--admin-token-file", help="override server.admin_token_file")
 
 

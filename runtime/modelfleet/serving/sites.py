@@ -1,5 +1,5 @@
 """Start-up and graceful shutdown of a server process's listening sites (the
-runtime's and the gateway's data and admin APIs)."""
+runtime's and the gateway's data and admin APIs, REST and gRPC)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import grpc
 from aiohttp import web
 
 
@@ -22,6 +23,7 @@ class Sites:
         self.stop = asyncio.Event()
         """Set by SIGTERM or SIGINT (or by an admin API that drains): time to shut down."""
         self._runners: list[web.AppRunner] = []
+        self._grpc: list[grpc.aio.Server] = []
 
     async def listen(self, app: web.Application, port: int, what: str) -> None:
         """Serves ``app`` on ``host:port`` and logs "<what> listening on http://host:port"."""
@@ -33,10 +35,23 @@ class Sites:
         await web.TCPSite(runner, self.host, port, backlog=1024, reuse_address=True).start()
         self.log.info("%s listening on http://%s:%d", what, self.host, port)
 
+    async def listen_grpc(self, server: grpc.aio.Server, port: int, what: str) -> int:
+        """Starts ``server`` on ``host:port`` (0: a free port) and returns the port."""
+        bound = server.add_insecure_port(f"{self.host}:{port}")
+        if bound == 0:
+            raise OSError(f"{what}: cannot listen on {self.host}:{port}")
+        await server.start()
+        self._grpc.append(server)
+        self.log.info("%s listening on grpc://%s:%d", what, self.host, bound)
+        return bound
+
     async def close(self) -> None:
         """Closes the sites in the order they started. Each closes its listening
         socket, then waits for the handlers under way (up to the shutdown timeout)
         before it closes their connections."""
+        for server in self._grpc:
+            await server.stop(self.shutdown_timeout_s)
+        self._grpc.clear()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
