@@ -254,9 +254,10 @@ def test_the_written_document_holds_the_keys_the_operator_sets_and_no_others() -
     not written: a runtime that predates one still takes the document."""
     result = plan(pool(), {"mlp": model(replicas=1)}, [pod("gpu-0", "127.1.0.2")])
     written = yaml.safe_load(state_file(pool(), result.documents["gpu-0"]))
-    assert set(written["server"]) == {"host", "port", "admin_port", "admin_token_file",
-                                      "memory_budget_mb", "drain_grace_s", "model_store",
-                                      "executor"}  # fmt: skip
+    assert set(written["server"]) == {"host", "port", "admin_port", "grpc_port",
+                                      "admin_token_file", "memory_budget_mb", "drain_grace_s",
+                                      "model_store", "executor"}  # fmt: skip
+    assert written["server"]["grpc_port"] == 8001
     [entry] = written["models"]
     assert set(entry) == {"name", "version", "source", "format", "trusted", "priority",
                           "inputs", "outputs", "batching", "queue", "cache", "warmup",
@@ -281,7 +282,9 @@ def test_the_routes_the_operator_writes_parse_back_to_the_ones_it_built() -> Non
     assert set(written["models"]["mlp"]) == {"priority", "max_concurrency", "timeout_ms",
                                              "versions"}  # fmt: skip
     assert written["models"]["mlp"]["versions"][1] == {
-        "version": "2", "weight": 25, "endpoints": ["http://127.1.0.2:8080"]}  # fmt: skip
+        "version": "2", "weight": 25, "endpoints": ["http://127.1.0.2:8080"],
+        "grpc_endpoints": ["127.1.0.2:8001"]}  # fmt: skip
+    assert written["server"]["grpc_port"] == 8001
 
 
 def test_fields_a_newer_pod_reports_that_the_operator_does_not_know_are_no_difference() -> None:

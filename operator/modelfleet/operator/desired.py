@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 from modelfleet.api.routes import ModelRoute, VersionRoute
 from modelfleet.api.runtime_document import ModelConfig, RuntimeDocument, ServerConfig
-from modelfleet.operator.manifests import ADMIN_PORT, DATA_PORT, DRAIN_GRACE_S, TOKEN_PATH
+from modelfleet.operator.manifests import (
+    ADMIN_PORT,
+    DATA_PORT,
+    DRAIN_GRACE_S,
+    GRPC_PORT,
+    TOKEN_PATH,
+)
 from modelfleet.operator.observed import Key, ObservedVersion, PodView
 from modelfleet.operator.placement import Demand, Placement, Pod, place
 from modelfleet.operator.spec import (
@@ -39,6 +45,8 @@ class VersionReport:
     """Pods the version is placed on."""
     endpoints: list[str] = field(default_factory=list)
     """Data URLs of the pods where it is loaded and ready (what the gateway routes to)."""
+    grpc_endpoints: list[str] = field(default_factory=list)
+    """The same pods' gRPC APIs (``ip:port``), in the order of ``endpoints``."""
     loading: list[str] = field(default_factory=list)
     """Pods still loading or warming it."""
     failures: list[str] = field(default_factory=list)
@@ -106,6 +114,7 @@ def server_section(pool_spec: PoolSpec) -> ServerConfig:
         host="0.0.0.0",
         port=DATA_PORT,
         admin_port=ADMIN_PORT,
+        grpc_port=GRPC_PORT,
         admin_token_file=TOKEN_PATH,
         memory_budget_mb=pool_spec.memory_budget_mb,
         drain_grace_s=DRAIN_GRACE_S,
@@ -286,6 +295,7 @@ def _add_pod_state(
     """Files a pod the version is placed on as an endpoint (ready), a failure, or loading."""
     if pod.ready_for(key):
         report.endpoints.append(f"http://{pod.ip}:{DATA_PORT}")
+        report.grpc_endpoints.append(f"{pod.ip}:{GRPC_PORT}")
     elif seen is not None and seen.state == "failed":
         report.failures.append(f"{pod.name}: {seen.reason or 'failed to load'}")
     else:
@@ -330,7 +340,12 @@ def route(spec: ModelSpec, versions: list[VersionReport], max_concurrency: int) 
         max_concurrency=max_concurrency,
         timeout_ms=spec.queue.timeout_ms,
         versions=tuple(
-            VersionRoute(version=v.version, weight=w, endpoints=tuple(v.endpoints))
+            VersionRoute(
+                version=v.version,
+                weight=w,
+                endpoints=tuple(v.endpoints),
+                grpc_endpoints=tuple(v.grpc_endpoints),
+            )
             for v, w in zip(versions, weights, strict=True)
         ),
     )

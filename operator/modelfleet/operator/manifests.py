@@ -13,7 +13,8 @@ from typing import Any
 from modelfleet.operator.settings import runtime_image
 from modelfleet.operator.spec import API_VERSION, PoolSpec
 
-DATA_PORT, ADMIN_PORT = 8080, 8081
+DATA_PORT, ADMIN_PORT, GRPC_PORT = 8080, 8081, 8001
+"""Pod ports: OIP REST and /metrics, admin, and OIP gRPC (Triton's usual 8001)."""
 DRAIN_GRACE_S = 30
 """The runtime's ``drain_grace_s``: queued and in-flight work gets this long after SIGTERM."""
 PRESTOP_S = 5
@@ -91,7 +92,8 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 
 def _ports() -> list[dict[str, Any]]:
-    return [{"name": "http", "containerPort": DATA_PORT}, {"name": "admin", "containerPort": ADMIN_PORT}]  # fmt: skip
+    return [{"name": "http", "containerPort": DATA_PORT}, {"name": "admin", "containerPort": ADMIN_PORT},
+            {"name": "grpc", "containerPort": GRPC_PORT}]  # fmt: skip
 
 
 def runtime_statefulset(pool: Owner, spec: PoolSpec) -> dict[str, Any]:
@@ -160,7 +162,8 @@ def runtime_headless_service(pool: Owner) -> dict[str, Any]:
         "apiVersion": "v1", "kind": "Service", "metadata": _meta(f"{pool.name}-pods", pool, "runtime"),
         "spec": {"clusterIP": "None", "selector": labels(pool.name, "runtime"),
                  "publishNotReadyAddresses": True,
-                 "ports": [{"name": "http", "port": DATA_PORT}, {"name": "admin", "port": ADMIN_PORT}]},
+                 "ports": [{"name": "http", "port": DATA_PORT}, {"name": "admin", "port": ADMIN_PORT},
+                           {"name": "grpc", "port": GRPC_PORT}]},
     }  # fmt: skip
 
 
@@ -200,7 +203,8 @@ def gateway_service(pool: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Service", "metadata": _meta(f"{pool.name}-gateway", pool, "gateway"),
         "spec": {"selector": labels(pool.name, "gateway"),
-                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http"},
+                           {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"}]},
     }  # fmt: skip
 
 
@@ -240,11 +244,13 @@ def token_secret(pool: Owner, token: str) -> dict[str, Any]:
 
 
 def model_service(model: Owner, pool: str) -> dict[str, Any]:
-    """``http://<model>.<namespace>.svc/v2/models/<model>/infer`` reaches the pool's gateway."""
+    """``http://<model>.<namespace>.svc/v2/models/<model>/infer`` and gRPC at
+    ``<model>.<namespace>.svc:8001`` reach the pool's gateway."""
     return {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": model.name, "namespace": model.namespace,
                      "labels": labels(pool, "model"), "ownerReferences": [model.reference()]},
         "spec": {"selector": labels(pool, "gateway"),
-                 "ports": [{"name": "http", "port": 80, "targetPort": DATA_PORT}]},
+                 "ports": [{"name": "http", "port": 80, "targetPort": DATA_PORT},
+                           {"name": "grpc", "port": GRPC_PORT, "targetPort": GRPC_PORT}]},
     }  # fmt: skip

@@ -28,6 +28,7 @@ from modelfleet.operator.kube import Kube
 from modelfleet.operator.manifests import (
     ADMIN_PORT,
     DATA_PORT,
+    GRPC_PORT,
     TOKEN_KEY,
     TOKEN_PATH,
     Owner,
@@ -107,7 +108,7 @@ def routes_file(models: dict[str, ModelRoute]) -> str:
     """The gateways' routes document (the routes ConfigMap's ``routes.yaml``), in the
     models the gateways read it with (``modelfleet.api.routes``)."""
     server = GatewayServer(host="0.0.0.0", port=DATA_PORT, admin_port=ADMIN_PORT,
-                           admin_token_file=TOKEN_PATH)  # fmt: skip
+                           grpc_port=GRPC_PORT, admin_token_file=TOKEN_PATH)  # fmt: skip
     document = RoutesDocument(server=server, models=models)
     written = {"server": document.server.model_dump(mode="json", exclude_unset=True),
                "models": routes_entries(document.models)}  # fmt: skip

@@ -75,6 +75,9 @@ def try_it(runtime: Runtime) -> str:
             lines.append(f"  curl -s {base}/v2/models/{model.config.name}   # metadata: "
                          f"input '{spec.name}' {spec.datatype} {list(spec.shape)}")  # fmt: skip
     lines.append(f"  curl -s {base}/metrics | grep modelfleet_requests_total")
+    if config.grpc_port is not None:
+        lines.append(f"  # OIP gRPC on {host}:{config.grpc_port}: "
+                     f'tritonclient.grpc.InferenceServerClient("{host}:{config.grpc_port}")')  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
