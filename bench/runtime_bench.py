@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import yaml
 
-from bench import traffic
+from bench import grpc_load, traffic
 from bench.ceiling import Ceiling, Sample, batches_of, load_ceiling, padding_overhead, paired_ratios
 from bench.loadgen import Point, closed_loop, table
 from modelfleet.runtime.config import ModelConfig
@@ -74,7 +74,8 @@ class Plan:
     """How the bench measures one model."""
 
     encodings: tuple[str, ...]
-    """The cases ``--models`` runs (``make bench``): ``json`` and/or ``binary``."""
+    """The cases ``--models`` runs (``make bench``): ``json``, ``binary`` (REST) and/or
+    ``grpc`` (OIP gRPC with raw input contents, as tritonclient.grpc sends them)."""
     inputs: int
     """Distinct requests the load cycles through (and the ceiling), unless ``--inputs``."""
     levels: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
@@ -89,7 +90,7 @@ class Plan:
 
 PLANS: dict[str, Plan] = {
     "mlp": Plan(("json",), 64),
-    "cnn": Plan(("json", "binary"), 64),
+    "cnn": Plan(("json", "binary", "grpc"), 64),
     # Mixed lengths: each sweep sample runs every bucket at least once (one batch of
     # 32 sentences of 128 tokens alone takes ~45 ms), so fewer rounds.
     "bert": Plan(("binary",), 256, sweep_rounds=8, sentences=True),
@@ -161,8 +162,13 @@ class Traffic:
         return {"requests": [tuple(torch.from_numpy(a) for a in r) for r in self.requests]}
 
     def bodies(self, encoding: str) -> tuple[list[bytes], list[dict[str, str]]]:
-        """Every request as an OIP body in ``encoding``, with its headers."""
+        """Every request as an OIP body in ``encoding``, with its headers (none for
+        ``grpc``: a serialised ModelInferRequest)."""
         specs = MODELS[self.name]["inputs"]
+        if encoding == "grpc":
+            return [grpc_load.infer_request(self.name, specs, r) for r in self.requests], [
+                {} for _ in self.requests
+            ]
         encoded = [traffic.encode(specs, r, encoding) for r in self.requests]
         return [b for b, _ in encoded], [h for _, h in encoded]
 
@@ -335,6 +341,16 @@ class Measured:
         return statistics.median(self.ratios)
 
 
+async def served_window(
+    url: str, body: list[bytes], headers: dict[str, str] | Sequence[dict[str, str]], c: int,
+    window_s: float,
+) -> Point:  # fmt: skip
+    """One closed-loop window: HTTP for an ``http://`` URL, else gRPC to ``host:port``."""
+    if url.startswith("http"):
+        return await closed_loop(url, body, headers, c, window_s, warmup_s=0.15)
+    return await grpc_load.closed_loop(url, body, c, window_s, warmup_s=0.15)
+
+
 async def measure_level(
     url: str, body: list[bytes], headers: dict[str, str] | Sequence[dict[str, str]], c: int,
     ceiling: Ceiling, *, rows: int, duration: float, rounds: int, bs: int,
@@ -347,7 +363,7 @@ async def measure_level(
     singles = [ceiling.measure(rows, 0.1)]
     points = []
     for _ in range(rounds):
-        points.append(await closed_loop(url, body, headers, c, window_s, warmup_s=0.15))
+        points.append(await served_window(url, body, headers, c, window_s))
         ceilings.append(ceiling.window(bs))
         singles.append(ceiling.measure(rows, 0.1))
     ratios = paired_ratios([p.throughput * rows for p in points], ceilings)
@@ -382,10 +398,11 @@ async def sweep(
     *,
     rows: int = 1,
     rounds: int = 4,
+    grpc_target: str | None = None,
 ) -> list[Measured]:
-    """Each concurrency of ``levels`` against the runtime at ``base``; the requests
-    cycle through ``load``. Raises if the runtime's answers differ from the
-    forward pass of each request alone."""
+    """Each concurrency of ``levels`` against the runtime at ``base`` (its gRPC API at
+    ``grpc_target`` for the ``grpc`` encoding); the requests cycle through ``load``.
+    Raises if the runtime's answers differ from the forward pass of each request alone."""
     import aiohttp
 
     from modelfleet.runtime.forward import forward
@@ -394,15 +411,22 @@ async def sweep(
     config = ModelConfig.model_validate(model_config(name))
     module = load_module(config, store, torch.device("cpu"))
     url = f"{base}/v2/models/{name}/infer"
+    if encoding == "grpc":
+        if grpc_target is None:
+            raise SystemExit(f"{name}/grpc: the runtime has no gRPC port")
+        url = grpc_target
     bs = ceiling.best_batch
     out = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for i in checked_requests(ceiling):
-            async with session.post(url, data=bodies[i], headers=headers[i]) as resp:
-                if resp.status != 200:
-                    raise SystemExit(f"{name}: the runtime answered {resp.status}: "
-                                     f"{await resp.text()}")  # fmt: skip
-                answer = traffic.decode_response(await resp.read(), resp.headers)
+            if encoding == "grpc":
+                answer = grpc_load.decode_answer(await grpc_load.infer(url, bodies[i]))
+            else:
+                async with session.post(url, data=bodies[i], headers=headers[i]) as resp:
+                    if resp.status != 200:
+                        raise SystemExit(f"{name}: the runtime answered {resp.status}: "
+                                         f"{await resp.text()}")  # fmt: skip
+                    answer = traffic.decode_response(await resp.read(), resp.headers)
             reference = forward(module, list(load.requests[i]), config.outputs, torch.device("cpu"))
             for spec, want in zip(config.outputs, reference, strict=True):
                 got = answer[spec.name]
@@ -503,8 +527,9 @@ def parse_cases(cases: str | None, models: str) -> list[tuple[str, str]]:
         out = []
         for case in cases.split(","):
             name, sep, encoding = case.partition("/")
-            if not sep or name not in MODELS or encoding not in ("json", "binary"):
-                raise SystemExit(f"--cases {case!r}: expected MODEL/json or MODEL/binary, "
+            if not sep or name not in MODELS or encoding not in ("json", "binary", "grpc"):
+                raise SystemExit(f"--cases {case!r}: expected MODEL/json, MODEL/binary or "
+                                 "MODEL/grpc, "
                                  f"MODEL one of {', '.join(MODELS)}")  # fmt: skip
             out.append((name, encoding))
         return out
@@ -543,7 +568,7 @@ def main() -> int:
         "--cases", default=None,
         help="MODEL/ENCODING,... instead of --models, e.g. cnn/binary,bert/json",
     )  # fmt: skip
-    parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument("--port", type=int, default=18080, help="REST port (gRPC: port + 1)")
     parser.add_argument(
         "--rows", type=int, default=1, choices=[1, 2, 4, 8, 16],
         help="rows (images, sentences) per request; the ratios count rows, so --rows 16 "
@@ -614,7 +639,8 @@ def main() -> int:
             overrides, load_cpu, _ = PROFILES[profile]
             print(f"profile {profile}: {overrides or 'the runtime defaults'}", flush=True)
             config: dict[str, Any] = {
-                "server": {"host": "127.0.0.1", "port": args.port, "model_store": str(store),
+                "server": {"host": "127.0.0.1", "port": args.port, "grpc_port": args.port + 1,
+                           "model_store": str(store),
                            "torch_threads": 1, "memory_budget_mb": 1024, **overrides},
                 "models": [with_overrides(model_config(n), args.model) for n in names],
             }  # fmt: skip
@@ -643,7 +669,8 @@ def main() -> int:
                 for name, encoding in cases:
                     served[f"{profile} {name}/{encoding}"] = asyncio.run(
                         sweep(base, name, encoding, levels_for[name], args.duration, store,
-                              ceilings[name], traffics[name], rows=args.rows, rounds=args.rounds)
+                              ceilings[name], traffics[name], rows=args.rows, rounds=args.rounds,
+                              grpc_target=f"127.0.0.1:{args.port + 1}")
                     )  # fmt: skip
             finally:
                 proc.terminate()
@@ -708,7 +735,7 @@ def main() -> int:
         ok_ratio = best is not None and best["ratio_to_ceiling"] >= 0.8
         added = f"; added at c=1 {c1[0]['added_ms']:+.2f} ms" if c1 else ""
         target = " [80% met]" if ok_ratio else " [80% MISSED]"
-        if c1 and case.endswith("/binary"):
+        if c1 and case.endswith(("/binary", "/grpc")):
             target += " [1.5 ms met]" if c1[0]["added_ms"] <= 1.5 else " [1.5 ms MISSED]"
         print(f"{case}: ceiling at batch {data['best_batch']}; best with p99 <= 50 ms: "
               f"{summary}{added}{target}")  # fmt: skip

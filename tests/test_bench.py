@@ -128,6 +128,48 @@ async def test_the_load_generator_sends_each_body_in_turn(aiohttp_server: Any) -
     assert max(received.values()) - min(received.values()) <= 1
 
 
+async def test_the_grpc_load_generator_sends_each_request_in_turn_and_decodes_answers() -> None:
+    from collections import Counter
+
+    import grpc
+    import numpy as np
+
+    from bench import grpc_load
+    from modelfleet.api import inference_pb2 as pb
+
+    received: Counter[str] = Counter()
+
+    async def model_infer(body: bytes, context: Any) -> bytes:
+        request = pb.ModelInferRequest.FromString(body)
+        x = np.frombuffer(request.raw_input_contents[0], np.float32)
+        received[str(x.tolist())] += 1
+        answer = pb.ModelInferResponse(model_name=request.model_name)
+        answer.outputs.add(name="y", datatype="FP32", shape=[1, x.size])
+        answer.raw_output_contents.append((x * 2).tobytes())
+        return answer.SerializeToString()
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(model_infer)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(grpc_load.SERVICE, {"ModelInfer": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        specs = [{"name": "x", "datatype": "FP32"}]
+        xs = [np.full((1, 3), i, np.float32) for i in range(3)]
+        bodies = [grpc_load.infer_request("m", specs, [x]) for x in xs]
+        target = f"127.0.0.1:{port}"
+        answer = grpc_load.decode_answer(await grpc_load.infer(target, bodies[1]))
+        np.testing.assert_array_equal(answer["y"], xs[1] * 2)
+        point = await grpc_load.closed_loop(target, bodies, 2, 0.3, warmup_s=0.05)
+    finally:
+        await server.stop(0)
+    assert point.requests > 0 and point.errors == 0
+    assert set(received) == {str(x.reshape(-1).tolist()) for x in xs}
+    assert max(received.values()) - min(received.values()) <= 2
+
+
 # -- the zoo in the bench: variable-length traffic and its ceiling ----------------
 
 
@@ -296,13 +338,14 @@ def test_make_bench_measures_the_zoo_with_each_models_default_encodings() -> Non
     from bench.runtime_bench import parse_cases
 
     assert parse_cases(None, "mlp,cnn,bert,resnet") == [
-        ("mlp", "json"), ("cnn", "json"), ("cnn", "binary"),
+        ("mlp", "json"), ("cnn", "json"), ("cnn", "binary"), ("cnn", "grpc"),
         ("bert", "binary"), ("resnet", "binary"),
     ]  # fmt: skip
     assert parse_cases("bert/json,cnn/binary", "mlp") == [("bert", "json"), ("cnn", "binary")]
     with pytest.raises(SystemExit, match="unknown"):
         parse_cases(None, "bert,gpt2")
-    with pytest.raises(SystemExit, match="MODEL/json or MODEL/binary"):
+    assert parse_cases("cnn/grpc", "mlp") == [("cnn", "grpc")]
+    with pytest.raises(SystemExit, match="MODEL/json, MODEL/binary or MODEL/grpc"):
         parse_cases("bert/msgpack", "mlp")
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
     assert "--models mlp,cnn,bert,resnet" in makefile
