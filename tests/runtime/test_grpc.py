@@ -500,3 +500,30 @@ def test_modelfleet_serve_opens_the_grpc_port_and_drains_on_sigterm(serve: Any) 
         assert out is not None and out.shape == (2, 4)
     assert "gRPC API listening on grpc://127.0.0.1:" in runtime.log_tail()
     assert runtime.stop() == 0
+
+
+def test_kserves_grpc_client_just_works(serve: Any) -> None:
+    """KServe's InferenceGRPCClient (in its own process: see the script's docstring)."""
+    import subprocess
+    import sys
+
+    from tests.support.servers import ENV, free_port
+
+    runtime = serve([mlp_config()], grpc_port=free_port())
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.support.kserve_grpc_client", runtime.grpc_address],
+        env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["live"] and seen["ready"] and seen["model_ready"]
+    with triton_sync.InferenceServerClient(runtime.grpc_address) as client:
+        tensor = triton_sync.InferInput("input", [2, 16], "FP32")
+        tensor.set_data_from_numpy(X)
+        expected = client.infer("mlp", [tensor]).as_numpy("output")
+    assert expected is not None
+    for how in ("raw", "typed"):
+        answer = seen["answers"][how]
+        assert answer["id"] == "k-1" and answer["name"] == "output" and answer["shape"] == [2, 4]
+        np.testing.assert_allclose(answer["data"], expected.reshape(-1), rtol=1e-6)
+    assert "unknown model 'nope'" in seen["unknown"]
