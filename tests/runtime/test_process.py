@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.runtime.conftest import mlp_config, tiny_model
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,11 +59,18 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(serve: A
             results["status"] = resp.status
             results["body"] = resp.read()
 
+    def admitted() -> bool:  # batches of one, no delay: admitted means running
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return re.search(
+            r'modelfleet_admitted_total\{model="slow",priority="\d+",version="1"\} 1\.0', text
+        )
+
     thread = threading.Thread(target=in_flight)
     thread.start()
-    time.sleep(0.5)  # the request is now running on the device
+    wait_for("the request running on the device", admitted, interval=0.05)
     server.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_for("the drain under way", lambda: "draining" in server.log.read_text(), interval=0.02)
     for path, method in (("/v2/health/ready", "GET"), ("/v2/models/slow/infer", "POST")):
         req = urllib.request.Request(
             f"{server.url}{path}", data=body if method == "POST" else None, method=method
