@@ -117,7 +117,7 @@ async def test_split_matches_weights_sticky_keys_stay_and_weight_changes_move_fe
         async with session.get(f"{gw.url}/metrics") as resp:
             text = await resp.text()
         assert (
-            f'modelfleet_gateway_requests_total{{endpoint="{runtime.url}",model="mlp",outcome="200",version="2"}}'
+            f'modelfleet_gateway_requests_total{{endpoint="{runtime.url}",model="mlp",outcome="200",protocol="rest",version="2"}}'
             in text
         )
 

@@ -527,3 +527,20 @@ def test_kserves_grpc_client_just_works(serve: Any) -> None:
         assert answer["id"] == "k-1" and answer["name"] == "output" and answer["shape"] == [2, 4]
         np.testing.assert_allclose(answer["data"], expected.reshape(-1), rtol=1e-6)
     assert "unknown model 'nope'" in seen["unknown"]
+
+
+async def test_priority_given_only_as_gateway_metadata_or_header_queues_at_that_level(
+    start_grpc: StartGrpc,
+) -> None:
+    runtime, address, rest = await start_grpc([mlp_config()])
+    await call(address, mlp_request(), metadata=(("x-modelfleet-priority", "2"),))
+    body = infer_body("input", [[0.5] * 16], [1, 16])
+    resp = await rest.post(
+        "/v2/models/mlp/infer", json=body, headers={"X-ModelFleet-Priority": "3"}
+    )
+    assert resp.status == 200
+    text = await (await _rest_metrics(runtime)).text()
+    for level in ("2", "3"):
+        assert (
+            f'modelfleet_admitted_total{{model="mlp",priority="{level}",version="1"}} 1.0' in text
+        )

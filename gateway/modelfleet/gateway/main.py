@@ -7,6 +7,7 @@ import logging
 import sys
 
 from modelfleet.gateway.admin import build_admin_app
+from modelfleet.gateway.grpc_proxy import build_grpc_proxy
 from modelfleet.gateway.proxy import Gateway, build_gateway_app
 from modelfleet.gateway.routes import RoutesDocument, RoutesError, load_routes
 from modelfleet.serving.auth import read_token
@@ -18,13 +19,16 @@ log = logging.getLogger("modelfleet.gateway")
 
 
 async def serve(document: RoutesDocument) -> int:
-    """Serves until SIGTERM or SIGINT; then readiness turns false, the listening
-    sockets close, in-flight requests finish (up to ``drain_grace_s``) and it returns 0."""
+    """Serves REST (and gRPC when ``grpc_port`` is set) until SIGTERM or SIGINT; then
+    readiness turns false, new infer requests are refused, the listening sockets
+    close, in-flight requests finish (up to ``drain_grace_s``) and it returns 0."""
     config = document.server
     gateway = Gateway(document)
     try:
         async with serving(config.host, log, shutdown_timeout_s=config.drain_grace_s) as sites:
             await sites.listen(build_gateway_app(gateway), config.port, "gateway")
+            if config.grpc_port is not None:
+                await sites.listen_grpc(build_grpc_proxy(gateway), config.grpc_port, "gateway gRPC")
             token = read_token(config.admin_token_file)
             if token:
                 admin = build_admin_app(gateway, token)

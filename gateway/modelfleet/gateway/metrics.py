@@ -1,9 +1,12 @@
 """Prometheus metrics of the gateway: the split actually applied can be read here.
 
 ``modelfleet_gateway_requests_total`` counts each client request once, under the
-version and endpoint that answered it and its outcome: the status returned, or
-``shed`` (refused by admission), ``timeout`` (the gateway's deadline passed) or
-``unreachable`` (no endpoint could be reached). Retries are counted apart.
+version and endpoint that answered it, its protocol (``rest`` or ``grpc``) and its
+outcome: the status returned, or ``shed`` (refused by admission), ``timeout`` (the
+gateway's deadline passed) or ``unreachable`` (no endpoint could be reached). A gRPC
+answer counts under the HTTP status its code maps from (OK is ``200``, UNAVAILABLE
+``503``: ``serving.grpc_status.HTTP_STATUS``), and under the endpoint's HTTP URL, the
+key REST uses for the same pod. Retries are counted apart.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-_Labels = tuple[str, str, str, str]
+_Labels = tuple[str, str, str, str, str]
 
 
 class GatewayMetrics:
@@ -19,15 +22,15 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "modelfleet_gateway_requests_total",
-            "Client requests by model, version, endpoint and outcome (the status returned, "
-            "or shed, timeout, unreachable).",
-            ("model", "version", "endpoint", "outcome"),
+            "Client requests by model, version, endpoint, outcome (the status returned, "
+            "or shed, timeout, unreachable) and protocol (rest, grpc).",
+            ("model", "version", "endpoint", "outcome", "protocol"),
             registry=self.registry,
         )
         self.latency = Histogram(
             "modelfleet_gateway_latency_seconds",
-            "Time from arrival to the answer, by model, version, endpoint and outcome.",
-            ("model", "version", "endpoint", "outcome"),
+            "Time from arrival to the answer, by model, version, endpoint, outcome and protocol.",
+            ("model", "version", "endpoint", "outcome", "protocol"),
             buckets=BUCKETS,
             registry=self.registry,
         )
@@ -60,10 +63,16 @@ class GatewayMetrics:
         return gauge
 
     def answered(
-        self, model: str, version: str, endpoint: str, outcome: str, seconds: float
+        self,
+        model: str,
+        version: str,
+        endpoint: str,
+        outcome: str,
+        seconds: float,
+        protocol: str = "rest",
     ) -> None:
         """Counts one client request and its latency (label children cached: hot path)."""
-        key = (model, version, endpoint, outcome)
+        key = (model, version, endpoint, outcome, protocol)
         children = self._children.get(key)
         if children is None:
             children = self.requests.labels(*key), self.latency.labels(*key)

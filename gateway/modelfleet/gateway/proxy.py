@@ -18,7 +18,7 @@ from modelfleet.gateway.balancer import Endpoint, least_wait, pick
 from modelfleet.gateway.metrics import GatewayMetrics
 from modelfleet.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
 from modelfleet.gateway.split import Spread, choose_version
-from modelfleet.gateway.upstream import UpstreamError, UpstreamResponse, Upstreams
+from modelfleet.gateway.upstream import GrpcChannels, UpstreamError, UpstreamResponse, Upstreams
 from modelfleet.serving.errors import (
     BadGateway,
     GatewayTimeout,
@@ -64,6 +64,7 @@ class Gateway:
         self.spreads: dict[str, Spread] = {}  # per model, kept across route replacements
         self.table = Table(document, {}, {})
         self.upstreams = Upstreams(self.config.connect_timeout_s)
+        self.channels = GrpcChannels(self.config.connect_timeout_s)
         self.replace(document)
         self.draining = False
 
@@ -89,12 +90,15 @@ class Gateway:
         self.spreads = {m: s for m, s in self.spreads.items() if m in document.models}
         for url in old.endpoints.keys() - endpoints.keys():
             self.upstreams.forget(url)
+        for target in _grpc_targets(old.document) - _grpc_targets(document):
+            self.channels.forget(target)  # calls under way on it may finish
         log.info(
             "routes replaced: %d model(s), %d endpoint(s)", len(document.models), len(endpoints)
         )
 
     async def close(self) -> None:
         self.upstreams.close()
+        await self.channels.close()
 
     # -- choosing ------------------------------------------------------------------
 
@@ -106,6 +110,14 @@ class Gateway:
 
     def version(self, model: str, route: ModelRoute, request: web.Request) -> VersionRoute:
         forced = request.match_info.get("version") or request.headers.get(VERSION_HEADER)
+        return self.choose(model, route, forced, request.headers.get(SESSION_HEADER))
+
+    def choose(
+        self, model: str, route: ModelRoute, forced: str | None, session: str | None
+    ) -> VersionRoute:
+        """The version a request goes to, REST and gRPC alike: the ``forced`` one (from
+        the path, the request or ``X-ModelFleet-Version``), else the traffic split,
+        sticky by ``session`` (``X-ModelFleet-Session``) when there is one."""
         if forced is not None:
             for v in route.versions:
                 if v.version == forced:
@@ -115,7 +127,7 @@ class Gateway:
         spread = self.spreads.get(model)
         if spread is None:
             spread = self.spreads[model] = Spread(self.rng.random())
-        chosen = choose_version(route.versions, request.headers.get(SESSION_HEADER), spread)
+        chosen = choose_version(route.versions, session, spread)
         if chosen is None:
             raise Unavailable(
                 f"model '{model}' has no version with traffic weight", retry_after_s=1
@@ -136,17 +148,13 @@ class Gateway:
         try:
             level = _level(request, body)
             try:
-                self._hold_back(model, version, level, request, deadline)
+                await self.admit(
+                    model, route, version, level,
+                    _client_deadline(request, deadline, time.monotonic()), gate if admit else None,
+                )  # fmt: skip
             except Unavailable:
                 outcome = "shed"
                 raise
-            if admit:
-                try:
-                    await gate.acquire(level, route.timeout_ms / 1000)
-                except Unavailable:
-                    outcome = "shed"
-                    self.metrics.shed.labels(model, str(level)).inc()
-                    raise
             in_flight = self.metrics.in_flight_of(model)
             in_flight.inc()
             try:
@@ -167,17 +175,35 @@ class Gateway:
             return response
         finally:
             self.metrics.answered(
-                model, version.version, endpoint, outcome, time.perf_counter() - started
+                model, version.version, endpoint, outcome, time.perf_counter() - started, "rest"
             )
 
-    def _hold_back(
-        self, model: str, version: VersionRoute, level: int, request: web.Request, deadline: float
+    async def admit(
+        self,
+        model: str,
+        route: ModelRoute,
+        version: VersionRoute,
+        level: int,
+        deadline: float,
+        gate: Admission | None,
     ) -> None:
+        """Lets a request in, or sheds it (``Unavailable``, counted): the hold-back,
+        then the model's admission gate (``gate``; None for metadata and readiness,
+        which take no slot). The caller releases the gate once the request is done."""
+        self.hold_back(model, version, level, deadline)
+        if gate is not None:
+            try:
+                await gate.acquire(level, route.timeout_ms / 1000)
+            except Unavailable:
+                self.metrics.shed.labels(model, str(level)).inc()
+                raise
+
+    def hold_back(self, model: str, version: VersionRoute, level: int, deadline: float) -> None:
         """Refuses at once a request that no endpoint of the version could start
-        within its deadline, by what the runtimes last reported: the pool keeps
-        its headroom, and the client is told now rather than after a round trip."""
+        within its ``deadline`` (the earlier of the gateway's and the client's), by
+        what the runtimes last reported: the pool keeps its headroom, and the client
+        is told now rather than after a round trip."""
         now = time.monotonic()
-        deadline = _client_deadline(request, deadline, now)
         endpoints = [
             self.table.endpoints[u] for u in version.endpoints if u in self.table.endpoints
         ]
@@ -226,7 +252,7 @@ class Gateway:
                         endpoint.url, request.method, path, headers, body
                     )
             except UpstreamError as exc:
-                last_error = self._unreachable(endpoint, model, version, exc)
+                last_error = self.unreachable(endpoint, model, version, exc)
                 continue
             except TimeoutError:
                 raise GatewayTimeout(
@@ -236,7 +262,7 @@ class Gateway:
             finally:
                 endpoint.outstanding -= 1
             endpoint.succeeded()
-            _note_report(endpoint, answer.headers)
+            note_report(endpoint, answer.headers)
             if answer.status == 503 and not busy_retried and len(tried) < len(endpoints):
                 busy_retried = True  # full or draining there: another pod may have room
                 self.metrics.retries.labels(model, endpoint.url, "busy").inc()
@@ -259,19 +285,39 @@ class Gateway:
             )
         return endpoints
 
-    def _unreachable(
-        self, endpoint: Endpoint, model: str, version: VersionRoute, exc: UpstreamError
+    def unreachable(
+        self,
+        endpoint: Endpoint,
+        model: str,
+        version: VersionRoute,
+        exc: Exception,
+        grpc_target: str | None = None,
     ) -> BadGateway:
-        """A connection to ``endpoint`` failed: it is ejected for a while, its pooled
-        connections dropped; the error the client gets if no other endpoint answers."""
+        """A connection to ``endpoint`` failed: it is ejected for a while (for REST and
+        gRPC alike), its pooled connections dropped (or, for a failure at its gRPC
+        ``grpc_target``, its channel); the error the client gets if no other endpoint
+        answers."""
         endpoint.eject(time.monotonic(), self.config.eject_s)
-        self.upstreams.forget(endpoint.url)
+        if grpc_target is None:
+            self.upstreams.forget(endpoint.url)
+        else:
+            self.channels.forget(grpc_target)
         self.metrics.retries.labels(model, endpoint.url, "unreachable").inc()
+        where = grpc_target or endpoint.url
         log.warning(
             "endpoint %s failed for model '%s' version '%s' (%s); trying another",
-            endpoint.url, model, version.version, exc,
+            where, model, version.version, exc,
         )  # fmt: skip
-        return BadGateway(f"endpoint {endpoint.url} of model '{model}' failed: {exc}")
+        return BadGateway(f"endpoint {where} of model '{model}' failed: {exc}")
+
+
+def _grpc_targets(document: RoutesDocument) -> set[str]:
+    return {
+        target
+        for route in document.models.values()
+        for version in route.versions
+        for target in version.grpc_endpoints
+    }
 
 
 def _upstream_headers(request: web.Request, level: int) -> dict[str, str]:
@@ -301,7 +347,7 @@ def _client_response(answer: UpstreamResponse) -> web.Response:
     return web.Response(body=answer.body, status=answer.status, headers=returned)
 
 
-def _note_report(endpoint: Endpoint, headers: dict[str, str]) -> None:
+def note_report(endpoint: Endpoint, headers: dict[str, str]) -> None:
     """Records the queue depth and expected wait that the runtime reported."""
     depth = headers.get(QUEUE_DEPTH_HEADER)
     if depth is not None and depth.isdigit():

@@ -10,15 +10,21 @@ body is copied once, out of the socket buffer.
 
 Errors: :class:`UpstreamError` means the endpoint could not be reached or broke
 the connection (retry elsewhere); ``TimeoutError`` means it did not answer in time.
+
+gRPC goes through :class:`GrpcChannels`: one long-lived ``grpc.aio`` channel per
+runtime target, HTTP/2 multiplexing every call to it over one connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
+
+import grpc
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_IDLE_PER_ENDPOINT = 256
@@ -302,3 +308,116 @@ class Upstreams:
         self._idle.clear()
         for connection in list(self._busy):
             connection.close()
+
+
+_Connectivity = grpc.ChannelConnectivity
+BytesMethod = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
+"""A unary RPC that sends and receives messages as bytes, never decoded."""
+
+
+class GrpcChannels:
+    """One long-lived channel per gRPC target (``host:port``), opened on first use.
+
+    Messages pass as bytes, with no size limit on this side: the gateway's gRPC
+    server already bounds what it accepts (``max_body_bytes``) and REST bounds no
+    answer either. Each channel has its own subchannel (``use_local_subchannel_pool``):
+    a channel opened to replace a failed one connects afresh instead of sharing the
+    failed one's reconnect backoff.
+    """
+
+    OPTIONS = (
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_receive_message_length", -1),
+        ("grpc.use_local_subchannel_pool", 1),
+    )
+    CLOSE_GRACE_S = 300.0
+    """How long the calls under way on a dropped channel may take to finish (their
+    own deadlines, the route's timeout at most, end them sooner)."""
+
+    def __init__(self, connect_timeout_s: float = 1.0) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._methods: dict[tuple[str, str], BytesMethod] = {}
+        self._retired: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = grpc.aio.insecure_channel(
+                target, options=self.OPTIONS
+            )
+        return channel
+
+    def method(self, target: str, path: str) -> BytesMethod:
+        """The RPC ``path`` (``/package.Service/Method``) on ``target``'s channel."""
+        key = (target, path)
+        method = self._methods.get(key)
+        if method is None:
+            method = self._methods[key] = self._channel(target).unary_unary(path)
+        return method
+
+    def connected(self, target: str) -> bool:
+        """Whether ``target``'s channel is connected now (False when it has none)."""
+        channel = self._channels.get(target)
+        return channel is not None and channel.get_state() is _Connectivity.READY
+
+    async def connect(self, target: str, within_s: float | None = None) -> None:
+        """Returns once the channel to ``target`` is connected (at once when it is).
+        Raises :class:`UpstreamError` when the connection is refused or not made
+        within ``connect_timeout_s``, and ``TimeoutError`` when ``within_s`` (the
+        request's time left) is shorter and runs out first. Nothing has been sent
+        when it raises, so another endpoint may be tried without a doubt."""
+        channel = self._channel(target)
+        state = channel.get_state(try_to_connect=True)
+        if state is _Connectivity.READY:
+            return
+        hurried = within_s is not None and within_s < self.connect_timeout_s
+        limit = within_s if within_s is not None and hurried else self.connect_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                while state is not _Connectivity.READY:
+                    if state in (_Connectivity.TRANSIENT_FAILURE, _Connectivity.SHUTDOWN):
+                        raise UpstreamError(f"cannot connect to {target}")
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+        except TimeoutError:
+            if hurried:
+                raise
+            raise UpstreamError(
+                f"no connection to {target} within {self.connect_timeout_s:.3g} s"
+            ) from None
+        except grpc.aio.UsageError:  # dropped meanwhile (failed, or left the routes)
+            raise UpstreamError(f"the channel to {target} was closed") from None
+
+    def forget(self, target: str, grace_s: float | None = None) -> None:
+        """Drops ``target``'s channel (it failed, or left the routes): the next call
+        opens a new one; calls under way on it have ``grace_s`` (default
+        ``CLOSE_GRACE_S``) to finish before they are cancelled."""
+        channel = self._channels.pop(target, None)
+        if channel is None:
+            return
+        for key in [k for k in self._methods if k[0] == target]:
+            del self._methods[key]
+        grace = self.CLOSE_GRACE_S if grace_s is None else grace_s
+        task = asyncio.get_running_loop().create_task(channel.close(grace or None))
+        self._retired[task] = channel
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._retired.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            logging.getLogger("modelfleet.gateway").warning(
+                "closing a gRPC channel failed: %s", task.exception()
+            )
+
+    async def close(self) -> None:
+        """Closes every channel now, the dropped ones still closing too."""
+        retired = list(self._retired.items())
+        for task, _ in retired:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in retired), return_exceptions=True)
+        channels = [*self._channels.values(), *(channel for _, channel in retired)]
+        self._channels.clear()
+        self._methods.clear()
+        for channel in channels:
+            await channel.close(None)

@@ -219,7 +219,9 @@ class HostedModel:
         Returns the outputs and whether they came from the cache.
         """
         now = time.monotonic()
-        level = request.priority or self.default_level
+        # The level admission decided on (the gateway's header or gRPC metadata first,
+        # else the request's own priority parameter), else the request's own.
+        level = decided[0] if decided is not None else request.priority or self.default_level
         budget_s = self.budget_s(request.timeout_us, timeout_us)
         same = decided is not None and decided[0] == level and decided[1] <= budget_s
         self.check_admission(now, level, budget_s, request.rows, decided=same and request.rows == 1)
