@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import yaml
 
 from tests.cluster.conftest import Cluster
@@ -98,16 +100,24 @@ def fleet(
         token.write_bytes(base64.b64decode(secret["data"]["token"]))
         for pod in runtime_pods:
             procs.append(RuntimeProcess(tmp, [], model_store, host=pod["status"]["podIP"], port=8080,
-                                        admin_port=8081, admin_token_file=str(token)))  # fmt: skip
+                                        admin_port=8081, grpc_port=8001,
+                                        admin_token_file=str(token)))  # fmt: skip
         gw_ip = gateway_pods[0]["status"]["podIP"]
         procs.append(
             GatewayProcess(
-                tmp, {}, host=gw_ip, port=8080, admin_port=8081, admin_token_file=str(token)
+                tmp,
+                {},
+                host=gw_ip,
+                port=8080,
+                admin_port=8081,
+                grpc_port=8001,
+                admin_token_file=str(token),
             )
         )
         yield {
             "cluster": k,
             "gateway": f"http://{gw_ip}:8080",
+            "gateway_grpc": f"{gw_ip}:8001",
             "operator": operator,
             "tmp": tmp,
             "procs": procs,
@@ -159,6 +169,17 @@ def test_a_model_becomes_ready_and_answers_through_the_gateway(fleet: dict[str, 
     assert st["versions"][0]["role"] == "stable" and st["readyReplicas"] == 1
     svc = json.loads(k.kubectl("get", "service", "alpha", "-n", NS, "-o", "json").stdout)
     assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "gateway"
+    # The Service's gRPC port reaches the gateway's, which routes to the runtimes' gRPC.
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+    assert ports == {"http": (80, 8080), "grpc": (8001, 8001)}
+    with triton_grpc.InferenceServerClient(fleet["gateway_grpc"]) as client:
+        x = triton_grpc.InferInput("input", [1, 16], "FP32")
+        x.set_data_from_numpy(np.full((1, 16), 0.5, np.float32))
+        result = client.infer("alpha", [x])
+        out = result.as_numpy("output")
+        assert out is not None and out.shape == (1, 4)
+        assert result.get_response().model_version == "1"
+        assert np.allclose(out.reshape(-1), body["outputs"][0]["data"], rtol=1e-5)
     table = k.kubectl("get", "inferencemodels", "-n", NS).stdout
     assert "POOL" in table and "alpha" in table and "gpu" in table
     events = k.kubectl(
