@@ -64,6 +64,7 @@ protos: venv
 
 bench: venv
 	@$(PYTHON) -m bench.runtime_bench --models mlp,cnn,bert,resnet --out bench-results
+	@$(PYTHON) -m bench.runtime_bench --cases cnn/binary,cnn/grpc --profiles thread --via-gateway --out bench-results
 	@$(PYTHON) -m bench.gateway_bench --out bench-results
 	@$(PYTHON) -m bench.overload_bench --out bench-results
 

@@ -399,10 +399,12 @@ async def sweep(
     rows: int = 1,
     rounds: int = 4,
     grpc_target: str | None = None,
+    metrics_base: str | None = None,
 ) -> list[Measured]:
     """Each concurrency of ``levels`` against the runtime at ``base`` (its gRPC API at
     ``grpc_target`` for the ``grpc`` encoding); the requests cycle through ``load``.
-    Raises if the runtime's answers differ from the forward pass of each request alone."""
+    Raises if the runtime's answers differ from the forward pass of each request alone.
+    ``metrics_base``: the runtime's own URL when ``base`` is a gateway in front of it."""
     import aiohttp
 
     from modelfleet.runtime.forward import forward
@@ -434,13 +436,13 @@ async def sweep(
                     raise SystemExit(f"{name}: the runtime's {spec.name} differs from the "
                                      f"forward pass (request {i})")  # fmt: skip
         for c in levels:
-            async with session.get(f"{base}/metrics") as resp:
+            async with session.get(f"{metrics_base or base}/metrics") as resp:
                 before = scrape(await resp.text(), name)
             point, ratios, ceilings, singles = await measure_level(
                 url, bodies, headers, c, ceiling,
                 rows=rows, duration=duration, rounds=rounds, bs=bs,
             )  # fmt: skip
-            async with session.get(f"{base}/metrics") as resp:
+            async with session.get(f"{metrics_base or base}/metrics") as resp:
                 after = scrape(await resp.text(), name)
             batches, batched, busy = (a - b for a, b in zip(after, before, strict=True))
             m = Measured(
@@ -463,6 +465,29 @@ async def sweep(
                      if c == 1 else ""),
                   flush=True)  # fmt: skip
     return out
+
+
+def start_gateway(
+    tmp: Path, names: list[str], runtime: str, runtime_grpc: str, port: int, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A gateway routing every model to the runtime (REST and gRPC), as the operator
+    would write its routes; returns the process, its URL and its gRPC target. It
+    floats over the CPUs like the runtime (a gateway pod shares the node)."""
+    document = {
+        "server": {"host": "127.0.0.1", "port": port, "grpc_port": port + 1},
+        "models": {n: {"max_concurrency": 1024, "max_waiting": 1024, "versions": [
+            {"version": "1", "endpoints": [runtime], "grpc_endpoints": [runtime_grpc]}]}
+            for n in names},
+    }  # fmt: skip
+    routes = tmp / "routes.yaml"
+    routes.write_text(yaml.safe_dump(document))
+    cmd = [sys.executable, "-m", "modelfleet", "--log-level", "WARNING", "gateway",
+           "--routes", str(routes)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc, timeout=60)
+    print(f"gateway in front of the runtime: {url}, gRPC 127.0.0.1:{port + 1}", flush=True)
+    return proc, url, f"127.0.0.1:{port + 1}"
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -601,6 +626,11 @@ def main() -> int:
         help="run the load generator on CPU N only (e.g. the CPU the runtime's "
         "device_cpus leave to its event loop); default: it floats",
     )  # fmt: skip
+    parser.add_argument(
+        "--via-gateway", action="store_true",
+        help="send the load through a gateway process in front of the runtime (REST and "
+        "gRPC; results in runtime-via-gateway.json/.png)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.rounds < 1 or args.duration <= 0:
         parser.error("--rounds must be at least 1 and --duration positive")
@@ -657,9 +687,15 @@ def main() -> int:
                 cmd = ["taskset", "-c", "0", *cmd]
             os.sched_setaffinity(0, cpus)  # the runtime inherits it
             proc = subprocess.Popen(cmd, env=env)
+            gateway: subprocess.Popen[bytes] | None = None
             try:
-                base = f"http://127.0.0.1:{args.port}"
+                base = runtime_base = f"http://127.0.0.1:{args.port}"
+                grpc_target = f"127.0.0.1:{args.port + 1}"
                 wait_ready(base, proc, timeout=180)
+                if args.via_gateway:
+                    gateway, base, grpc_target = start_gateway(
+                        Path(tmp), names, runtime_base, grpc_target, args.port + 2, env
+                    )
                 if args.pin:
                     pin(1)
                 elif args.load_cpu is not None:
@@ -670,9 +706,12 @@ def main() -> int:
                     served[f"{profile} {name}/{encoding}"] = asyncio.run(
                         sweep(base, name, encoding, levels_for[name], args.duration, store,
                               ceilings[name], traffics[name], rows=args.rows, rounds=args.rounds,
-                              grpc_target=f"127.0.0.1:{args.port + 1}")
+                              grpc_target=grpc_target, metrics_base=runtime_base)
                     )  # fmt: skip
             finally:
+                if gateway is not None:
+                    gateway.terminate()
+                    gateway.wait(timeout=30)
                 proc.terminate()
                 proc.wait(timeout=30)
     load_after = os.getloadavg()
@@ -750,9 +789,11 @@ def main() -> int:
         f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f} "
         f"(1 min; {os.cpu_count()} CPUs)"
     )
-    (out / "runtime.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / "runtime.png")
-    print(f"\nwrote {out / 'runtime.json'} and {out / 'runtime.png'}")
+    stem = "runtime-via-gateway" if args.via_gateway else "runtime"
+    results["via_gateway"] = args.via_gateway
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / f"{stem}.png")
+    print(f"\nwrote {out / (stem + '.json')} and {out / (stem + '.png')}")
     return 0
 
 
