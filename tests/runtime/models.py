@@ -82,3 +82,14 @@ class LengthBaked(nn.Module):
 
 def length_baked() -> nn.Module:
     return LengthBaked()
+
+
+class Reverse(nn.Module):
+    """Reverses the last dimension: a different arg-max for a shadow to disagree on."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1)
+
+
+def reverse() -> nn.Module:
+    return Reverse()

@@ -43,6 +43,13 @@ async def put_routes(request: web.Request) -> web.Response:
     return web.json_response({"models": sorted(document.models)})
 
 
+async def get_shadow(request: web.Request) -> web.Response:
+    """What each model's shadow version has shown: requests compared, arg-max
+    agreement, worst differences, failures (the operator puts it in status)."""
+    shadows = request.app[GATEWAY].shadows
+    return web.json_response({m: s.summary() for m, s in shadows.stats.items()})
+
+
 def build_admin_app(gateway: Gateway, token: str) -> web.Application:
     app = web.Application(
         middlewares=[errors_as_json(gateway.config.max_body_bytes, log), bearer_auth(token)]
@@ -50,4 +57,5 @@ def build_admin_app(gateway: Gateway, token: str) -> web.Application:
     app[GATEWAY] = gateway
     app.router.add_get("/admin/routes", get_routes)
     app.router.add_put("/admin/routes", put_routes)
+    app.router.add_get("/admin/shadow", get_shadow)
     return app

@@ -36,7 +36,8 @@ from modelfleet.api import headers as contract
 from modelfleet.api import inference_pb2 as pb
 from modelfleet.gateway.balancer import Endpoint, pick
 from modelfleet.gateway.proxy import DEFAULT_LEVEL, Gateway, note_report
-from modelfleet.gateway.routes import VersionRoute
+from modelfleet.gateway.routes import ModelRoute, VersionRoute
+from modelfleet.gateway.shadow import SHADOW_LEVEL, Outputs, grpc_outputs
 from modelfleet.gateway.upstream import UpstreamError
 from modelfleet.serving.errors import (
     BadGateway,
@@ -321,11 +322,36 @@ class GrpcProxy:
             outcome = "200"
             if trailing:
                 context.set_trailing_metadata(trailing)
+            shadow = gateway.shadow_of(route, version) if method == "ModelInfer" else None
+            if shadow is not None:
+                gateway.shadows.mirror(
+                    model, shadow.version, lambda: grpc_outputs(response),
+                    lambda: self._shadow(model, route, shadow, body),
+                )  # fmt: skip
             return response
         finally:
             gateway.metrics.answered(
                 model, version.version, endpoint, outcome, time.perf_counter() - started, "grpc"
             )
+
+    async def _shadow(
+        self, model: str, route: ModelRoute, shadow: VersionRoute, body: bytes
+    ) -> Outputs:
+        """Sends a mirrored ``ModelInfer`` to the shadow version; its outputs."""
+        endpoints, targets = self._targets(model, shadow)
+        endpoint = pick(endpoints, time.monotonic(), self.gateway.rng, set())
+        if endpoint is None:
+            raise Unavailable(f"shadow version '{shadow.version}' has no endpoint")
+        target = targets[endpoint.url]
+        timeout = route.timeout_ms / 1000
+        channels = self.gateway.channels
+        await channels.connect(target, timeout)
+        answer: bytes = await channels.method(target, f"/{SERVICE}/ModelInfer")(
+            with_version(body, shadow.version),
+            timeout=timeout,
+            metadata=((PRIORITY_KEY, str(SHADOW_LEVEL)),),
+        )
+        return grpc_outputs(answer)
 
     def _targets(self, model: str, version: VersionRoute) -> tuple[list[Endpoint], dict[str, str]]:
         """The version's endpoints and the gRPC target of each (by URL); UNAVAILABLE

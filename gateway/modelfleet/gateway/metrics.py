@@ -53,6 +53,28 @@ class GatewayMetrics:
             ("model",),
             registry=self.registry,
         )
+        self.shadow = Counter(
+            "modelfleet_gateway_shadow_total",
+            "Requests mirrored to a model's shadow version, by outcome: compared (both "
+            "answers compared), failed (the shadow did not answer), skipped (too many "
+            "mirrors under way).",
+            ("model", "version", "outcome"),
+            registry=self.registry,
+        )
+        self.shadow_agreement = Counter(
+            "modelfleet_gateway_shadow_agreement_total",
+            "Compared shadow answers by whether every row's arg-max (and every BYTES "
+            "output) agreed with the primary's.",
+            ("model", "version", "agree"),
+            registry=self.registry,
+        )
+        self.shadow_diff = Histogram(
+            "modelfleet_gateway_shadow_max_abs_diff",
+            "Largest absolute difference between a shadow answer's outputs and the primary's.",
+            ("model", "version"),
+            buckets=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0),
+            registry=self.registry,
+        )
         self._children: dict[_Labels, tuple[Counter, Histogram]] = {}
         self._in_flight: dict[str, Gauge] = {}
 

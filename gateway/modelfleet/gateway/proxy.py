@@ -17,6 +17,7 @@ from modelfleet.gateway.admission import Admission
 from modelfleet.gateway.balancer import Endpoint, least_wait, pick
 from modelfleet.gateway.metrics import GatewayMetrics
 from modelfleet.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
+from modelfleet.gateway.shadow import SHADOW_LEVEL, Outputs, Shadows, rest_outputs
 from modelfleet.gateway.split import Spread, choose_version
 from modelfleet.gateway.upstream import GrpcChannels, UpstreamError, UpstreamResponse, Upstreams
 from modelfleet.serving.errors import (
@@ -65,6 +66,7 @@ class Gateway:
         self.table = Table(document, {}, {})
         self.upstreams = Upstreams(self.config.connect_timeout_s)
         self.channels = GrpcChannels(self.config.connect_timeout_s)
+        self.shadows = Shadows(self.metrics)
         self.replace(document)
         self.draining = False
 
@@ -97,8 +99,36 @@ class Gateway:
         )
 
     async def close(self) -> None:
+        await self.shadows.close()
         self.upstreams.close()
         await self.channels.close()
+
+    def shadow_of(self, route: ModelRoute, answered: VersionRoute) -> VersionRoute | None:
+        """The shadow version to mirror this answered request to, if the draw says so
+        (never a request the shadow version itself answered)."""
+        shadow = route.shadow
+        if shadow is None or shadow.version == answered.version:
+            return None
+        if self.rng.random() * 100 >= shadow.percent:
+            return None
+        return next((v for v in route.versions if v.version == shadow.version), None)
+
+    async def shadow_rest(
+        self, model: str, route: ModelRoute, shadow: VersionRoute, headers: dict[str, str],
+        body: bytes | None,
+    ) -> Outputs:  # fmt: skip
+        """Sends a mirrored request to the shadow version; its outputs."""
+        endpoints = self._ready_endpoints(model, shadow)
+        endpoint = pick(endpoints, time.monotonic(), self.rng, set())
+        if endpoint is None:
+            raise Unavailable(f"shadow version '{shadow.version}' has no endpoint")
+        headers = {**headers, PRIORITY_HEADER: str(SHADOW_LEVEL)}
+        path = f"/v2/models/{model}/versions/{shadow.version}/infer"
+        async with asyncio.timeout(route.timeout_ms / 1000):
+            answer = await self.upstreams.request(endpoint.url, "POST", path, headers, body)
+        if answer.status != 200:
+            raise Unavailable(f"shadow answered {answer.status}")
+        return rest_outputs(answer.body, answer.headers.get("inference-header-content-length"))
 
     # -- choosing ------------------------------------------------------------------
 
@@ -172,6 +202,16 @@ class Gateway:
                 if admit:
                     gate.release()
             outcome = str(response.status)
+            shadow = self.shadow_of(route, version) if admit and response.status == 200 else None
+            if shadow is not None:
+                raw = bytes(response.body) if isinstance(response.body, bytes) else b""
+                length = response.headers.get("Inference-Header-Content-Length")
+                self.shadows.mirror(
+                    model, shadow.version, lambda: rest_outputs(raw, length),
+                    lambda: self.shadow_rest(
+                        model, route, shadow, _upstream_headers(request, level), body
+                    ),
+                )  # fmt: skip
             return response
         finally:
             self.metrics.answered(

@@ -52,6 +52,14 @@ class VersionRoute(_Strict):
         return self
 
 
+class ShadowRoute(_Strict):
+    version: str = Field(min_length=1)
+    """The version that gets the mirrored requests (listed in the model's
+    ``versions``, usually with weight 0 so that no client is answered by it)."""
+    percent: float = Field(gt=0, le=100)
+    """Share of the model's answered infer requests mirrored to it."""
+
+
 class ModelRoute(_Strict):
     priority: int = 0
     """Model priority (Kubernetes meaning): informs shedding between models."""
@@ -62,12 +70,19 @@ class ModelRoute(_Strict):
     timeout_ms: float = Field(default=30_000, gt=0)
     """The gateway's deadline for one request; the runtime gets what remains."""
     versions: tuple[VersionRoute, ...] = Field(min_length=1)
+    shadow: ShadowRoute | None = None
+    """Mirror a share of the answered requests to this version and compare its
+    answers with the primary's (never returned to a client); off when unset."""
 
     @model_validator(mode="after")
     def _unique(self) -> ModelRoute:
         names = [v.version for v in self.versions]
         if len(set(names)) != len(names):
             raise ValueError(f"versions listed twice: {names}")
+        if self.shadow is not None and self.shadow.version not in names:
+            raise ValueError(
+                f"shadow version {self.shadow.version!r} is not among the versions {names}"
+            )
         return self
 
 
