@@ -61,7 +61,10 @@ def test_every_field_has_a_description_for_kubectl_explain(name: str) -> None:
 def test_status_subresource_short_names_and_category(name: str, short: str) -> None:
     spec = crd(name)["spec"]
     assert spec["group"] == "modelfleet.io" and spec["versions"][0]["name"] == "v1alpha1"
-    assert spec["versions"][0]["subresources"] == {"status": {}}
+    scale = {"scale": {"specReplicasPath": ".spec.replicas",
+                       "statusReplicasPath": ".status.readyReplicas",
+                       "labelSelectorPath": ".status.selector"}}  # fmt: skip
+    assert spec["versions"][0]["subresources"] == {"status": {}} | (scale if short == "im" else {})
     assert short in spec["names"]["shortNames"] and "modelfleet" in spec["names"]["categories"]
 
 
@@ -72,6 +75,7 @@ def test_model_printer_columns_show_pool_version_canary_weight_ready_priority_ag
         "Version",
         "Canary",
         "Weight",
+        "Desired",
         "Ready",
         "Priority",
         "Age",

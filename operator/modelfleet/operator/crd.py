@@ -31,6 +31,23 @@ class Column:
         return out | ({"description": self.description} if self.description else {})
 
 
+@dataclass(frozen=True, slots=True)
+class Scale:
+    """The scale subresource: where the wanted and the actual count live."""
+
+    spec_replicas_path: str
+    status_replicas_path: str
+    label_selector_path: str | None = None
+    """A status field with a label selector in string form; an HPA refuses a target without."""
+
+    def as_json(self) -> dict[str, Any]:
+        out = {"specReplicasPath": self.spec_replicas_path,
+               "statusReplicasPath": self.status_replicas_path}  # fmt: skip
+        if self.label_selector_path:
+            out["labelSelectorPath"] = self.label_selector_path
+        return out
+
+
 AGE = Column("Age", "date", ".metadata.creationTimestamp")
 
 
@@ -50,6 +67,8 @@ class Kind:
     columns: tuple[Column, ...]
     categories: tuple[str, ...] = ("modelfleet",)
     """``kubectl get modelfleet`` lists every kind of the category."""
+    scale: Scale | None = None
+    """The scale subresource (``kubectl scale``, HPA, KEDA), when the kind has one."""
 
     @property
     def singular(self) -> str:
@@ -99,12 +118,19 @@ MODEL = Kind(
     spec=ModelSpec,
     status=ModelStatus,
     rules=(dns_label(63, "(it also names the model's Service)"),),
+    scale=Scale(".spec.replicas", ".status.readyReplicas", ".status.selector"),
     columns=(
         Column("Pool", "string", ".spec.pool", "The InferencePool hosting the model."),
         Column("Version", "string", ".spec.version", "The stable version."),
         Column("Canary", "string", ".spec.canary.version", "The canary version, if any."),
         Column(
             "Weight", "integer", ".spec.canary.weight", "Percent of traffic sent to the canary."
+        ),
+        Column(
+            "Desired",
+            "integer",
+            ".status.desiredReplicas",
+            "Copies of the stable version wanted (spec.replicas or the autoscaler's).",
         ),
         Column(
             "Ready", "integer", ".status.readyReplicas", "Ready replicas of the stable version."

@@ -52,7 +52,7 @@ def crd(kind: Kind) -> dict[str, Any]:
         "name": VERSION,
         "served": True,
         "storage": True,
-        "subresources": {"status": {}},
+        "subresources": {"status": {}} | ({"scale": kind.scale.as_json()} if kind.scale else {}),
         "additionalPrinterColumns": [c.as_json() for c in kind.columns],
         "schema": {"openAPIV3Schema": openapi_schema(kind)},
     }

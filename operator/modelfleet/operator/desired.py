@@ -7,7 +7,7 @@ a :class:`Plan`. No I/O here; ``reconcile`` reads and writes around it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from modelfleet.api.routes import ModelRoute, VersionRoute
@@ -62,8 +62,18 @@ class VersionReport:
     shed: int = 0
     objective_met: int = 0
     objective_missed: int = 0
+    in_flight: int = 0
+    """Requests in flight (queued or running), summed over the pods."""
+    queue_ms: float = 0.0
+    """The highest queue wait its pods expect for a request arriving now (ms)."""
     p99_ms: float | None = None
     """The highest p99 latency its pods report for the last minute."""
+    enough: int | None = None
+    """Ready copies that make the model Ready while fewer than ``replicas`` are (the
+    autoscaler's minReplicas); None: every copy must be."""
+    retiring: list[str] = field(default_factory=list)
+    """Pods whose copy is being removed: out of the routes now, unloaded in a later
+    pass, once the routes in force no longer send it requests."""
     traffic: int | None = None
     """The weight the routes give it when that differs from ``weight`` (a draining
     version keeps its share, the stable one gets none, until the stable is ready)."""
@@ -147,6 +157,11 @@ class _Wanted:
     replicas: int
     weight: int
     entry: ModelConfig
+    retiring: tuple[str, ...] = ()
+    """Pods whose surplus copy stays loaded, out of the routes, until the routes in
+    force stop sending it requests (then placement drops it)."""
+    keep: tuple[str, ...] = ()
+    """The pods, of those holding it now, whose copies stay (ready ones first)."""
 
 
 def _stable_ready(key: Key, replicas: int, pods: list[PodView]) -> bool:
@@ -155,29 +170,59 @@ def _stable_ready(key: Key, replicas: int, pods: list[PodView]) -> bool:
     return ready >= max(1, min(replicas, len(pods)))
 
 
+def _surplus(
+    key: Key, replicas: int, pods: list[PodView], current: Mapping[Key, list[str]],
+    routed: Mapping[Key, Collection[str]] | None,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:  # fmt: skip
+    """(the pods whose copies stay, the pods whose surplus copy retires) when a version
+    holds more copies than ``replicas``: ready copies stay first (a scale-down never
+    removes the last ready copy); a surplus copy that the routes in force still send
+    requests to retires (out of the routes, still loaded) instead of going at once.
+    Without ``routed`` the surplus goes at once."""
+    held = current.get(key, [])
+    if len(held) <= replicas:
+        return tuple(held), ()
+    by_name = {p.name: p for p in pods}
+    order = sorted(held, key=lambda n: (not (n in by_name and by_name[n].ready_for(key)), n))
+    if routed is None:
+        return tuple(order[:replicas]), ()
+    in_force = set(routed.get(key, ()))
+    retiring = tuple(sorted(n for n in order[replicas:] if n in by_name
+                            and f"http://{by_name[n].ip}:{DATA_PORT}" in in_force))  # fmt: skip
+    return tuple(order[:replicas]), retiring
+
+
 def wanted_versions(
     name: str, spec: ModelSpec, pods: list[PodView], current: Mapping[Key, list[str]],
-    serving: Mapping[Key, int],
+    serving: Mapping[Key, int], copies: int | None = None,
+    routed: Mapping[Key, Collection[str]] | None = None,
 ) -> list[_Wanted]:  # fmt: skip
     """The spec's versions, then the versions it no longer names that still carry
     traffic (``serving``): they stay, as ``draining``, with the traffic they have,
     until the stable version is ready everywhere; then their traffic goes to 0 and,
     once the routes in force show that, they are dropped (unloaded). A left-over
     version that carries no traffic (a canary never routed to, a rollout superseded
-    by a later edit) is dropped at once."""
+    by a later edit) is dropped at once. ``copies``: the stable version's copies when
+    the autoscaler decides them (else ``spec.replicas``). ``routed``: the endpoints of
+    the routes in force, so that surplus copies leave the routes before the pods."""
     spec_versions = spec.versions()
-    out = [_Wanted(v.version, v.role, v.replicas, v.weight, runtime_model(name, spec, v))
-           for v in spec_versions]  # fmt: skip
+    out = []
+    for v in spec_versions:
+        replicas = copies if copies is not None and v.role == "stable" else v.replicas
+        keep, retiring = _surplus((name, v.version), replicas, pods, current, routed)
+        out.append(_Wanted(v.version, v.role, replicas, v.weight, runtime_model(name, spec, v),
+                           retiring, keep))  # fmt: skip
     named = {v.version for v in spec_versions}
     stable = spec_versions[0]
-    stable_ready = _stable_ready((name, stable.version), stable.replicas, pods)
+    stable_ready = _stable_ready((name, stable.version), out[0].replicas, pods)
     for key in sorted(k for k in current if k[0] == name and k[1] not in named):
         weight = serving.get(key, 0)
         entry = next((e for p in pods if (e := p.entry(key)) is not None), None)
         if weight <= 0 or entry is None:
             continue
         traffic = 0 if stable_ready else weight
-        out.append(_Wanted(key[1], "draining", len(current[key]), traffic, entry))
+        out.append(_Wanted(key[1], "draining", len(current[key]), traffic, entry,
+                           keep=tuple(current[key])))  # fmt: skip
     return out
 
 
@@ -186,14 +231,19 @@ def plan(
     models: dict[str, ModelSpec],
     pods: list[PodView],
     serving: Mapping[Key, int] | None = None,
+    copies: Mapping[str, int] | None = None,
+    routed: Mapping[Key, Collection[str]] | None = None,
 ) -> Plan:
-    """``serving``: the weights of the routes in force (versions receiving traffic)."""
+    """``serving``: the weights of the routes in force (versions receiving traffic).
+    ``copies``: model -> its stable version's copies, for the models the autoscaler
+    scales. ``routed``: the endpoints of the routes in force, by version; with it a
+    copy being removed first leaves the routes, and leaves its pod a pass later."""
     pods = sorted(pods, key=lambda p: p.name)
     current = _hosting(pods)
-    wants = _Wants.of(models, pods, current, serving or {})
-    placement = place(
-        [Pod(p.name, pool_spec.memory_budget_mb) for p in pods], wants.demands, current
-    )
+    wants = _Wants.of(models, pods, current, serving or {}, copies or {}, routed)
+    kept = {**current, **{(n, w.version): [*w.keep, *w.retiring]
+                          for n, ws in wants.wanted.items() for w in ws}}  # fmt: skip
+    placement = place([Pod(p.name, pool_spec.memory_budget_mb) for p in pods], wants.demands, kept)
     reports = {name: _model_report(name, wants, placement, pods) for name in sorted(models)}
     max_concurrency = pool_spec.gateway.max_concurrency
     routes = {name: route(models[name], r.versions, max_concurrency) for name, r in reports.items()}
@@ -224,17 +274,22 @@ class _Wants:
     @classmethod
     def of(
         cls, models: dict[str, ModelSpec], pods: list[PodView], current: Mapping[Key, list[str]],
-        serving: Mapping[Key, int],
+        serving: Mapping[Key, int], copies: Mapping[str, int],
+        routed: Mapping[Key, Collection[str]] | None,
     ) -> _Wants:  # fmt: skip
-        """Every model's wanted versions, in the models' order, as placement demands."""
+        """Every model's wanted versions, in the models' order, as placement demands
+        (a retiring copy keeps its place until it leaves)."""
         measured = measured_memory(pods)
         wants = cls()
         for name, spec in models.items():
-            wants.wanted[name] = wanted_versions(name, spec, pods, current, serving)
+            wants.wanted[name] = wanted_versions(
+                name, spec, pods, current, serving, copies.get(name), routed
+            )
             for w in wants.wanted[name]:
                 key = (name, w.version)
                 wants.memory[key] = _memory_mb(w.entry, measured.get(key))
-                wants.demands.append(Demand(key, spec.priority, w.replicas, wants.memory[key]))
+                replicas = w.replicas + len(w.retiring)
+                wants.demands.append(Demand(key, spec.priority, replicas, wants.memory[key]))
         return wants
 
 
@@ -264,8 +319,10 @@ def _version_report(
 ) -> VersionReport:
     """A version's placement, its traffic figures summed over all pods, and its state
     on each pod it is placed on."""
-    where = placement.pods_of.get(key, [])
+    placed = placement.pods_of.get(key, [])
+    where = [p for p in placed if p not in w.retiring]
     report = VersionReport(w.version, w.role, w.weight, w.replicas, memory_mb, list(where))
+    report.retiring = [p for p in placed if p in w.retiring]
     report.unplaced = placement.unplaced.get(key, "")
     evictor = placement.evicted.get(key)
     report.evicted_by = evictor if report.unplaced and evictor else None
@@ -285,6 +342,8 @@ def _add_usage(report: VersionReport, seen: ObservedVersion) -> None:
     report.shed += seen.shed
     report.objective_met += seen.objective_met
     report.objective_missed += seen.objective_missed
+    report.in_flight += seen.inflight
+    report.queue_ms = max(report.queue_ms, seen.queue_wait_ms)
     if seen.p99_ms is not None:
         report.p99_ms = max(report.p99_ms or 0.0, seen.p99_ms)
 
@@ -312,6 +371,19 @@ def _documents(
             for pod_name in placement.pods_of.get((name, w.version), []):
                 documents[pod_name].append(w.entry)
     return documents
+
+
+def settle_scaled(report: VersionReport, floor: int) -> str:
+    """An autoscaled version that placement could not give every copy it wants, but at
+    least ``floor`` (its minReplicas): the shortfall is a blocked scale-up, not a fault.
+    Its wanted copies become those placed, and the reason is returned (empty when
+    nothing is short); ``enough`` is set to ``floor``."""
+    report.enough = floor
+    if not report.unplaced or len(report.pods) < floor:
+        return ""
+    why, report.unplaced, report.evicted_by = report.unplaced, "", None
+    report.replicas = len(report.pods)
+    return why
 
 
 def _changes(

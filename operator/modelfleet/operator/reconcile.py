@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from modelfleet.api.routes import GatewayServer, ModelRoute, RoutesDocument
 from modelfleet.api.runtime_document import ModelConfig
-from modelfleet.operator.desired import Plan, plan, runtime_document
+from modelfleet.operator.autoscale import Decision, Inputs, LoadWindow, Policy, decide, sample
+from modelfleet.operator.desired import Plan, plan, runtime_document, settle_scaled
 from modelfleet.operator.kube import Kube
 from modelfleet.operator.manifests import (
     ADMIN_PORT,
@@ -34,6 +35,7 @@ from modelfleet.operator.manifests import (
     Owner,
     config_map,
     model_service,
+    selector,
 )
 from modelfleet.operator.observed import Key, PodView, model_entry
 from modelfleet.operator.podapi import (
@@ -78,6 +80,49 @@ class Seen:
 
     def models_of(self, namespace: str, pool: str) -> list[dict[str, Any]]:
         return list(self.models.get((namespace, pool), ()))
+
+
+@dataclass
+class Scaling:
+    """One autoscaled model in one pass: the decision, and what placement made of it."""
+
+    policy: Policy
+    decision: Decision
+    before: int
+    """The copies wanted before this pass's decision."""
+    place: int
+    """The copies asked of placement (the decision, at most one a pod)."""
+    last_change: float | None
+    blocked: str = ""
+    """Why copies the decision wants are not placed (empty when all are)."""
+
+    def status(self) -> dict[str, Any]:
+        """``status.autoscaling`` (a merge patch: None removes a key)."""
+        d = self.decision
+        return {"desiredReplicas": d.copies, "reason": d.reason, "detail": d.message,
+                "load": d.load, "lastScaleTime": _iso(self.last_change),
+                "lowSince": _iso(d.low_since), "blocked": self.blocked or None}  # fmt: skip
+
+    @property
+    def busy(self) -> bool:
+        """The next pass should come soon: a change under way, a scale-down pending or
+        too few samples (a steady load is sampled at the converged pace)."""
+        return self.decision.reason != "Steady"
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(text: object) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -142,6 +187,19 @@ def routed(data: dict[str, str]) -> dict[Key, int]:
         return {}
 
 
+def routed_endpoints(data: dict[str, str]) -> dict[Key, set[str]]:
+    """The routes in force (the routes ConfigMap): each version's data endpoints."""
+    try:
+        document = yaml.safe_load(data.get("routes.yaml", "")) or {}
+        out: dict[Key, set[str]] = {}
+        for name, route in (document.get("models") or {}).items():
+            for v in route.get("versions") or []:
+                out[(str(name), str(v["version"]))] = {str(e) for e in v.get("endpoints") or []}
+        return out
+    except (yaml.YAMLError, TypeError, AttributeError, KeyError, ValueError):
+        return {}
+
+
 def state_data(
     pool: str, pool_spec: PoolSpec, previous: dict[str, str], documents: dict[str, list[ModelConfig]]
 ) -> dict[str, str]:  # fmt: skip
@@ -169,6 +227,8 @@ class Reconciler:
         """(model uid, version) -> its request counters over the last minute."""
         self.objectives: dict[tuple[str, str], RateWindow] = {}
         """(model uid, version) -> its answers within / past its latency objective."""
+        self.loads: dict[tuple[str, str], LoadWindow] = {}
+        """(model uid, version) -> its in-flight and queue-time samples (the autoscaler's)."""
         self.statuses: dict[str, dict[str, Any]] = {}
         """uid -> the status this process last wrote. The operator is the only writer
         of its resources' status, so this is their status now, even before the
@@ -180,7 +240,7 @@ class Reconciler:
         """A deleted object: drop what this process remembered of it."""
         self.written.pop(uid, None)
         self.statuses.pop(uid, None)
-        for windows in (self.rates, self.objectives):
+        for windows in (self.rates, self.objectives, self.loads):
             for key in [k for k in windows if k[0] == uid]:
                 del windows[key]
 
@@ -246,7 +306,13 @@ class Reconciler:
         routes_cm = await kube.get("v1", "ConfigMap", namespace, f"{pool_name}-routes")
         routes_data: dict[str, str] | None = (routes_cm or {}).get("data")
         in_force = routed(routes_data or {})
-        result = plan(pool_spec, models, pods, in_force)
+        scaling = self._autoscale(model_objs, models, pods)
+        copies = {name: s.place for name, s in scaling.items()}
+        result = plan(pool_spec, models, pods, in_force, copies,
+                      routed_endpoints(routes_data or {}))  # fmt: skip
+        for name, s in scaling.items():
+            short = settle_scaled(result.reports[name].stable, s.policy.min_replicas)
+            s.blocked = "; ".join(b for b in (s.blocked, short and f"not placed: {short}") if b)
         pushed = await self._push_documents(api, pods, result)
         # Gateways first, then the routes ConfigMap: the ConfigMap is the record of
         # the routes in force, and a draining version leaves the pods only once it
@@ -258,12 +324,47 @@ class Reconciler:
         await self._events(namespace, model_objs, result, in_force)
         now = now_iso()
         for obj in model_objs:
-            await self._model_status(obj, result, now)
+            await self._model_status(obj, result, now, scaling.get(obj["metadata"]["name"]))
         pool_new = pool_status(pods, unreachable, result.reports, self.status_of(pool_obj),
                                pool_obj["metadata"].get("generation", 0), now)  # fmt: skip
         await self._write_status(pool_obj, pool_new)
-        loading = any(v.loading for r in result.reports.values() for v in r.versions)
-        return PassResult(progressing=bool(loading or pushed or unreachable or not pods))
+        loading = any(v.loading or v.retiring for r in result.reports.values() for v in r.versions)
+        busy = any(s.busy for s in scaling.values())
+        return PassResult(progressing=bool(loading or pushed or unreachable or not pods or busy))
+
+    def _autoscale(
+        self, objs: list[dict[str, Any]], models: dict[str, ModelSpec], pods: list[PodView]
+    ) -> dict[str, Scaling]:
+        """The autoscaler's decision for each model with ``spec.autoscaling``, from the
+        load its stable version's pods report and what its status remembers (the copies
+        wanted, the last change, since when the load is low)."""
+        out: dict[str, Scaling] = {}
+        now = time.time()
+        for obj in objs:
+            meta = obj["metadata"]
+            spec = models[meta["name"]]
+            if spec.autoscaling is None:
+                continue
+            policy = Policy.of(spec.autoscaling)
+            remembered = self.status_of(obj).get("autoscaling") or {}
+            before = remembered.get("desiredReplicas")
+            before = before if isinstance(before, int) else spec.replicas
+            key = (meta["name"], spec.version)
+            window = self.loads.setdefault((meta["uid"], spec.version), LoadWindow())
+            load = window.add(time.monotonic(), *sample(pods, key))
+            ready = sum(1 for p in pods if p.ready_for(key))
+            last_change = _epoch(remembered.get("lastScaleTime"))
+            decision = decide(policy, Inputs(load, before, ready, now, last_change,
+                                             _epoch(remembered.get("lowSince"))))  # fmt: skip
+            if decision.copies != before:
+                last_change = now
+            place = min(decision.copies, len(pods)) if pods else decision.copies
+            blocked = ""
+            if place < decision.copies:
+                blocked = (f"{decision.copies} copies wanted, the pool has {len(pods)} runtime "
+                           "pod(s) (one copy a pod)")  # fmt: skip
+            out[meta["name"]] = Scaling(policy, decision, before, place, last_change, blocked)
+        return out
 
     async def _models(
         self, pool: str, seen: list[dict[str, Any]]
@@ -359,7 +460,9 @@ class Reconciler:
                     by_name[name], "Unplaced", f"version {version} removed from pod {pod}"
                 )
 
-    async def _model_status(self, obj: dict[str, Any], result: Plan, now: str) -> None:
+    async def _model_status(
+        self, obj: dict[str, Any], result: Plan, now: str, scaling: Scaling | None = None
+    ) -> None:
         meta = obj["metadata"]
         report = result.reports[meta["name"]]
         clock = time.monotonic()
@@ -377,8 +480,29 @@ class Reconciler:
         previous = self.status_of(obj)
         new = model_status(report, model_url(meta["name"], meta["namespace"]), previous,
                            meta.get("generation", 0), now, rates, attainment)  # fmt: skip
+        new["desiredReplicas"] = scaling.decision.copies if scaling else report.stable.replicas
+        new["selector"] = selector(str(obj["spec"]["pool"]), "runtime")
+        if scaling is not None:
+            new["autoscaling"] = scaling.status()
+            await self._scale_events(obj, previous.get("autoscaling") or {}, scaling)
+        elif "autoscaling" in previous:
+            new["autoscaling"] = None  # autoscaling removed: the merge patch drops it
         await self._rollout_events(obj, previous, new)
         await self._write_status(obj, new)
+
+    async def _scale_events(
+        self, obj: dict[str, Any], previous: dict[str, Any], scaling: Scaling
+    ) -> None:
+        """ScaledUp / ScaledDown when the decision changes the copies; ScaleBlocked
+        (Warning) when copies it wants cannot be placed, once per new reason."""
+        d, before = scaling.decision, scaling.before
+        if d.copies != before:
+            reason = "ScaledUp" if d.copies > before else "ScaledDown"
+            await self.kube.event(obj, reason, d.message)
+        if scaling.blocked and scaling.blocked != previous.get("blocked"):
+            await self.kube.event(obj, "ScaleBlocked", f"{d.copies} copies wanted, "
+                                  f"{scaling.place} asked of placement: {scaling.blocked}",
+                                  "Warning")  # fmt: skip
 
     async def _rollout_events(
         self, obj: dict[str, Any], previous: dict[str, Any], new: dict[str, Any]

@@ -110,7 +110,45 @@ def table(crd: dict[str, Any]) -> str:
     rest = [m for ms in messages.values() for m in ms]
     if rest:
         rows += ["", "Rules on the whole object:", "", *(f"* {_cell(m)}" for m in rest)]
+    scale = (version.get("subresources") or {}).get("scale")
+    if scale:
+        rows += ["", *scaling(short, spec["names"]["kind"], scale)]
     return "\n".join(rows)
+
+
+def scaling(short: str, kind: str, scale: dict[str, Any]) -> list[str]:
+    """The paragraph on the scale subresource: kubectl scale, the built-in autoscaler,
+    and an HPA or KEDA in its place."""
+    return [
+        f"### Scaling {kind}s",
+        "",
+        f"The scale subresource maps `{scale['specReplicasPath']}` (wanted copies) and "
+        f"`{scale['statusReplicasPath']}` (ready copies), with the selector in "
+        f"`{scale.get('labelSelectorPath', '')}`: `kubectl scale {short} NAME --replicas=N` "
+        "sets the stable version's copies. With `spec.autoscaling` set, the operator's own "
+        "autoscaler decides the copies from the load it samples from the runtimes every pass "
+        "(every 1-5 s; in-flight requests are averaged over 10 s), adds copies in proportion "
+        "as soon as the load is above the target, removes them once the load has stayed "
+        "below 70% of the target for `scaleDownDelaySeconds`, and ignores `spec.replicas`; "
+        "it reports in `status.autoscaling` and with `ScaledUp`, `ScaledDown` and "
+        "`ScaleBlocked` events. Expect a scale-up within one pass of the load plus the new "
+        "copy's load and warm-up (7 s for the example MLP in the cluster tests), and a "
+        "scale-down `scaleDownDelaySeconds` plus up to 10 s after the load drops. A copy "
+        "being removed (by the autoscaler or by `kubectl scale`) first leaves the gateways' "
+        "routes and is unloaded a pass later, after its requests finish, so none fails. Only "
+        "the stable version is scaled: a canary keeps `spec.canary.replicas`, the pool "
+        "keeps `spec.replicas.min` pods, and `minReplicas` is at least 1 (scaling on a "
+        "canary's own share, growing the pool and scaling to zero are not built yet). "
+        "To let an HorizontalPodAutoscaler or KEDA decide instead, "
+        "leave `spec.autoscaling` out and point the HPA's `scaleTargetRef` (or a KEDA "
+        f"ScaledObject's) at `apiVersion: modelfleet.io/v1alpha1`, `kind: {kind}`, "
+        "`name: NAME`, with an External or Object metric (for example the gateway's or the "
+        "runtime's Prometheus metrics through an adapter; the selector names all the pool's "
+        "runtime pods, so a Pods or Resource metric would average over every model of the "
+        "pool); the HPA writes "
+        f"`{scale['specReplicasPath']}` through the scale subresource and the operator "
+        "places that many copies, each on a distinct pool pod.",
+    ]
 
 
 def render(crds: list[dict[str, Any]], command: str) -> str:

@@ -198,6 +198,38 @@ class Canary(_Spec):
     """Copies of the canary, each on a distinct pool pod."""
 
 
+class Autoscaling(_Spec):
+    """The built-in autoscaler: the stable version's copies follow its load between
+    minReplicas and maxReplicas, and spec.replicas is then ignored. Without it the
+    operator runs spec.replicas copies, which kubectl scale, an HPA or KEDA may set
+    through the scale subresource (see docs/reference.md, "Scaling")."""
+
+    model_config = ConfigDict(json_schema_extra=k8s(rules=[
+        Rule("self.minReplicas <= self.maxReplicas",
+             "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+             field_path=".minReplicas"),
+        Rule("has(self.targetQueueMs) != has(self.targetInFlight)",
+             "give exactly one of autoscaling.targetQueueMs or autoscaling.targetInFlight",
+             reason="FieldValueRequired"),
+    ]))  # fmt: skip
+
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    """Fewest copies of the stable version (at least 1: scale to zero is not supported yet)."""
+    max_replicas: int = Field(ge=1, le=1000)
+    """Most copies of the stable version; copies beyond the pool's pods or memory are not
+    placed (a ScaleBlocked event says why)."""
+    target_queue_ms: float | None = Field(default=None, gt=0, le=3_600_000)
+    """Target queue time per request, in milliseconds (the wait the runtimes expect for a
+    request arriving now, the highest of the copies): copies are added when it is above
+    the target, in proportion, and removed when it stays below 70% of it."""
+    target_in_flight: float | None = Field(default=None, gt=0, le=1_000_000)
+    """Target requests in flight (queued or running) per copy, averaged over the last
+    10 s: copies are added when above it, in proportion, and removed when the load
+    stays below 70% of it."""
+    scale_down_delay_seconds: int = Field(default=60, ge=0, le=86_400)
+    """How long the load must stay low before copies are removed (the stabilisation window)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelVersion:
     """One version a model asks for, with its role (``draining`` versions are not in
@@ -254,7 +286,15 @@ class ModelSpec(_Spec):
     """Device memory one copy needs, in MB. When absent the runtime measures it after
     loading (placement assumes 1000 MB until then)."""
     replicas: int = Field(default=1, ge=1, le=1000)
-    """Copies of the stable version, each on a distinct pool pod (at most the pool's pods)."""
+    """Copies of the stable version, each on a distinct pool pod (at most the pool's pods).
+    The scale subresource sets it (kubectl scale im NAME --replicas=N, or an HPA or KEDA);
+    ignored while autoscaling is set."""
+    autoscaling: Autoscaling | None = None
+    """The built-in autoscaler: the stable version's copies follow its load between
+    minReplicas and maxReplicas, and spec.replicas is then ignored. Leave it out to fix
+    the copies with spec.replicas, or to let an HPA or KEDA drive the scale subresource
+    (scaleTargetRef kind InferenceModel, apiVersion modelfleet.io/v1alpha1). Only the
+    stable version scales: a canary keeps canary.replicas."""
     batching: Batching = Batching()
     """Dynamic batching of requests into one forward pass."""
     queue: Queue = Queue()

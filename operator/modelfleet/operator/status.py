@@ -105,6 +105,9 @@ def _ready(f: _Facts) -> dict[str, Any]:
     stable = f.stable
     if f.ready_n >= stable.replicas:
         return condition("Ready", True, "AllReplicasReady", f.ready_summary)
+    if stable.enough is not None and f.ready_n >= max(1, stable.enough):
+        return condition("Ready", True, "MinReplicasReady",
+                         f"{f.ready_summary} (autoscaling.minReplicas {stable.enough})")  # fmt: skip
     if f.old_serving:
         return condition("Ready", True, "PreviousVersionServing",
                          f"version {_names(f.old_serving)} serves while version {stable.version} "
@@ -280,6 +283,8 @@ VOLATILE = (
     "shedRate",
     "objectiveAttainment",
     "p99LatencyMs",
+    "load",
+    "detail",
 )
 
 

@@ -110,6 +110,26 @@ _BY_TYPE = k8s(map_keys=["type"])
 """Conditions are a map keyed by type: one condition of each type."""
 
 
+class AutoscalingStatus(_Status):
+    """What the built-in autoscaler decided last (only with spec.autoscaling)."""
+
+    desired_replicas: int | None = None
+    """Copies of the stable version the autoscaler wants."""
+    reason: str | None = None
+    """Why: ScaledUp, ScaledDown, Steady, WaitingForScaleDown, Clamped or NoLoadSample."""
+    detail: str | None = None
+    """The decision with its figures, for people (refreshed with the live figures)."""
+    load: float | None = None
+    """The load it decided on: requests in flight summed over the copies, or the
+    highest queue time of the copies (ms), whichever the target names."""
+    last_scale_time: datetime | None = None
+    """When the autoscaler last changed the copies (the scale-down delay counts from it)."""
+    low_since: datetime | None = None
+    """Since when the load has been low enough to remove copies (absent while it is not)."""
+    blocked: str | None = None
+    """Why copies the autoscaler wants are not placed (absent when all are)."""
+
+
 class ModelStatus(_Status):
     """What the operator observed; written once per convergence pass."""
 
@@ -118,7 +138,16 @@ class ModelStatus(_Status):
     url: str | None = None
     """The in-cluster URL of the model's infer endpoint."""
     ready_replicas: int | None = None
-    """Replicas of the stable version loaded, warm and routed to."""
+    """Replicas of the stable version loaded, warm and routed to (the scale subresource's
+    status.replicas)."""
+    desired_replicas: int | None = None
+    """Copies of the stable version the operator places: spec.replicas, or the
+    autoscaler's decision."""
+    selector: str | None = None
+    """Label selector of the pool's runtime pods (the scale subresource's selector, which
+    an HorizontalPodAutoscaler requires)."""
+    autoscaling: AutoscalingStatus | None = None
+    """What the built-in autoscaler decided last (only with spec.autoscaling)."""
     versions: tuple[VersionStatus, ...] | None = None
     """Every version the model runs, with its role."""
     conditions: tuple[ModelCondition, ...] | None = Field(default=None, json_schema_extra=_BY_TYPE)

@@ -31,6 +31,10 @@ class VersionState(_Lenient):
     """Device memory measured after loading."""
     queue_depth: int = 0
     inflight: int = 0
+    """Requests admitted and not yet answered (queued or running)."""
+    queue_wait_ms: float = 0.0
+    """The queue wait a default-priority request arriving now can expect (ms): the
+    measured forward time of the work ahead of it (the autoscaler's queue time)."""
     served: int = 0
     errors: int = 0
     shed: int = 0

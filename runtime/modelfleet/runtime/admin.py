@@ -34,6 +34,7 @@ def version_state(model: HostedModel) -> VersionState:
         memory_mb=round(model.memory_bytes / (1024 * 1024), 3),
         queue_depth=len(model.queue),
         inflight=model.inflight,
+        queue_wait_ms=round(model.worker.expected_wait(model, model.default_level) * 1000, 3),
         served=model.served,
         errors=model.errors,
         shed=model.shed,

@@ -1,0 +1,182 @@
+"""The built-in autoscaler's decision for one model version: a pure function.
+
+Input: the version's load as the operator samples it from the runtimes (requests in
+flight summed over its copies, the highest queue time of its copies, its request
+rate), the copies wanted now and ready, the policy (``spec.autoscaling``), the time,
+the time of the last change and since when the load has been low. Output: the copies
+wanted, a reason and since when the load has been low (the operator keeps both times
+in the model's status, so a restart forgets neither).
+
+The rule, with ``demand`` the copies that would hold the load at the target
+(requests in flight / target, or ready copies x queue time / target):
+
+* up: when ``ceil(demand)`` exceeds the copies, to ``ceil(demand)`` at once
+  (proportional: a load that doubles doubles the copies in one step), at most max;
+* down: only to ``ceil(demand / 0.7)`` (the copies stay below 70% of the target,
+  a band that a steady load never crosses back), at least min, and only once the
+  load has asked for fewer copies continuously for ``scaleDownDelaySeconds`` and
+  as long since the last change (the stabilisation window);
+* never below min or above max (a count outside them is brought inside first),
+  and never below one copy (min is at least 1: scale to zero is a later step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from modelfleet.operator.observed import Key, PodView
+from modelfleet.operator.spec import Autoscaling
+
+DOWN_BELOW = 0.7
+"""Copies are removed only while the load per copy stays below this share of the target."""
+LOAD_WINDOW_S = 10.0
+"""In-flight and queue-time samples are averaged over this long."""
+_EPS = 1e-9
+
+Reason = Literal["ScaledUp", "ScaledDown", "Steady", "WaitingForScaleDown", "Clamped",
+                 "NoLoadSample"]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    min_replicas: int
+    max_replicas: int
+    metric: Literal["inFlight", "queueMs"]
+    target: float
+    scale_down_delay_s: float
+
+    @classmethod
+    def of(cls, spec: Autoscaling) -> Policy:
+        if spec.target_in_flight is not None:
+            metric: Literal["inFlight", "queueMs"] = "inFlight"
+            target = spec.target_in_flight
+        else:
+            metric, target = "queueMs", spec.target_queue_ms or 1.0
+        return cls(spec.min_replicas, spec.max_replicas, metric, target,
+                   float(spec.scale_down_delay_seconds))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """A version's load, averaged over the last ``LOAD_WINDOW_S``."""
+
+    in_flight: float
+    """Requests in flight (queued or running), summed over its copies."""
+    queue_ms: float
+    """The queue time a request arriving now can expect, the highest of its copies (ms)."""
+    request_rate: float
+    """Requests per second (answered or failed)."""
+
+    @property
+    def has_traffic(self) -> bool:
+        return self.in_flight > 0 or self.request_rate > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    load: Load | None
+    """None before the operator has sampled enough."""
+    copies: int
+    """Copies wanted now (the last decision)."""
+    ready: int
+    """Copies loaded, warm and routed to."""
+    now: float
+    """Seconds (epoch)."""
+    last_change: float | None = None
+    """When the copies last changed (epoch seconds); None if never."""
+    low_since: float | None = None
+    """Since when the load has asked for fewer copies (epoch seconds); None while it does not."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    copies: int
+    reason: Reason
+    message: str
+    low_since: float | None
+    load: float | None
+    """The figure the decision compared with the target."""
+
+    def changed(self, before: int) -> bool:
+        return self.copies != before
+
+
+def decide(policy: Policy, inputs: Inputs) -> Decision:
+    """The copies the version should run now, and why (see the module's docstring)."""
+    lo, hi = policy.min_replicas, max(policy.min_replicas, policy.max_replicas)
+    current = inputs.copies
+    if not lo <= current <= hi:
+        copies = min(max(current, lo), hi)
+        return Decision(copies, "Clamped", f"copies {current} -> {copies}: brought within "
+                        f"minReplicas {lo} and maxReplicas {hi}", None, None)  # fmt: skip
+    load = inputs.load
+    if load is None:
+        return Decision(current, "NoLoadSample", "no load sampled yet; copies kept",
+                        inputs.low_since, None)  # fmt: skip
+    value = load.in_flight if policy.metric == "inFlight" else load.queue_ms
+    serving = inputs.ready or current
+    demand = value / policy.target * (1 if policy.metric == "inFlight" else serving)
+    what = (f"{value:.2f} requests in flight for a target of {policy.target:g} a copy"
+            if policy.metric == "inFlight"
+            else f"queue time {value:.1f} ms on {serving} copies for a target of "
+                 f"{policy.target:g} ms")  # fmt: skip
+    up = min(hi, math.ceil(demand - _EPS))
+    if up > current:
+        return Decision(up, "ScaledUp", f"copies {current} -> {up}: {what}", None, value)
+    down = max(lo, math.ceil(demand / DOWN_BELOW - _EPS), 1 if load.has_traffic else lo)
+    if down >= current:
+        return Decision(current, "Steady", f"{what}: {current} copies", None, value)
+    low_since = inputs.low_since if inputs.low_since is not None else inputs.now
+    since_change = math.inf if inputs.last_change is None else inputs.now - inputs.last_change
+    waited = min(inputs.now - low_since, since_change)
+    if waited + _EPS >= policy.scale_down_delay_s:
+        return Decision(down, "ScaledDown", f"copies {current} -> {down}: {what} for "
+                        f"{waited:.0f} s", None, value)  # fmt: skip
+    return Decision(current, "WaitingForScaleDown",
+                    f"{what}: {down} copies would do; removing them after "
+                    f"{policy.scale_down_delay_s:g} s of low load ({waited:.0f} s so far)",
+                    low_since, value)  # fmt: skip
+
+
+def sample(pods: list[PodView], key: Key) -> tuple[int, float, int]:
+    """(requests in flight summed over the pods, the highest expected queue time (ms),
+    requests answered or failed summed over the pods) of one version, as the pods report."""
+    in_flight, queue_ms, count = 0, 0.0, 0
+    for pod in pods:
+        seen = pod.observed().get(key)
+        if seen is None:
+            continue
+        in_flight += seen.inflight
+        queue_ms = max(queue_ms, seen.queue_wait_ms)
+        count += seen.served + seen.errors
+    return in_flight, queue_ms, count
+
+
+class LoadWindow:
+    """The samples of one version over the last ``LOAD_WINDOW_S`` (the operator keeps
+    them in memory; after a restart the window fills again within seconds)."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, int, float, int]] = deque()
+
+    def add(self, now: float, in_flight: int, queue_ms: float, count: int) -> Load | None:
+        """Records a sample; the load over the window, or None until it holds two
+        samples a second apart. A counter that drops (a pod restarted) starts afresh."""
+        if self._samples and count < self._samples[-1][3]:
+            self._samples.clear()
+        self._samples.append((now, in_flight, queue_ms, count))
+        while len(self._samples) > 2 and now - self._samples[0][0] > LOAD_WINDOW_S:
+            self._samples.popleft()
+        first = self._samples[0]
+        span = now - first[0]
+        if len(self._samples) < 2 or span < 1.0:
+            return None
+        n = len(self._samples)
+        return Load(
+            in_flight=round(sum(s[1] for s in self._samples) / n, 3),
+            queue_ms=round(sum(s[2] for s in self._samples) / n, 3),
+            request_rate=round((count - first[3]) / span, 3),
+        )
