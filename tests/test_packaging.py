@@ -92,6 +92,10 @@ def test_the_wheel_holds_runtime_gateway_operator_and_cli(tmp_path: Path) -> Non
         "modelfleet/gateway/__init__.py",
         "modelfleet/gateway/proxy.py",
         "modelfleet/operator/__init__.py",
+        "modelfleet/api/inference.proto",
+        "modelfleet/api/inference_pb2.py",
+        "modelfleet/runtime/grpc_server.py",
+        "modelfleet/gateway/grpc_proxy.py",
     ):
         assert expected in names, f"{expected} missing from the wheel"
     assert not any(n.startswith(("operator/", "runtime/", "gateway/")) for n in names), (
