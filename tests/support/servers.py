@@ -28,12 +28,10 @@ from typing import Any, Self
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {
-    **os.environ,
-    "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), str(ROOT / "runtime"), str(ROOT / "gateway"), str(ROOT / "operator")]
-    ),
-}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+"""The environment of the processes tests start: the project comes from the clone's
+.venv (installed editable); the repository root is on the path for the test
+architectures (``tests.runtime.models:...``) and scripts under tests/."""
 READY_TIMEOUT_S = 60.0
 
 
