@@ -42,7 +42,7 @@ lint: venv
 	@$(PYTHON) -m mypy -p modelfleet -p modelfleet.operator -p modelfleet.gateway
 	@echo "==> import contracts (the components stay apart; operator and gateway never import torch)"
 	@# import-linter reads the sources as files: it is told where they are.
-	@PYTHONPATH=runtime:gateway:operator $(PYTHON) -c 'import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())' --config pyproject.toml
+	@PYTHONPATH=runtime:gateway:operator $(PYTHON) -c 'import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())' pyproject.toml
 
 unit: venv
 	@$(PYTHON) -m pytest tests -m "not cluster and not integration"
