@@ -50,6 +50,12 @@ async def get_shadow(request: web.Request) -> web.Response:
     return web.json_response({m: s.summary() for m, s in shadows.stats.items()})
 
 
+async def get_demand(request: web.Request) -> web.Response:
+    """Requests held for models scaled to zero: waiting now, held so far, the last
+    one's time (the operator places a first copy where there is demand)."""
+    return web.json_response(request.app[GATEWAY].cold.summary())
+
+
 def build_admin_app(gateway: Gateway, token: str) -> web.Application:
     app = web.Application(
         middlewares=[errors_as_json(gateway.config.max_body_bytes, log), bearer_auth(token)]
@@ -58,4 +64,5 @@ def build_admin_app(gateway: Gateway, token: str) -> web.Application:
     app.router.add_get("/admin/routes", get_routes)
     app.router.add_put("/admin/routes", put_routes)
     app.router.add_get("/admin/shadow", get_shadow)
+    app.router.add_get("/admin/demand", get_demand)
     return app

@@ -283,13 +283,15 @@ class GrpcProxy:
         if not model:
             raise BadRequest("the request names no model ('name' / 'model_name' is empty)")
         route = gateway.route(model)
+        now = time.monotonic()
+        deadline = _deadline(context, metadata, now + route.timeout_ms / 1000, now)
+        if admit:  # scaled to zero: held until a copy is ready (or the deadline)
+            route = await gateway.cold.copy_for(model, route, deadline, gateway.route)
         version = gateway.choose(
             model, route, asked_version or metadata.get(VERSION_KEY), metadata.get(SESSION_KEY)
         )
         if not asked_version:  # chosen here: the runtime must serve that version
             body = with_version(body, version.version)
-        now = time.monotonic()
-        deadline = _deadline(context, metadata, now + route.timeout_ms / 1000, now)
         header_level = metadata.get(PRIORITY_KEY, "")
         level = (int(header_level) if header_level.isdigit() else priority) or DEFAULT_LEVEL
         gate = gateway.table.admission[model]

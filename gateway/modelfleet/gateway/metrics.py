@@ -75,6 +75,19 @@ class GatewayMetrics:
             buckets=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0),
             registry=self.registry,
         )
+        self.cold_held = Counter(
+            "modelfleet_gateway_cold_held_total",
+            "Requests for a model scaled to zero held for its first copy, by outcome: "
+            "served, timeout (its deadline passed first), full (the line was full).",
+            ("model", "outcome"),
+            registry=self.registry,
+        )
+        self.cold_waiting = Gauge(
+            "modelfleet_gateway_cold_waiting",
+            "Requests waiting now for the first copy of a model scaled to zero.",
+            ("model",),
+            registry=self.registry,
+        )
         self._children: dict[_Labels, tuple[Counter, Histogram]] = {}
         self._in_flight: dict[str, Gauge] = {}
 

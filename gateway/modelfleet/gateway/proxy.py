@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from modelfleet.api import headers as contract
 from modelfleet.gateway.admission import Admission
 from modelfleet.gateway.balancer import Endpoint, least_wait, pick
+from modelfleet.gateway.cold import ColdStart
 from modelfleet.gateway.metrics import GatewayMetrics
 from modelfleet.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
 from modelfleet.gateway.shadow import SHADOW_LEVEL, Outputs, Shadows, rest_outputs
@@ -67,6 +68,7 @@ class Gateway:
         self.upstreams = Upstreams(self.config.connect_timeout_s)
         self.channels = GrpcChannels(self.config.connect_timeout_s)
         self.shadows = Shadows(self.metrics)
+        self.cold = ColdStart(self.metrics)
         self.replace(document)
         self.draining = False
 
@@ -89,6 +91,7 @@ class Gateway:
                 gate.resize(route.max_concurrency, route.max_waiting)
             admission[name] = gate
         self.table = Table(document, endpoints, admission)
+        self.cold.routes_changed(document)
         self.spreads = {m: s for m, s in self.spreads.items() if m in document.models}
         for url in old.endpoints.keys() - endpoints.keys():
             self.upstreams.forget(url)
@@ -170,8 +173,11 @@ class Gateway:
         started = time.perf_counter()
         model = request.match_info["model"]
         route = self.route(model)
-        version = self.version(model, route, request)
         deadline = time.monotonic() + route.timeout_ms / 1000
+        if admit:  # scaled to zero: held until a copy is ready (or the deadline)
+            client_deadline = _client_deadline(request, deadline, time.monotonic())
+            route = await self.cold.copy_for(model, route, client_deadline, self.route)
+        version = self.version(model, route, request)
         body = await request.read() if request.can_read_body else None
         gate = self.table.admission[model]
         outcome, endpoint = "error", ""

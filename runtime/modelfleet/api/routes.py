@@ -73,6 +73,10 @@ class ModelRoute(_Strict):
     shadow: ShadowRoute | None = None
     """Mirror a share of the answered requests to this version and compare its
     answers with the primary's (never returned to a client); off when unset."""
+    cold: bool = False
+    """The model is scaled to zero: while no version has an endpoint, its requests
+    wait at the gateway (at most ``max_waiting``, each until its deadline) for
+    routes that give it one, instead of a 503 at once."""
 
     @model_validator(mode="after")
     def _unique(self) -> ModelRoute:
