@@ -12,6 +12,8 @@ import contextlib
 import json
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -174,3 +176,38 @@ def running_fleet(
             proc.stop()
         k.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         print((fleet.tmp / "operator.log").read_text()[-4000:])
+
+
+class Stream:
+    """``threads`` clients calling a model through the gateway, each pausing ``pause``
+    seconds between calls; each result is (when, HTTP status, the answering version
+    or the error). A connection the gateway dropped counts as a failure (status 0)."""
+
+    def __init__(self, fleet: Fleet, name: str, threads: int = 2, pause: float = 0.0) -> None:
+        self.fleet, self.name, self.pause = fleet, name, pause
+        self.results: list[tuple[float, int, str]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                status, body = self.fleet.call(self.name)
+            except OSError as exc:
+                status, body = 0, repr(exc)
+            self.results.append((time.monotonic(), status, body))
+            if self.pause:
+                self.stop.wait(self.pause)
+
+    def __enter__(self) -> Stream:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=15)
+
+    def failures(self, since: float = 0.0) -> list[tuple[float, int, str]]:
+        return [r for r in self.results if r[1] != 200 and r[0] >= since]

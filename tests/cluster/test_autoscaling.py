@@ -6,7 +6,6 @@ concurrent load and back down after its scale-down delay, failing no request."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Cluster
-from tests.cluster.fleet import Fleet, model_yaml, running_fleet
+from tests.cluster.fleet import Fleet, Stream, model_yaml, running_fleet
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -30,40 +29,6 @@ def fleet(
 ) -> Iterator[Fleet]:
     with running_fleet(kube_cluster, tmp_path_factory.mktemp("scale"), model_store, NS, POOL) as f:
         yield f
-
-
-class Load:
-    """``threads`` clients calling a model through the gateway, each pausing
-    ``pause`` seconds between calls; every answer is kept with its time."""
-
-    def __init__(self, fleet: Fleet, name: str, threads: int, pause: float = 0.0) -> None:
-        self.fleet, self.name, self.pause = fleet, name, pause
-        self.results: list[tuple[float, int, str]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                status, body = self.fleet.call(self.name)
-            except OSError as exc:  # a connection the gateway dropped is a failure too
-                status, body = 0, repr(exc)
-            self.results.append((time.monotonic(), status, body))
-            if self.pause:
-                self.stop.wait(self.pause)
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
-
-    def failures(self) -> list[tuple[float, int, str]]:
-        return [r for r in self.results if r[1] != 200]
 
 
 def ready(fleet: Fleet, name: str, **spec: Any) -> None:
@@ -100,7 +65,7 @@ def test_kubectl_scale_sets_the_copies_of_a_model_without_autoscaling(fleet: Fle
     table = fleet.k.kubectl("get", "inferencemodels", "fixed", "-n", NS).stdout
     assert "DESIRED" in table.splitlines()[0]
     # and back to one: the copy leaves the routes, then its pod, under a light load
-    with Load(fleet, "fixed", threads=1, pause=0.05) as load:
+    with Stream(fleet, "fixed", threads=1, pause=0.05) as load:
         fleet.k.kubectl("scale", "inferencemodel", "fixed", "-n", NS, "--replicas=1")
         wait_for("1 copy left", lambda: len(hosting(fleet, "fixed")) == 1, 60)
         time.sleep(1)
@@ -128,7 +93,7 @@ def test_the_autoscaler_adds_a_copy_under_load_and_removes_it_after_the_delay(
             return bool(ready_n >= at_least)
         return bool(desired <= (at_most or 0) and len(hosting(fleet, "hot")) <= (at_most or 0))
 
-    with Load(fleet, "hot", threads=8) as heavy:
+    with Stream(fleet, "hot", threads=8) as heavy:
         started = time.monotonic()
         wait_for("2 ready copies under load", lambda: copies(at_least=2), SCALE_UP_WITHIN_S)
         up_s = time.monotonic() - started
@@ -137,7 +102,7 @@ def test_the_autoscaler_adds_a_copy_under_load_and_removes_it_after_the_delay(
     assert hosting(fleet, "hot") == sorted(fleet.runtimes)
     auto = fleet.status("hot")["autoscaling"]
     assert auto["desiredReplicas"] == 2 and auto["lastScaleTime"]
-    with Load(fleet, "hot", threads=1, pause=0.1) as light:
+    with Stream(fleet, "hot", threads=1, pause=0.1) as light:
         wait_for("back to 1 copy", lambda: copies(at_most=1), 60)
         down_s = time.monotonic() - heavy_done
         time.sleep(2)  # answers after the copy left

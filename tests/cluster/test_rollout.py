@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Cluster
-from tests.cluster.fleet import Fleet, model_yaml, running_fleet
+from tests.cluster.fleet import Fleet, Stream, model_yaml, running_fleet
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -35,33 +34,6 @@ def fleet(
         shutil.copy(model_store / "mlp.safetensors", model_store / copy)
     with running_fleet(kube_cluster, tmp_path_factory.mktemp("roll"), model_store, NS, POOL) as f:
         yield f
-
-
-class Stream:
-    """Two clients calling a model through the gateway without pause."""
-
-    def __init__(self, fleet: Fleet, name: str) -> None:
-        self.fleet, self.name = fleet, name
-        self.results: list[tuple[int, str]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.results.append(self.fleet.call(self.name))
-
-    def __enter__(self) -> Stream:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
-
-    def failures(self) -> list[tuple[int, str]]:
-        return [r for r in self.results if r[0] != 200]
 
 
 def patch(fleet: Fleet, name: str, spec: dict[str, Any]) -> None:
@@ -120,7 +92,7 @@ def test_a_version_change_under_load_fails_no_request_and_unloads_the_old_one(
         seen = len(stream.results)
         wait_for("answers after the switch", lambda: len(stream.results) > seen + 50)
     assert stream.failures() == [], stream.failures()[:5]
-    versions = [v for _, v in stream.results]
+    versions = [v for _, _, v in stream.results]
     assert set(versions) == {"1", "2"}
     assert set(versions[seen:]) == {"2"}, "the old version answered after it was unloaded"
     reasons = [r for r, _ in events(fleet, "roll")]
@@ -187,7 +159,7 @@ def test_a_broken_canary_gets_no_traffic_and_the_model_says_why(fleet: Fleet) ->
         )
         assert split(fleet, "steady", 400) == Counter({"1": 400})
     assert degraded["reason"] == "LoadFailed" and "missing-v2.safetensors" in degraded["message"]
-    assert stream.failures() == [] and {v for _, v in stream.results} == {"1"}
+    assert stream.failures() == [] and {v for _, _, v in stream.results} == {"1"}
     status = fleet.status("steady")
     canary = next(v for v in status["versions"] if v["version"] == "2")
     assert canary["role"] == "canary" and canary["readyReplicas"] == 0

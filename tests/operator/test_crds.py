@@ -75,6 +75,7 @@ def test_model_printer_columns_show_pool_version_canary_weight_ready_priority_ag
         "Version",
         "Canary",
         "Weight",
+        "Step",
         "Desired",
         "Ready",
         "Priority",
@@ -100,6 +101,7 @@ def test_model_cel_rules_guard_what_the_schema_alone_cannot() -> None:
     messages = [r["message"] for r in spec["x-kubernetes-validations"]]
     assert messages[0] == "canary.version must differ from version"
     assert [m.split(" must")[0] for m in messages[1:]] == [
+        "shadow.version",
         "batching.pad.inputs",
         "batching.pad.outputs",
     ]

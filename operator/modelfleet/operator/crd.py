@@ -127,6 +127,12 @@ MODEL = Kind(
             "Weight", "integer", ".spec.canary.weight", "Percent of traffic sent to the canary."
         ),
         Column(
+            "Step",
+            "string",
+            ".status.analysis.summary",
+            "The canary analysis: step and weight (2/3 25%), or how it ended.",
+        ),
+        Column(
             "Desired",
             "integer",
             ".status.desiredReplicas",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from modelfleet.api.routes import ModelRoute, VersionRoute
+from modelfleet.api.routes import ModelRoute, ShadowRoute, VersionRoute
 from modelfleet.api.runtime_document import ModelConfig, RuntimeDocument, ServerConfig
 from modelfleet.operator.manifests import (
     ADMIN_PORT,
@@ -403,10 +403,11 @@ def route(spec: ModelSpec, versions: list[VersionReport], max_concurrency: int) 
     models (``modelfleet.api.routes``): a route the gateway would refuse fails here,
     naming the field. ``max_waiting`` is left to the gateway's default (not written)."""
     weights = [v.routed_weight if v.endpoints else 0 for v in versions]
-    if not any(weights):
-        staying = {v.version for v in versions if v.role != "draining" and v.endpoints}
-        weights = [1 if v.endpoints and (v.version in staying or not staying) else 0
-                   for v in versions]  # fmt: skip
+    if not any(weights):  # a shadow never answers a client
+        staying = {v.version for v in versions if v.role in ("stable", "canary") and v.endpoints}
+        weights = [1 if v.endpoints and v.role != "shadow" and (v.version in staying or not staying)
+                   else 0 for v in versions]  # fmt: skip
+    shadow = next((v for v in versions if v.role == "shadow" and v.endpoints), None)
     return ModelRoute(
         priority=spec.priority,
         max_concurrency=max_concurrency,
@@ -420,4 +421,6 @@ def route(spec: ModelSpec, versions: list[VersionReport], max_concurrency: int) 
             )
             for v, w in zip(versions, weights, strict=True)
         ),
-    )
+        **given(shadow=ShadowRoute(version=shadow.version, percent=spec.shadow.percent)
+                if shadow is not None and spec.shadow is not None else None),
+    )  # fmt: skip

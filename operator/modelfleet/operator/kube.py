@@ -206,6 +206,16 @@ class Kube:
         found = await self._call("GET", _path(api_version, kind, namespace), params=params)
         return list(found.get("items", []))
 
+    async def patch(
+        self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]
+    ) -> Any:
+        """A JSON merge patch of the object (with ``metadata.resourceVersion`` in
+        ``body``, a conflicting write meanwhile makes it fail with 409)."""
+        return await self._call(
+            "PATCH", _path(api_version, kind, namespace, name), data=json.dumps(body),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )  # fmt: skip
+
     async def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None:  # fmt: skip
         try:

@@ -69,6 +69,14 @@ class PodAPI:
         data = await self._get(f"http://{ip}:{ADMIN_PORT}/admin/routes")
         return data.get("models") if isinstance(data, dict) else None
 
+    async def gateway_shadow(self, ip: str) -> dict[str, dict[str, Any]] | None:
+        """A gateway's shadow comparisons so far: model -> {version, compared, failed,
+        skipped, agreement, worst_abs_diff, worst_rel_diff} (``GET /admin/shadow``)."""
+        data = await self._get(f"http://{ip}:{ADMIN_PORT}/admin/shadow")
+        if not isinstance(data, dict):
+            return None
+        return {str(k): v for k, v in data.items() if isinstance(v, dict)}
+
     async def put_gateway_routes(self, ip: str, models: Mapping[str, ModelRoute]) -> bool:
         body = {"models": routes_entries(models)}
         return await self._put(f"http://{ip}:{ADMIN_PORT}/admin/routes", body)

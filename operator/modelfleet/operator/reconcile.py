@@ -24,8 +24,17 @@ from pydantic import ValidationError
 from modelfleet.api.routes import GatewayServer, ModelRoute, RoutesDocument
 from modelfleet.api.runtime_document import ModelConfig
 from modelfleet.operator.autoscale import Decision, Inputs, LoadWindow, Policy, decide, sample
+from modelfleet.operator.canarysteps import (
+    ACTIVE,
+    Outcome,
+    State,
+    advance,
+    promotion,
+    routed_spec,
+    seen_on,
+)
 from modelfleet.operator.desired import Plan, plan, runtime_document, settle_scaled
-from modelfleet.operator.kube import Kube
+from modelfleet.operator.kube import Conflict, Kube, KubeError
 from modelfleet.operator.manifests import (
     ADMIN_PORT,
     DATA_PORT,
@@ -54,6 +63,7 @@ from modelfleet.operator.status import (
     condition,
     model_status,
     pool_status,
+    shadow_status,
     unknown_pool_conditions,
     with_times,
 )
@@ -308,7 +318,10 @@ class Reconciler:
         in_force = routed(routes_data or {})
         scaling = self._autoscale(model_objs, models, pods)
         copies = {name: s.place for name, s in scaling.items()}
-        result = plan(pool_spec, models, pods, in_force, copies,
+        analyses = self._analyses(model_objs, models, pods)
+        routed_models = {name: routed_spec(spec, analyses[name].weight) if name in analyses
+                         else spec for name, spec in models.items()}  # fmt: skip
+        result = plan(pool_spec, routed_models, pods, in_force, copies,
                       routed_endpoints(routes_data or {}))  # fmt: skip
         for name, s in scaling.items():
             short = settle_scaled(result.reports[name].stable, s.policy.min_replicas)
@@ -317,20 +330,43 @@ class Reconciler:
         # Gateways first, then the routes ConfigMap: the ConfigMap is the record of
         # the routes in force, and a draining version leaves the pods only once it
         # shows no traffic for it (possibly after an operator restart).
-        await self._push_routes(
-            api, seen.pods_of(namespace, pool_name, "gateway"), pool_name, result
-        )
+        gateways = seen.pods_of(namespace, pool_name, "gateway")
+        await self._push_routes(api, gateways, pool_name, result)
+        shadows = await self._shadows(api, gateways, models)
         await self._write_config(owner, pool_spec, previous_data, routes_data, result)
         await self._events(namespace, model_objs, result, in_force)
         now = now_iso()
         for obj in model_objs:
-            await self._model_status(obj, result, now, scaling.get(obj["metadata"]["name"]))
+            name = obj["metadata"]["name"]
+            await self._model_status(obj, result, now, scaling.get(name), analyses.get(name),
+                                     shadows.get(name))  # fmt: skip
         pool_new = pool_status(pods, unreachable, result.reports, self.status_of(pool_obj),
                                pool_obj["metadata"].get("generation", 0), now)  # fmt: skip
         await self._write_status(pool_obj, pool_new)
         loading = any(v.loading or v.retiring for r in result.reports.values() for v in r.versions)
         busy = any(s.busy for s in scaling.values())
-        return PassResult(progressing=bool(loading or pushed or unreachable or not pods or busy))
+        # A holding step waits for requests that come slowly: the converged pace will do.
+        analysing = any(o.state.phase in ("Pending", "Running") or o.action == "promote"
+                        for o in analyses.values())  # fmt: skip
+        return PassResult(progressing=bool(loading or pushed or unreachable or not pods or busy
+                                           or analysing))  # fmt: skip
+
+    def _analyses(
+        self, objs: list[dict[str, Any]], models: dict[str, ModelSpec], pods: list[PodView]
+    ) -> dict[str, Outcome]:
+        """The canary analysis of each model with ``spec.canary.analysis``: one more
+        look at both versions' counters, from what ``status.analysis`` remembers."""
+        out: dict[str, Outcome] = {}
+        now = time.time()
+        for obj in objs:
+            name = obj["metadata"]["name"]
+            spec = models[name]
+            if spec.canary is None or spec.canary.analysis is None:
+                continue
+            previous = State.of_status(self.status_of(obj).get("analysis"))
+            seen = seen_on(pods, name, spec.version, spec.canary.version)
+            out[name] = advance(spec.canary.analysis, spec.canary, previous, seen, now)
+        return out
 
     def _autoscale(
         self, objs: list[dict[str, Any]], models: dict[str, ModelSpec], pods: list[PodView]
@@ -430,6 +466,24 @@ class Reconciler:
                 log.info("pool %s: pushing routes to gateway %s", pool, gw["metadata"]["name"])
                 await api.put_gateway_routes(ip, result.routes)
 
+    async def _shadows(
+        self, api: PodAPI, gateways: list[dict[str, Any]], models: dict[str, ModelSpec]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Each model with a shadow -> every gateway's comparison summary of it (the
+        gateways are only asked when some model has a shadow)."""
+        wanted = {name for name, spec in models.items() if spec.shadow is not None}
+        if not wanted:
+            return {}
+        ips = [ip for gw in gateways if (ip := gw.get("status", {}).get("podIP"))
+               and not gw["metadata"].get("deletionTimestamp")]  # fmt: skip
+        answers = await asyncio.gather(*(api.gateway_shadow(ip) for ip in ips))
+        out: dict[str, list[dict[str, Any]]] = {name: [] for name in wanted}
+        for answer in answers:
+            for name, summary in (answer or {}).items():
+                if name in wanted:
+                    out[name].append(summary)
+        return out
+
     async def _events(
         self, namespace: str, model_objs: list[dict[str, Any]], result: Plan,
         in_force: dict[Key, int],
@@ -461,8 +515,9 @@ class Reconciler:
                 )
 
     async def _model_status(
-        self, obj: dict[str, Any], result: Plan, now: str, scaling: Scaling | None = None
-    ) -> None:
+        self, obj: dict[str, Any], result: Plan, now: str, scaling: Scaling | None = None,
+        analysis: Outcome | None = None, shadows: list[dict[str, Any]] | None = None,
+    ) -> None:  # fmt: skip
         meta = obj["metadata"]
         report = result.reports[meta["name"]]
         clock = time.monotonic()
@@ -488,7 +543,70 @@ class Reconciler:
         elif "autoscaling" in previous:
             new["autoscaling"] = None  # autoscaling removed: the merge patch drops it
         await self._rollout_events(obj, previous, new)
+        await self._analysis(obj, previous.get("analysis"), new, analysis)
+        shadow = ModelSpec.model_validate(obj["spec"]).shadow
+        if shadow is not None:
+            new["shadow"] = shadow_status(shadow.version, shadow.percent, shadows or [])
+        elif "shadow" in previous:
+            new["shadow"] = None  # shadow removed: the merge patch drops it
         await self._write_status(obj, new)
+        if analysis is not None and analysis.state.phase == "Promoted":
+            await self._promote(obj)
+
+    async def _analysis(
+        self, obj: dict[str, Any], previous: Any, new: dict[str, Any], outcome: Outcome | None
+    ) -> None:
+        """``status.analysis`` and the analysis' events. Without an analysis in the spec
+        the status keeps only a promotion's record (once the canary is gone); an
+        analysis that was running when its spec was removed stops with an event."""
+        if outcome is None:
+            was = State.of_status(previous)
+            if was is None:
+                return
+            canary = (obj.get("spec") or {}).get("canary")
+            if was.phase == "Promoted" and not canary:
+                return
+            new["analysis"] = None  # a merge patch drops it
+            if was.phase in ACTIVE:
+                why = ("the canary was removed (rolled back by hand)" if not canary
+                       else "spec.canary.analysis was removed")  # fmt: skip
+                await self.kube.event(obj, "AnalysisStopped", f"AnalysisStopped: {why}; "
+                                      f"stopped at step {was.step + 1} of {was.steps}")  # fmt: skip
+            return
+        new["analysis"] = outcome.state.as_status()
+        events = {"start": ("AnalysisStep", "Normal"), "next": ("AnalysisStep", "Normal"),
+                  "promote": ("AnalysisPromoted", "Normal"),
+                  "rollback": ("AnalysisFailed", "Warning"),
+                  "hold": ("AnalysisHolding", "Warning"), "stop": ("AnalysisStopped", "Normal")}  # fmt: skip
+        if outcome.action in events:
+            reason, kind = events[outcome.action]
+            await self.kube.event(obj, reason, outcome.reason, kind)
+
+    async def _promote(self, obj: dict[str, Any]) -> None:
+        """The analysis passed its last step: the spec promotes the canary (retried each
+        pass until it lands; a conflicting edit meanwhile wins and is judged next pass)."""
+        meta = obj["metadata"]
+        if not (obj.get("spec") or {}).get("canary"):
+            return
+        for attempt in range(2):
+            try:
+                await self.kube.patch(API_VERSION, "InferenceModel", meta["namespace"],
+                                      meta["name"], promotion(obj))  # fmt: skip
+                log.info("model %s: canary analysis passed, canary promoted", meta["name"])
+                return
+            except Conflict:
+                # Written meanwhile (often kopf's own annotations): promote the object as it
+                # is now if its canary is still the one judged, else the edit wins.
+                fresh = await self.kube.get(API_VERSION, "InferenceModel", meta["namespace"],
+                                            meta["name"])  # fmt: skip
+                if attempt or fresh is None or not _same_canary(obj, fresh):
+                    log.info("model %s: edited meanwhile; promotion judged again", meta["name"])
+                    return
+                obj = fresh
+            except KubeError as exc:
+                log.warning("model %s: promoting the canary failed (retried): %s",
+                            meta["name"], exc)  # fmt: skip
+                return
 
     async def _scale_events(
         self, obj: dict[str, Any], previous: dict[str, Any], scaling: Scaling
@@ -555,6 +673,11 @@ class Reconciler:
         status = {"observedGeneration": meta.get("generation", 0),
                   "conditions": with_times(conds, previous, now_iso(), meta.get("generation", 0))}  # fmt: skip
         await self._write_status(obj, status)
+
+
+def _same_canary(judged: dict[str, Any], now: dict[str, Any]) -> bool:
+    """The object's canary (version, source, weight, analysis) is still the one judged."""
+    return bool((judged.get("spec") or {}).get("canary") == (now.get("spec") or {}).get("canary"))
 
 
 def _reason(status: dict[str, Any], kind: str) -> str:

@@ -24,7 +24,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DEFAULT_MEMORY_MB = 1000.0
 """Memory assumed for a version that declares none and has not been measured yet."""
 
-Role = Literal["stable", "canary", "draining"]
+Role = Literal["stable", "canary", "draining", "shadow"]
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64",
     "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES",
@@ -185,6 +185,42 @@ class Warmup(_Spec):
     """Input data of the warm-up batches."""
 
 
+class AnalysisStep(_Spec):
+    """One step of a canary analysis: a traffic share and the evidence it needs."""
+
+    weight: int = Field(ge=1, le=100)
+    """Percent (1-100) of the model's traffic sent to the canary during the step."""
+    min_requests: int = Field(default=100, ge=1, le=100_000_000)
+    """Canary requests (answered or failed) the step needs before it can pass or fail."""
+    max_seconds: int = Field(default=600, ge=1, le=86_400)
+    """How long the step waits for minRequests; after that the analysis holds (it keeps
+    the step's weight and never promotes without the evidence)."""
+
+
+class Analysis(_Spec):
+    """Automated canary analysis: the operator walks the steps' weights by itself, judging
+    the canary against the stable version over each step's requests, promotes the canary
+    after the last step and routes it no traffic at the first failed check."""
+
+    steps: tuple[AnalysisStep, ...] = Field(
+        min_length=1,
+        max_length=20,
+        json_schema_extra=k8s(list_type="atomic", rules=[
+            Rule("self.map(s, s.weight).isSorted() && "
+                 "self.all(s, size(self.filter(t, t.weight == s.weight)) == 1)",
+                 "canary.analysis.steps weights must be strictly increasing, e.g. 5, 25, 50")]),
+    )  # fmt: skip
+    """Weight steps, in order, with strictly increasing weights (e.g. 5, 25, 50)."""
+    max_error_rate_increase: float = Field(default=0.01, ge=0, le=1)
+    """Allowed canary error rate above the stable one over the step (absolute: 0.01 is one
+    percentage point); a larger difference fails the step once Fisher's exact test finds
+    it significant (p below alpha)."""
+    max_p99_ratio: float | None = Field(default=1.5, gt=0)
+    """Allowed canary p99 latency over the stable p99; null: latency is not judged."""
+    alpha: float = Field(default=0.01, gt=0, le=0.5)
+    """Significance an error-rate regression must reach to fail a step."""
+
+
 class Canary(_Spec):
     """A second version receiving a share of the traffic."""
 
@@ -196,6 +232,27 @@ class Canary(_Spec):
     """Percent (0-100) of the model's traffic sent to the canary."""
     replicas: int = Field(default=1, ge=1, le=1000)
     """Copies of the canary, each on a distinct pool pod."""
+    analysis: Analysis | None = None
+    """Automated canary analysis. With it the canary's share is the current step's weight
+    (weight is ignored while it runs; editing weight stops the automation), the operator
+    promotes the canary after the last step (as a user would: version and source become
+    the canary's, canary is removed) and routes it no traffic at the first failed check
+    (status.analysis.phase RolledBack, until the canary's version or source changes).
+    Without it the canary keeps weight, as set by hand."""
+
+
+class Shadow(_Spec):
+    """A version that gets a copy of a share of the requests, after the primary answered:
+    its answers are compared with the primary's and never returned to a client."""
+
+    version: VersionLabel
+    """The shadow's version label (must differ from version and canary.version)."""
+    source: Source
+    """Where the model file comes from and how to load it."""
+    percent: float = Field(default=10, gt=0, le=100)
+    """Percent of the model's answered requests mirrored to the shadow."""
+    replicas: int = Field(default=1, ge=1, le=1000)
+    """Copies of the shadow, each on a distinct pool pod."""
 
 
 class Autoscaling(_Spec):
@@ -249,6 +306,10 @@ class ModelSpec(_Spec):
         Rule("!has(self.canary) || self.canary.version != self.version",
              "canary.version must differ from version",
              field_path=".canary.version", reason="FieldValueInvalid"),
+        Rule("!has(self.shadow) || (self.shadow.version != self.version && "
+             "(!has(self.canary) || self.shadow.version != self.canary.version))",
+             "shadow.version must differ from version and canary.version",
+             field_path=".shadow.version", reason="FieldValueInvalid"),
         Rule("!has(self.batching) || !has(self.batching.pad) || self.batching.pad.inputs.all(n, "
              "self.inputs.exists(t, t.name == n && t.datatype != 'BYTES' && "
              "size(t.shape) > self.batching.pad.axis && t.shape[self.batching.pad.axis] == -1))",
@@ -314,8 +375,14 @@ class ModelSpec(_Spec):
     """A second version receiving a share of the traffic. Promote by making it the
     version; roll back by removing it."""
 
+    shadow: Shadow | None = None
+    """A version that gets a copy of percent of the answered requests (mirrored by the
+    gateway after the primary answered, compared, never returned to a client); the
+    comparison is summarised in status.shadow. Remove it to unload the shadow."""
+
     def versions(self) -> list[ModelVersion]:
-        """Stable first, then the canary; weights are percentages summing to 100."""
+        """Stable first, then the canary, then the shadow (weight 0: it is only mirrored
+        to); weights are percentages summing to 100."""
         canary_weight = self.canary.weight if self.canary else 0
         out = [
             ModelVersion(self.version, "stable", self.source, self.replicas, 100 - canary_weight)
@@ -323,6 +390,9 @@ class ModelSpec(_Spec):
         if self.canary:
             c = self.canary
             out.append(ModelVersion(c.version, "canary", c.source, c.replicas, c.weight))
+        if self.shadow:
+            s = self.shadow
+            out.append(ModelVersion(s.version, "shadow", s.source, s.replicas, 0))
         return out
 
 

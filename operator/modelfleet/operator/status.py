@@ -285,6 +285,11 @@ VOLATILE = (
     "p99LatencyMs",
     "load",
     "detail",
+    "compared",
+    "skipped",
+    "agreement",
+    "worstAbsDiff",
+    "worstRelDiff",
 )
 
 
@@ -300,3 +305,28 @@ def comparable(status: dict[str, Any]) -> Any:
         return value
 
     return strip(status)
+
+
+def shadow_status(version: str, percent: float, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """``status.shadow``: the gateways' comparisons of ``version``'s answers with the
+    primary's, summed over the gateways (agreement weighted by the requests compared;
+    the worst differences are the largest any gateway saw). A gateway's figures count
+    from its start (a restarted gateway starts again from zero)."""
+    mine = [s for s in summaries if s.get("version") == version]
+    compared = sum(int(s.get("compared") or 0) for s in mine)
+    out: dict[str, Any] = {
+        "version": version, "percent": percent, "compared": compared,
+        "failed": sum(int(s.get("failed") or 0) for s in mine),
+        "skipped": sum(int(s.get("skipped") or 0) for s in mine),
+    }  # fmt: skip
+    agreeing = [(float(s["agreement"]), int(s.get("compared") or 0)) for s in mine
+                if s.get("agreement") is not None]  # fmt: skip
+    weight = sum(n for _, n in agreeing)
+    if agreeing:
+        mean = sum(a * n for a, n in agreeing) / weight if weight else agreeing[0][0]
+        out["agreement"] = round(mean, 4)
+    for key, field in (("worst_abs_diff", "worstAbsDiff"), ("worst_rel_diff", "worstRelDiff")):
+        seen = [float(s[key]) for s in mine if s.get(key) is not None]
+        if seen:
+            out[field] = max(seen)
+    return out

@@ -62,7 +62,7 @@ class VersionStatus(_Status):
     version: str | None = None
     """Version label."""
     role: Role | None = None
-    """stable, canary, or draining (leaving after a rollout)."""
+    """stable, canary, draining (leaving after a rollout) or shadow (mirrored to only)."""
     weight: int | None = None
     """Share of the traffic routed to this version: the spec's percent, or during a
     rollout the old version's share until the new one is ready everywhere."""
@@ -130,6 +130,86 @@ class AutoscalingStatus(_Status):
     """Why copies the autoscaler wants are not placed (absent when all are)."""
 
 
+class AnalysisWindow(_Status):
+    """One version's figures over the current step's window (since the step began)."""
+
+    requests: Int64 | None = None
+    """Requests answered or failed in the window, summed over the pods."""
+    errors: Int64 | None = None
+    """Requests that failed in the window."""
+    error_rate: float | None = None
+    """errors / requests (0 to 1)."""
+    p99_latency_ms: float | None = None
+    """p99 latency in the runtime over the last minute (the highest of its pods), in ms."""
+
+
+class AnalysisStart(_Status):
+    """One version's cumulative counters, summed over its pods, when the step began."""
+
+    total: Int64 | None = None
+    """Requests answered or failed."""
+    failed: Int64 | None = None
+    """Requests that failed."""
+
+
+class AnalysisStatus(_Status):
+    """The automated canary analysis (only with spec.canary.analysis)."""
+
+    phase: Literal["Pending", "Running", "Holding", "Promoted", "RolledBack", "Stopped"] | None = (
+        None
+    )
+    """Pending (the canary is not ready yet), Running (a step collects evidence), Holding
+    (a step ran out of time without enough requests: it keeps its weight and does not
+    promote), Promoted, RolledBack (a check failed: the canary gets no traffic until its
+    version or source changes) or Stopped (spec.canary.weight was edited by hand)."""
+    step: int | None = None
+    """The current step, counted from 1."""
+    steps: int | None = None
+    """How many steps the analysis has."""
+    weight: int | None = None
+    """The canary's weight now (percent)."""
+    summary: str | None = None
+    """The step and weight (2/3 25%), or the phase once it is over (kubectl get im)."""
+    reason: str | None = None
+    """The last verdict, with its figures: AnalysisPassed, AnalysisWaiting,
+    AnalysisHolding, AnalysisFailed or AnalysisStopped."""
+    canary: str | None = None
+    """The canary's version and source the analysis is about."""
+    spec_weight: int | None = None
+    """spec.canary.weight when the analysis began: a change stops the automation."""
+    step_start_time: datetime | None = None
+    """When the current step began."""
+    canary_window: AnalysisWindow | None = None
+    """The canary's figures since the step began."""
+    stable_window: AnalysisWindow | None = None
+    """The stable version's figures since the step began."""
+    canary_start: AnalysisStart | None = None
+    """The canary's counters when the step began (a restarted operator resumes from them)."""
+    stable_start: AnalysisStart | None = None
+    """The stable version's counters when the step began."""
+
+
+class ShadowStatus(_Status):
+    """The shadow version's answers compared with the primary's (only with spec.shadow)."""
+
+    version: str | None = None
+    """The shadow's version label."""
+    percent: float | None = None
+    """Percent of the answered requests mirrored to it."""
+    compared: Int64 | None = None
+    """Mirrored requests whose answers were compared, summed over the gateways."""
+    failed: Int64 | None = None
+    """Mirrored requests the shadow failed (error or timeout)."""
+    skipped: Int64 | None = None
+    """Requests not mirrored (the shadow's share of concurrency was in use)."""
+    agreement: float | None = None
+    """Share (0 to 1) of the compared answers whose arg-max agrees with the primary's."""
+    worst_abs_diff: float | None = None
+    """Largest absolute difference seen between a shadow and a primary output value."""
+    worst_rel_diff: float | None = None
+    """Largest relative difference seen between a shadow and a primary output value."""
+
+
 class ModelStatus(_Status):
     """What the operator observed; written once per convergence pass."""
 
@@ -148,6 +228,10 @@ class ModelStatus(_Status):
     an HorizontalPodAutoscaler requires)."""
     autoscaling: AutoscalingStatus | None = None
     """What the built-in autoscaler decided last (only with spec.autoscaling)."""
+    analysis: AnalysisStatus | None = None
+    """The automated canary analysis (only with spec.canary.analysis)."""
+    shadow: ShadowStatus | None = None
+    """The shadow version's answers compared with the primary's (only with spec.shadow)."""
     versions: tuple[VersionStatus, ...] | None = None
     """Every version the model runs, with its role."""
     conditions: tuple[ModelCondition, ...] | None = Field(default=None, json_schema_extra=_BY_TYPE)
