@@ -57,7 +57,8 @@ anything: children carry owner references and the garbage collector removes them
 */}}
 {{- define "modelfleet.namespacedRules" -}}
 # kopf lists and watches both resources; get reads a model's pool and a pool in its
-# convergence pass; patch adds kopf's finalizer and its bookkeeping annotations.
+# convergence pass; patch adds kopf's finalizer and its bookkeeping annotations, and
+# promotes a canary whose analysis passed (the spec's version and source, as a person would).
 - apiGroups: [modelfleet.io]
   resources: [inferencepools, inferencemodels]
   verbs: [get, list, watch, patch]
