@@ -28,8 +28,8 @@ from modelfleet.operator.spec import Autoscaling
 from tests.operator.builders import model, model_obj, pod, pool
 
 policies = st.builds(
-    lambda lo, extra, metric, target, delay: Policy(lo, lo + extra, metric, target, delay),
-    st.integers(1, 8), st.integers(0, 12), st.sampled_from(["inFlight", "queueMs"]),
+    lambda lo, extra, metric, target, delay: Policy(lo, max(1, lo + extra), metric, target, delay),
+    st.integers(0, 8), st.integers(0, 12), st.sampled_from(["inFlight", "queueMs"]),
     st.floats(0.5, 200), st.sampled_from([0.0, 5.0, 60.0]),
 )  # fmt: skip
 loads = st.builds(Load, st.floats(0, 5000), st.floats(0, 5000), st.floats(0, 5000))
@@ -47,6 +47,8 @@ def situations(draw: st.DrawFn) -> tuple[Policy, Inputs]:
         now=now,
         last_change=draw(past),
         low_since=draw(past),
+        waiting=draw(st.sampled_from([0, 0, 1, 5])),
+        held_at=draw(past),
     )
     return policy, inputs
 
@@ -56,6 +58,32 @@ def test_never_below_min_nor_above_max(case: tuple[Policy, Inputs]) -> None:
     policy, inputs = case
     d = decide(policy, inputs)
     assert policy.min_replicas <= d.copies <= policy.max_replicas
+    assert d.copies >= 1 or policy.min_replicas == 0
+
+
+@given(situations())
+def test_never_zero_copies_while_there_is_traffic_or_waiting_demand(
+    case: tuple[Policy, Inputs],
+) -> None:
+    policy, inputs = case
+    d = decide(policy, inputs)
+    if inputs.waiting > 0 or (inputs.load is not None and inputs.load.has_traffic):
+        assert d.copies >= 1
+    if inputs.copies == 0 and inputs.demand_at_zero and policy.min_replicas == 0:
+        assert (d.copies, d.reason) == (1, "ScaledUp")
+
+
+@given(situations())
+def test_to_zero_only_from_one_copy_after_the_delay_without_traffic(
+    case: tuple[Policy, Inputs],
+) -> None:
+    policy, inputs = case
+    d = decide(policy, inputs)
+    if d.copies == 0 and inputs.copies > 0:
+        assert d.reason == "ScaledToZero" and inputs.copies == 1
+        assert inputs.load is not None and not inputs.load.has_traffic
+        low_for = inputs.now - (inputs.low_since if inputs.low_since is not None else inputs.now)
+        assert low_for + 1e-6 >= policy.scale_down_delay_s
 
 
 @given(situations())
@@ -80,14 +108,14 @@ def test_scale_down_only_after_the_load_stayed_low_for_the_delay(
 ) -> None:
     policy, inputs = case
     d = decide(policy, inputs)
-    if d.reason == "ScaledDown":
+    if d.reason == "ScaledDown" or (d.reason == "ScaledToZero" and inputs.copies > 0):
         assert inputs.low_since is not None or policy.scale_down_delay_s == 0
         low_for = inputs.now - (inputs.low_since if inputs.low_since is not None else inputs.now)
         assert low_for + 1e-6 >= policy.scale_down_delay_s
         if inputs.last_change is not None:
             assert inputs.now - inputs.last_change + 1e-6 >= policy.scale_down_delay_s
     if d.copies < inputs.copies and d.reason != "Clamped":
-        assert d.reason == "ScaledDown"
+        assert d.reason == ("ScaledToZero" if d.copies == 0 else "ScaledDown")
 
 
 def _load(policy: Policy, demand: float, ready: int) -> Load:
@@ -190,14 +218,18 @@ def test_no_sample_keeps_the_copies_and_out_of_bounds_is_clamped() -> None:
     assert decide(policy, Inputs(Load(0, 0, 0), 9, 9, 1e9)).reason == "Clamped"
 
 
-def test_the_spec_needs_exactly_one_target_and_at_least_one_copy() -> None:
+def test_the_spec_needs_exactly_one_target_and_allows_zero_copies() -> None:
     a = Autoscaling.model_validate({"maxReplicas": 3, "targetInFlight": 2})
     assert (a.min_replicas, a.scale_down_delay_seconds) == (1, 60)
     assert Policy.of(a) == Policy(1, 3, "inFlight", 2.0, 60.0)
     q = Autoscaling.model_validate({"maxReplicas": 3, "targetQueueMs": 20})
     assert Policy.of(q).metric == "queueMs"
+    zero = Autoscaling.model_validate({"minReplicas": 0, "maxReplicas": 3, "targetInFlight": 2})
+    assert Policy.of(zero).min_replicas == 0
     with pytest.raises(ValidationError):
-        Autoscaling.model_validate({"minReplicas": 0, "maxReplicas": 3, "targetInFlight": 2})
+        Autoscaling.model_validate({"minReplicas": -1, "maxReplicas": 3, "targetInFlight": 2})
+    with pytest.raises(ValidationError):
+        Autoscaling.model_validate({"minReplicas": 0, "maxReplicas": 0, "targetInFlight": 2})
 
 
 def test_the_crd_validates_the_autoscaling_block() -> None:
@@ -209,8 +241,8 @@ def test_the_crd_validates_the_autoscaling_block() -> None:
         "self.minReplicas <= self.maxReplicas",
         "has(self.targetQueueMs) != has(self.targetInFlight)",
     ]
-    assert node["properties"]["minReplicas"]["minimum"] == 1
-    assert "scale to zero" in node["properties"]["minReplicas"]["description"]
+    assert node["properties"]["minReplicas"]["minimum"] == 0
+    assert "ScaledToZero" in node["properties"]["minReplicas"]["description"]
     assert node["required"] == ["maxReplicas"]
 
 

@@ -17,7 +17,15 @@ The rule, with ``demand`` the copies that would hold the load at the target
   load has asked for fewer copies continuously for ``scaleDownDelaySeconds`` and
   as long since the last change (the stabilisation window);
 * never below min or above max (a count outside them is brought inside first),
-  and never below one copy (min is at least 1: scale to zero is a later step).
+  and never below one copy while the version has traffic or requests wait for it;
+* scale to zero (min 0 only): from one copy, once the version has had no traffic
+  (no request answered and none in flight) for ``scaleDownDelaySeconds`` and as
+  long since the last change, to 0 (``ScaledToZero``); from more copies the
+  scale-down stops at one first, so the delay counts from the last request;
+* from zero: any demand — requests waiting at the gateways, or one held there after
+  the scale to zero (``held_at`` newer than the last change), or traffic the
+  runtimes still report — gives one copy at once (``ScaledUp``); the gateways hold
+  the model's requests until it is ready (its route is ``cold``).
 """
 
 from __future__ import annotations
@@ -36,8 +44,8 @@ LOAD_WINDOW_S = 10.0
 """In-flight and queue-time samples are averaged over this long."""
 _EPS = 1e-9
 
-Reason = Literal["ScaledUp", "ScaledDown", "Steady", "WaitingForScaleDown", "Clamped",
-                 "NoLoadSample"]  # fmt: skip
+Reason = Literal["ScaledUp", "ScaledDown", "ScaledToZero", "Steady", "WaitingForScaleDown",
+                 "Clamped", "NoLoadSample"]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,20 @@ class Inputs:
     """When the copies last changed (epoch seconds); None if never."""
     low_since: float | None = None
     """Since when the load has asked for fewer copies (epoch seconds); None while it does not."""
+    waiting: int = 0
+    """Requests for the model waiting at the gateways now (held while it has no copy)."""
+    held_at: float | None = None
+    """When a gateway last held a request for the model (epoch seconds); None if never."""
+
+    @property
+    def demand_at_zero(self) -> int:
+        """Requests asking for a first copy: those waiting, else one held since the
+        scale to zero (the last change), else none."""
+        if self.waiting > 0:
+            return self.waiting
+        newer = self.held_at is not None and (
+            self.last_change is None or self.held_at >= self.last_change)  # fmt: skip
+        return 1 if newer else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +135,8 @@ def decide(policy: Policy, inputs: Inputs) -> Decision:
         return Decision(copies, "Clamped", f"copies {current} -> {copies}: brought within "
                         f"minReplicas {lo} and maxReplicas {hi}", None, None)  # fmt: skip
     load = inputs.load
+    if current == 0:
+        return _from_zero(inputs, hi)
     if load is None:
         return Decision(current, "NoLoadSample", "no load sampled yet; copies kept",
                         inputs.low_since, None)  # fmt: skip
@@ -126,12 +150,18 @@ def decide(policy: Policy, inputs: Inputs) -> Decision:
     up = min(hi, math.ceil(demand - _EPS))
     if up > current:
         return Decision(up, "ScaledUp", f"copies {current} -> {up}: {what}", None, value)
-    down = max(lo, math.ceil(demand / DOWN_BELOW - _EPS), 1 if load.has_traffic else lo)
+    busy = load.has_traffic or inputs.waiting > 0
+    down = max(lo, math.ceil(demand / DOWN_BELOW - _EPS), 1 if busy else lo)
+    if down == 0 and current > 1:
+        down = 1  # to zero from one copy only, so that the delay counts from the last request
     if down >= current:
         return Decision(current, "Steady", f"{what}: {current} copies", None, value)
     low_since = inputs.low_since if inputs.low_since is not None else inputs.now
     since_change = math.inf if inputs.last_change is None else inputs.now - inputs.last_change
     waited = min(inputs.now - low_since, since_change)
+    if waited + _EPS >= policy.scale_down_delay_s and down == 0:
+        return Decision(0, "ScaledToZero", f"copies {current} -> 0: no traffic for "
+                        f"{waited:.0f} s (minReplicas 0)", None, value)  # fmt: skip
     if waited + _EPS >= policy.scale_down_delay_s:
         return Decision(down, "ScaledDown", f"copies {current} -> {down}: {what} for "
                         f"{waited:.0f} s", None, value)  # fmt: skip
@@ -139,6 +169,18 @@ def decide(policy: Policy, inputs: Inputs) -> Decision:
                     f"{what}: {down} copies would do; removing them after "
                     f"{policy.scale_down_delay_s:g} s of low load ({waited:.0f} s so far)",
                     low_since, value)  # fmt: skip
+
+
+def _from_zero(inputs: Inputs, hi: int) -> Decision:
+    """At zero copies (min is 0): one copy as soon as there is demand, else none."""
+    waiting = inputs.demand_at_zero
+    load = inputs.load
+    if hi >= 1 and (waiting > 0 or (load is not None and load.has_traffic)):
+        what = (f"{waiting} request(s) waiting at the gateway" if waiting
+                else "requests reported by the runtimes")  # fmt: skip
+        return Decision(1, "ScaledUp", f"copies 0 -> 1: from zero: {what}", None, None)
+    return Decision(0, "ScaledToZero", "scaled to zero: no traffic; the first request "
+                    "places a copy", None, None)  # fmt: skip
 
 
 def sample(pods: list[PodView], key: Key) -> tuple[int, float, int]:

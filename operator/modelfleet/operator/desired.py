@@ -399,7 +399,9 @@ def route(spec: ModelSpec, versions: list[VersionReport], max_concurrency: int) 
     """Weights from the spec (or a rollout's), endpoints only where the version is
     loaded and ready; a version with no ready endpoint gets weight 0 and, when the
     weights leave nothing ready to route to, what is ready takes the traffic
-    (a draining version only when nothing else is ready). Built with the gateway's
+    (a draining version only when nothing else is ready). A model that may scale to
+    zero and has no ready endpoint is ``cold``: the gateways hold its requests until
+    a route gives it one (instead of a 503 at once). Built with the gateway's
     models (``modelfleet.api.routes``): a route the gateway would refuse fails here,
     naming the field. ``max_waiting`` is left to the gateway's default (not written)."""
     weights = [v.routed_weight if v.endpoints else 0 for v in versions]
@@ -408,6 +410,9 @@ def route(spec: ModelSpec, versions: list[VersionReport], max_concurrency: int) 
         weights = [1 if v.endpoints and v.role != "shadow" and (v.version in staying or not staying)
                    else 0 for v in versions]  # fmt: skip
     shadow = next((v for v in versions if v.role == "shadow" and v.endpoints), None)
+    # Scaled to zero (or its first copy not ready yet): the gateways hold its requests.
+    cold = (spec.autoscaling is not None and spec.autoscaling.min_replicas == 0
+            and not any(v.endpoints for v in versions))  # fmt: skip
     return ModelRoute(
         priority=spec.priority,
         max_concurrency=max_concurrency,
@@ -422,5 +427,6 @@ def route(spec: ModelSpec, versions: list[VersionReport], max_concurrency: int) 
             for v, w in zip(versions, weights, strict=True)
         ),
         **given(shadow=ShadowRoute(version=shadow.version, percent=spec.shadow.percent)
-                if shadow is not None and spec.shadow is not None else None),
+                if shadow is not None and spec.shadow is not None else None,
+                cold=True if cold else None),
     )  # fmt: skip

@@ -77,6 +77,14 @@ class PodAPI:
             return None
         return {str(k): v for k, v in data.items() if isinstance(v, dict)}
 
+    async def gateway_demand(self, ip: str) -> dict[str, dict[str, Any]] | None:
+        """A gateway's requests held for models scaled to zero: model -> {waiting, held,
+        last_held_at} (``GET /admin/demand``)."""
+        data = await self._get(f"http://{ip}:{ADMIN_PORT}/admin/demand")
+        if not isinstance(data, dict):
+            return None
+        return {str(k): v for k, v in data.items() if isinstance(v, dict)}
+
     async def put_gateway_routes(self, ip: str, models: Mapping[str, ModelRoute]) -> bool:
         body = {"models": routes_entries(models)}
         return await self._put(f"http://{ip}:{ADMIN_PORT}/admin/routes", body)

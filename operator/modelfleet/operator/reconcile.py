@@ -117,7 +117,8 @@ class Scaling:
     def busy(self) -> bool:
         """The next pass should come soon: a change under way, a scale-down pending or
         too few samples (a steady load is sampled at the converged pace)."""
-        return self.decision.reason != "Steady"
+        d = self.decision
+        return d.copies != self.before or d.reason not in ("Steady", "ScaledToZero")
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -316,7 +317,9 @@ class Reconciler:
         routes_cm = await kube.get("v1", "ConfigMap", namespace, f"{pool_name}-routes")
         routes_data: dict[str, str] | None = (routes_cm or {}).get("data")
         in_force = routed(routes_data or {})
-        scaling = self._autoscale(model_objs, models, pods)
+        gateways = seen.pods_of(namespace, pool_name, "gateway")
+        demand = await self._demand(api, gateways, model_objs, models, pods)
+        scaling = self._autoscale(model_objs, models, pods, demand)
         copies = {name: s.place for name, s in scaling.items()}
         analyses = self._analyses(model_objs, models, pods)
         routed_models = {name: routed_spec(spec, analyses[name].weight) if name in analyses
@@ -330,7 +333,6 @@ class Reconciler:
         # Gateways first, then the routes ConfigMap: the ConfigMap is the record of
         # the routes in force, and a draining version leaves the pods only once it
         # shows no traffic for it (possibly after an operator restart).
-        gateways = seen.pods_of(namespace, pool_name, "gateway")
         await self._push_routes(api, gateways, pool_name, result)
         shadows = await self._shadows(api, gateways, models)
         await self._write_config(owner, pool_spec, previous_data, routes_data, result)
@@ -348,8 +350,11 @@ class Reconciler:
         # A holding step waits for requests that come slowly: the converged pace will do.
         analysing = any(o.state.phase in ("Pending", "Running") or o.action == "promote"
                         for o in analyses.values())  # fmt: skip
+        # A model at zero: a held request is noticed within a fast pass (the pass then
+        # reads the gateways' demand and the pods' state, not the API server).
+        at_zero = bool(demand)
         return PassResult(progressing=bool(loading or pushed or unreachable or not pods or busy
-                                           or analysing))  # fmt: skip
+                                           or analysing or at_zero))  # fmt: skip
 
     def _analyses(
         self, objs: list[dict[str, Any]], models: dict[str, ModelSpec], pods: list[PodView]
@@ -368,11 +373,49 @@ class Reconciler:
             out[name] = advance(spec.canary.analysis, spec.canary, previous, seen, now)
         return out
 
+    async def _demand(
+        self, api: PodAPI, gateways: list[dict[str, Any]], objs: list[dict[str, Any]],
+        models: dict[str, ModelSpec], pods: list[PodView],
+    ) -> dict[str, tuple[int, float | None]]:  # fmt: skip
+        """Each model that may scale to zero and has no ready copy (at zero, or its first
+        copy still loading) -> (requests waiting at the gateways, summed; the last one
+        held, the latest of the gateways'). The gateways are only asked when some
+        model of the pool is in that state."""
+        cold = set()
+        for obj in objs:
+            name = obj["metadata"]["name"]
+            auto = models[name].autoscaling
+            if auto is None or auto.min_replicas > 0:
+                continue
+            wanted = (self.status_of(obj).get("autoscaling") or {}).get("desiredReplicas")
+            key = (name, models[name].version)
+            if wanted == 0 or not any(p.ready_for(key) for p in pods):
+                cold.add(name)
+        if not cold:
+            return {}
+        ips = [ip for gw in gateways if (ip := gw.get("status", {}).get("podIP"))
+               and not gw["metadata"].get("deletionTimestamp")]  # fmt: skip
+        answers = await asyncio.gather(*(api.gateway_demand(ip) for ip in ips))
+        out: dict[str, tuple[int, float | None]] = {name: (0, None) for name in cold}
+        for answer in answers:
+            for name, seen in (answer or {}).items():
+                if name not in out:
+                    continue
+                waiting, held = out[name]
+                last = seen.get("last_held_at")
+                if isinstance(last, int | float):
+                    held = max(held or 0.0, float(last))
+                count = seen.get("waiting")
+                out[name] = (waiting + (count if isinstance(count, int) else 0), held)
+        return out
+
     def _autoscale(
-        self, objs: list[dict[str, Any]], models: dict[str, ModelSpec], pods: list[PodView]
-    ) -> dict[str, Scaling]:
+        self, objs: list[dict[str, Any]], models: dict[str, ModelSpec], pods: list[PodView],
+        demand: Mapping[str, tuple[int, float | None]] | None = None,
+    ) -> dict[str, Scaling]:  # fmt: skip
         """The autoscaler's decision for each model with ``spec.autoscaling``, from the
-        load its stable version's pods report and what its status remembers (the copies
+        load its stable version's pods report, the requests the gateways hold for it
+        (``demand``, for a model at zero) and what its status remembers (the copies
         wanted, the last change, since when the load is low)."""
         out: dict[str, Scaling] = {}
         now = time.time()
@@ -390,8 +433,10 @@ class Reconciler:
             load = window.add(time.monotonic(), *sample(pods, key))
             ready = sum(1 for p in pods if p.ready_for(key))
             last_change = _epoch(remembered.get("lastScaleTime"))
+            waiting, held_at = (demand or {}).get(meta["name"], (0, None))
             decision = decide(policy, Inputs(load, before, ready, now, last_change,
-                                             _epoch(remembered.get("lowSince"))))  # fmt: skip
+                                             _epoch(remembered.get("lowSince")),
+                                             waiting, held_at))  # fmt: skip
             if decision.copies != before:
                 last_change = now
             place = min(decision.copies, len(pods)) if pods else decision.copies
@@ -615,7 +660,8 @@ class Reconciler:
         (Warning) when copies it wants cannot be placed, once per new reason."""
         d, before = scaling.decision, scaling.before
         if d.copies != before:
-            reason = "ScaledUp" if d.copies > before else "ScaledDown"
+            reason = ("ScaledUp" if d.copies > before
+                      else "ScaledToZero" if d.copies == 0 else "ScaledDown")  # fmt: skip
             await self.kube.event(obj, reason, d.message)
         if scaling.blocked and scaling.blocked != previous.get("blocked"):
             await self.kube.event(obj, "ScaleBlocked", f"{d.copies} copies wanted, "

@@ -270,8 +270,11 @@ class Autoscaling(_Spec):
              reason="FieldValueRequired"),
     ]))  # fmt: skip
 
-    min_replicas: int = Field(default=1, ge=1, le=1000)
-    """Fewest copies of the stable version (at least 1: scale to zero is not supported yet)."""
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    """Fewest copies of the stable version. 0 scales the model to zero: after
+    scaleDownDelaySeconds without traffic its copy is unloaded (Ready=False, reason
+    ScaledToZero; its Service stays), and the gateways hold its next requests, each
+    until its deadline, while the operator places and warms a copy."""
     max_replicas: int = Field(ge=1, le=1000)
     """Most copies of the stable version; copies beyond the pool's pods or memory are not
     placed (a ScaleBlocked event says why)."""

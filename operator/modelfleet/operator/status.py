@@ -103,6 +103,10 @@ def model_conditions(report: ModelReport) -> list[dict[str, Any]]:
 def _ready(f: _Facts) -> dict[str, Any]:
     """Ready while every stable replica is, or while a previous version serves a rollout."""
     stable = f.stable
+    if stable.replicas == 0 and stable.enough == 0 and not f.old_serving:
+        return condition("Ready", False, "ScaledToZero", "scaled to zero (autoscaling."
+                         "minReplicas 0): no copy loaded; the gateways hold the next "
+                         "request while a copy is placed and warmed")  # fmt: skip
     if f.ready_n >= stable.replicas:
         return condition("Ready", True, "AllReplicasReady", f.ready_summary)
     if stable.enough is not None and f.ready_n >= max(1, stable.enough):

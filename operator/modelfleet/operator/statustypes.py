@@ -116,7 +116,8 @@ class AutoscalingStatus(_Status):
     desired_replicas: int | None = None
     """Copies of the stable version the autoscaler wants."""
     reason: str | None = None
-    """Why: ScaledUp, ScaledDown, Steady, WaitingForScaleDown, Clamped or NoLoadSample."""
+    """Why: ScaledUp, ScaledDown, ScaledToZero (at zero copies, minReplicas 0), Steady,
+    WaitingForScaleDown, Clamped or NoLoadSample."""
     detail: str | None = None
     """The decision with its figures, for people (refreshed with the live figures)."""
     load: float | None = None
@@ -235,7 +236,8 @@ class ModelStatus(_Status):
     versions: tuple[VersionStatus, ...] | None = None
     """Every version the model runs, with its role."""
     conditions: tuple[ModelCondition, ...] | None = Field(default=None, json_schema_extra=_BY_TYPE)
-    """Ready, Placed, Degraded, Progressing (reasons Loading, RolloutLoading,
+    """Ready (reason ScaledToZero, status False, while autoscaling has unloaded every
+    copy), Placed, Degraded, Progressing (reasons Loading, RolloutLoading,
     RolloutDraining, RolloutBlocked, RolloutFailed, Converged, Stalled) and
     RolloutBlocked (reason InsufficientMemory when a new version finds no room),
     each with a reason and a message."""
