@@ -8,7 +8,7 @@ SHELL := /bin/bash
 PYTHON = "$$(bash scripts/venv.sh)/bin/python"
 export MODELFLEET_CACHE ?= $(HOME)/.cache/modelfleet
 
-.PHONY: help venv lock run test lint unit crds protos bench bench-peers bench-operator example-models clean
+.PHONY: help venv lock run test lint unit crds protos bench bench-peers bench-operator gpu-check example-models clean
 
 help:
 	@echo "make run        serve the example fleet locally (no cluster needed)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench      runtime, gateway and overload benchmarks (tables + PNG in bench-results/)"
 	@echo "make bench-peers   the runtime against LitServe, MLServer and Ray Serve"
 	@echo "make bench-operator   the operator's API requests and time to Ready (5 pools, 100 models)"
+	@echo "make gpu-check  on a CUDA machine: the runtime's GPU tests (tests/gpu) and a short GPU bench"
 	@echo "make cluster-up / cluster-down   a local Kubernetes control plane to poke at"
 	@echo "make kind-up / kind-down   kind cluster + images + helm install + samples (needs Docker)"
 
@@ -74,6 +75,11 @@ bench-peers: venv
 
 bench-operator: venv cluster-build
 	@$(PYTHON) -m bench.operator_bench --out bench-results
+
+# On a machine with CUDA: tests/gpu (collected only here) and a short bench on the
+# GPU, then a summary; without CUDA it exits non-zero and says what is missing.
+gpu-check: venv
+	@$(PYTHON) -m bench.gpu_check --out bench-results/gpu-check.json
 
 clean:
 	rm -rf var bench-results .mypy_cache .ruff_cache

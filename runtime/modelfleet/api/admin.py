@@ -46,10 +46,44 @@ class VersionState(_Lenient):
     """p99 latency of the last 60 s of successful requests (None when idle)."""
     loaded_at: float = 0.0
     """When this copy became ready (epoch seconds): a reload changes it."""
+    weights_mb: float | None = None
+    """Device memory of the weights, measured at load (None: not measured, e.g. on CPU)."""
+    peak_working_mb: float | None = None
+    """Peak device memory of a forward pass beyond the weights, the largest over the
+    warm-up batch sizes (None: not measured: CPU, or no warm-up)."""
+    peak_working_mb_by_batch: dict[int, float] | None = None
+    """Warm-up batch size (rows) -> its peak working memory (MiB), as measured."""
+    device: str | None = None
+    """The device that holds this copy (``cuda:1`` in a pod with several GPUs; None
+    where the runtime does not say)."""
 
     @property
     def key(self) -> Key:
         return (self.name, self.version)
+
+
+class LeakedVersion(_Lenient):
+    """A model version whose device memory did not come back when it was unloaded."""
+
+    name: str
+    version: str
+    leaked_mb: float
+    """Of its weights, what was still allocated after the unload (and ``empty_cache``)."""
+    at: float = 0.0
+    """When it was unloaded (epoch seconds)."""
+
+
+class DeviceUsage(_Lenient):
+    """One device of the runtime (each GPU of a pod with several)."""
+
+    device: str
+    memory_in_use_mb: float = 0.0
+    """Device memory of the versions held there, as the runtime accounts it."""
+    allocated_mb: float | None = None
+    """The allocator's allocated memory now (None: not measured, e.g. on CPU)."""
+    reserved_mb: float | None = None
+    models: tuple[str, ...] = ()
+    """The versions held there, as ``name:version``."""
 
 
 class ActualState(_Lenient):
@@ -61,6 +95,16 @@ class ActualState(_Lenient):
     memory_budget_mb: float | None = None
     memory_in_use_mb: float = 0.0
     models: tuple[VersionState, ...] = ()
+    device_allocated_mb: float | None = None
+    """The device allocator's allocated memory now (None: not measured, e.g. on CPU)."""
+    device_reserved_mb: float | None = None
+    """The device allocator's reserved memory now (cached blocks included)."""
+    reserved_after_unload_mb: float | None = None
+    """Reserved memory right after the last unload and ``empty_cache`` (None: none yet)."""
+    leaked: tuple[LeakedVersion, ...] = ()
+    """Recently unloaded versions whose memory did not come back."""
+    devices: tuple[DeviceUsage, ...] = ()
+    """Each device and what it holds (executor ``thread``; one per GPU of the pod)."""
 
 
 class DesiredModels(_Lenient):

@@ -9,19 +9,30 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
-from modelfleet.api.admin import ActualState, AdminState, DesiredModels, VersionState
+from modelfleet.api.admin import (
+    ActualState,
+    AdminState,
+    DesiredModels,
+    DeviceUsage,
+    LeakedVersion,
+    VersionState,
+)
 from modelfleet.runtime.config import ConfigError, ModelConfig, parse_document
+from modelfleet.runtime.device import DeviceWorker
 from modelfleet.runtime.hosted import HostedModel
+from modelfleet.runtime.multidevice import DeviceWorkers
 from modelfleet.runtime.runtime import Runtime
 from modelfleet.runtime.server import RUNTIME
 from modelfleet.serving.auth import bearer_auth
 from modelfleet.serving.errors import BadRequest, errors_as_json
 
 SHUTDOWN = web.AppKey("shutdown", asyncio.Event)
+MiB = 1024 * 1024
 
 
 def version_state(model: HostedModel) -> VersionState:
@@ -42,7 +53,19 @@ def version_state(model: HostedModel) -> VersionState:
         objective_missed=model.objective_missed,
         p99_ms=model.recent.quantile_ms(0.99, time.perf_counter()),
         loaded_at=model.loaded_at,
+        weights_mb=_mb(model.footprint.weights_bytes),
+        peak_working_mb=_mb(model.footprint.peak_working_bytes),
+        peak_working_mb_by_batch={
+            rows: round(peak / MiB, 3) for rows, peak in sorted(by_batch.items())
+        }
+        if (by_batch := model.footprint.peak_by_batch)
+        else None,
+        device=str(model.worker.device) if isinstance(model.worker, DeviceWorker) else None,
     )
+
+
+def _mb(value: int | None) -> float | None:
+    return None if value is None else round(value / MiB, 3)
 
 
 def describe(model: HostedModel) -> dict[str, Any]:
@@ -56,14 +79,55 @@ def actual_state(runtime: Runtime) -> dict[str, Any]:
 def held(runtime: Runtime) -> ActualState:
     """What the runtime holds now (the ``actual`` half of the admin state)."""
     repo = runtime.repository
+    worker = runtime.worker
+    # Only the thread executor measures the device's allocator (the forward process
+    # of ``executor: process`` does not report it yet): None there.
+    workers = device_workers(runtime)
+    ledgers = [w.ledger for w in workers if w.ledger.memory.measured]
+    models = list(repo.all_models())
+    checks = sorted((c for ledger in ledgers for c in ledger.unloads), key=lambda c: c.at)
     return ActualState(
         ready=runtime.is_ready(),
         draining=runtime.draining,
-        device=str(runtime.worker.device),
+        device=str(worker.device),
         memory_budget_mb=runtime.config.memory_budget_mb,
-        memory_in_use_mb=round(repo.memory_in_use() / (1024 * 1024), 3),
-        models=tuple(version_state(m) for m in repo.all_models()),
+        memory_in_use_mb=round(repo.memory_in_use() / MiB, 3),
+        models=tuple(version_state(m) for m in models),
+        device_allocated_mb=_total(ledger.memory.allocated() for ledger in ledgers),
+        device_reserved_mb=_total(ledger.memory.reserved() for ledger in ledgers),
+        reserved_after_unload_mb=_mb(checks[-1].reserved_after_bytes) if checks else None,
+        leaked=tuple(
+            LeakedVersion(
+                name=c.name, version=c.version, leaked_mb=round(c.leaked_bytes / MiB, 3), at=c.at
+            )
+            for c in checks
+            if c.leaked_bytes
+        ),
+        devices=tuple(
+            DeviceUsage(
+                device=str(w.device),
+                memory_in_use_mb=round(sum(m.memory_bytes for m in mine) / MiB, 3),
+                allocated_mb=_mb(w.ledger.memory.allocated()),
+                reserved_mb=_mb(w.ledger.memory.reserved()),
+                models=tuple(f"{m.config.name}:{m.config.version}" for m in mine),
+            )
+            for w in workers
+            for mine in ([m for m in models if m.worker is w and m.module is not None],)
+        ),
     )
+
+
+def device_workers(runtime: Runtime) -> list[DeviceWorker]:
+    """The device workers of a runtime (one per GPU); none with ``executor: process``."""
+    worker = runtime.worker
+    if isinstance(worker, DeviceWorkers):
+        return worker.workers
+    return [worker] if isinstance(worker, DeviceWorker) else []
+
+
+def _total(values: Iterable[int | None]) -> float | None:
+    measured = [v for v in values if v is not None]
+    return _mb(sum(measured)) if measured else None
 
 
 async def _json(request: web.Request) -> Any:

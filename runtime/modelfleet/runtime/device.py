@@ -19,12 +19,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from modelfleet.runtime.affinity import pin_this_thread
 from modelfleet.runtime.batcher import Pending
-from modelfleet.runtime.dispatch import Dispatch
-from modelfleet.runtime.errors import ModelFailure
+from modelfleet.runtime.devicemem import DeviceMemory, Ledger, device_memory, is_out_of_memory
+from modelfleet.runtime.dispatch import Dispatch, padded_inputs
+from modelfleet.runtime.errors import ModelFailure, ModelLoadError, out_of_memory_error
 from modelfleet.runtime.forward import forward
 from modelfleet.runtime.hosted import HostedModel
 from modelfleet.runtime.loader import load_module, module_bytes
@@ -63,11 +65,20 @@ class DeviceWorker(Dispatch):
         aging_ms: float,
         clock: Callable[[], float] = time.monotonic,
         cpus: set[int] | None = None,
+        memory: DeviceMemory | None = None,
+        split_on_oom: bool = True,
     ) -> None:
         super().__init__(device, metrics, aging_ms=aging_ms, clock=clock)
         self.cpus = cpus
         """CPUs the device thread confines itself to (``None``: wherever the OS puts it)."""
+        self.ledger = Ledger(memory or device_memory(device))
+        """The device's allocator statistics and what the runtime measured with them."""
+        self.split_on_oom = split_on_oom
+        """A batch of several requests that runs out of device memory is split in two
+        halves, each tried once more; without it (or for one request) it fails with 503."""
         self._jobs: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = deque()
+        self._between = threading.Lock()
+        """Held by the device thread while it runs a batch or a job."""
         self._thread: threading.Thread | None = None
 
     # -- the executor, called from the event loop -------------------------------------
@@ -85,34 +96,78 @@ class DeviceWorker(Dispatch):
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
     async def load(self, model: HostedModel, store: str) -> int:
-        """Loads the module on an executor thread (the device thread goes on serving)."""
-        before = self._allocated()
-        module = await asyncio.get_running_loop().run_in_executor(
-            None, load_module, model.config, store, self.device
-        )
-        model.module = module
-        return max(self._allocated() - before, module_bytes(module))
+        """Loads the module on an executor thread (the device thread goes on serving).
+
+        The allocated bytes are read on the device thread, between two batches, before
+        and after the load: the difference is the version's weights when no other load
+        ran meanwhile (else the bytes of its parameters and buffers)."""
+        ledger = self.ledger
+        started = ledger.load_began()
+        alone = ledger.loads_in_flight == 1
+        try:
+            before = await self.run_on_device(ledger.memory.allocated)
+            module = await asyncio.get_running_loop().run_in_executor(
+                None, load_module, model.config, store, self.device
+            )
+            model.module = module
+            after = await self.run_on_device(ledger.memory.allocated)
+            quiet = alone and ledger.quiet_since(started + 1, in_flight=1)
+        finally:
+            ledger.load_ended()
+        weights = ledger.weights(before, after, module_bytes(module), quiet)
+        model.footprint.weights_bytes = weights if ledger.memory.measured else None
+        model.metrics.memory(model.footprint)
+        return weights
 
     async def warm(self, model: HostedModel, arrays: Sequence[Array]) -> None:
-        """One forward pass on the device thread, between two batches."""
-        await self.run_on_device(
-            functools.partial(
-                forward, self._module(model), arrays, model.config.outputs, self.device
-            )
+        """One forward pass on the device thread, between two batches; its peak
+        working memory is measured (peak statistics reset before the pass)."""
+        run = functools.partial(
+            forward, self._module(model), arrays, model.config.outputs, self.device
         )
+        rows = len(arrays[0]) if arrays else 0
+        try:
+            await self.run_on_device(
+                functools.partial(self.ledger.measure_pass, model.footprint, rows, run)
+            )
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self.ledger.memory.empty_cache()
+            name, version = model.key
+            raise ModelLoadError(
+                f"model '{name}' version '{version}' ran out of device memory warming up a "
+                f"batch of {rows} rows: lower batching.max_batch_size or give it more memory"
+            ) from exc
+        model.metrics.memory(model.footprint)
 
     async def unload(self, model: HostedModel) -> None:
-        model.module = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        """Frees the module while no batch runs, returns the cached blocks
+        (``empty_cache``) and checks that the version's memory came back."""
+        name, version = model.key
+
+        def free_and_check() -> None:
+            before = self.ledger.memory.allocated()
+
+            def free() -> None:
+                model.module = None
+
+            check = self.ledger.check_unload(model.key, model.footprint, before, free)
+            if check is not None:
+                self.metrics.unloaded(name, version, check)
+
+        # No batch may run while the memory is read: at once when the device is idle,
+        # else on the device thread between two batches.
+        if self._between.acquire(blocking=False):
+            try:
+                free_and_check()
+            finally:
+                self._between.release()
+        else:
+            await self.run_on_device(free_and_check)
 
     def failure(self) -> str | None:
         return None  # the device thread lives as long as the runtime
-
-    def _allocated(self) -> int:
-        if self.device.type == "cuda":
-            return int(torch.cuda.memory_allocated(self.device))
-        return 0
 
     def _module(self, model: HostedModel) -> torch.nn.Module:
         if not isinstance(model.module, torch.nn.Module):
@@ -138,7 +193,10 @@ class DeviceWorker(Dispatch):
                 self.cond.notify()
 
     async def run_on_device(self, fn: Callable[[], T]) -> T:
-        """Runs ``fn`` on the device thread between batches (warm-up uses it)."""
+        """Runs ``fn`` on the device thread between batches (warm-up, memory readings);
+        here, at once, when the device thread is not running (before start, after stop)."""
+        if self._thread is None or not self._thread.is_alive():
+            return fn()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self.cond:
             self._jobs.append((fn, future))
@@ -155,14 +213,15 @@ class DeviceWorker(Dispatch):
                 work = self._next()
             if work is None:
                 return
-            if isinstance(work, Job):
-                self._run_job(work.fn, work.future)
-                continue
-            model, batch, expired, picked_at = work
-            if expired:
-                self._call_soon(model.fail_expired_all, expired)
-            if batch:
-                self._execute(model, batch, picked_at)
+            with self._between:
+                if isinstance(work, Job):
+                    self._run_job(work.fn, work.future)
+                    continue
+                model, batch, expired, picked_at = work
+                if expired:
+                    self._call_soon(model.fail_expired_all, expired)
+                if batch:
+                    self._execute(model, batch, picked_at)
 
     def _next(self) -> Any:
         """Under the lock: waits for a job or a dispatchable batch; None to stop."""
@@ -203,7 +262,72 @@ class DeviceWorker(Dispatch):
             outputs = forward(self._module(model), arrays, model.config.outputs, self.device)
         except Exception as exc:
             error = exc
+        if error is not None and is_out_of_memory(error):
+            self._out_of_memory(model, batch, picked_at, started, error)
+            return
         self._finish(model, batch, outputs, error, time.perf_counter() - started)
+
+    def _out_of_memory(
+        self,
+        model: HostedModel,
+        batch: list[Pending],
+        picked_at: float,
+        started: float,
+        error: Exception,
+    ) -> None:
+        """The batch ran out of device memory: the allocator's cache goes back, and
+        the batch is split in two halves tried once more each (when it holds several
+        requests and ``split_on_oom``) or fails with 503. Other models are untouched."""
+        name, version = model.key
+        rows = sum(p.rows for p in batch)
+        self.ledger.memory.empty_cache()
+        model.metrics.out_of_memory.inc()
+        if not self.split_on_oom or len(batch) < 2:
+            oom = out_of_memory_error(model.key, rows, split=False)
+            self._finish(model, batch, None, oom, time.perf_counter() - started)
+            return
+        log.warning("model '%s' version '%s' ran out of device memory on a batch of %d rows; "
+                    "retrying it as two halves", name, version, rows)  # fmt: skip
+        self._batch_ended(model, rows, time.perf_counter() - started)
+        half = _halfway(batch)
+        for part in (batch[:half], batch[half:]):
+            began = time.perf_counter()
+            outputs: list[Array] | None = None
+            failure: Exception | None = None
+            try:
+                arrays = self._half_inputs(model, part)
+                outputs = forward(self._module(model), arrays, model.config.outputs, self.device)
+            except Exception as exc:
+                failure = exc
+            if failure is not None and is_out_of_memory(failure):
+                self.ledger.memory.empty_cache()
+                model.metrics.out_of_memory.inc()
+                failure = out_of_memory_error(model.key, sum(p.rows for p in part), split=True)
+            self._finish(model, part, outputs, failure, time.perf_counter() - began)
+
+    def _half_inputs(self, model: HostedModel, part: list[Pending]) -> list[Array]:
+        """The inputs of half a batch (its requests' metrics were recorded with it)."""
+        self._batch_started(model, sum(p.rows for p in part))
+        pad = model.config.batching.pad
+        if pad is not None:
+            return padded_inputs(model.config.inputs, pad, part)
+        if len(part) == 1:
+            return list(part[0].payload)
+        count = len(model.config.inputs)
+        return [np.concatenate([p.payload[i] for p in part]) for i in range(count)]
+
+
+def _halfway(batch: list[Pending]) -> int:
+    """Where to cut a batch of several requests so that its halves hold about as many
+    rows each (requests keep their order)."""
+    total = sum(p.rows for p in batch)
+    best, best_gap, before = 1, total, 0
+    for i, p in enumerate(batch[:-1], start=1):
+        before += p.rows
+        gap = abs(total - 2 * before)
+        if gap < best_gap:
+            best, best_gap = i, gap
+    return best
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:

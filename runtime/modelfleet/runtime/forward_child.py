@@ -21,7 +21,7 @@ from typing import Any
 from modelfleet.runtime.affinity import pin_this_thread
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.control import Done, Failed, Load, Loaded, Reply, Unload, Warm
-from modelfleet.runtime.errors import ModelLoadError
+from modelfleet.runtime.errors import ModelLoadError, out_of_memory_error
 from modelfleet.runtime.malloc import retain_freed_memory
 from modelfleet.runtime.pipe import FrameReceiver, send_frame
 from modelfleet.runtime.wire import answer_parts, decode_batch, encode_failure
@@ -84,7 +84,12 @@ def child_main(
             if entry is None:
                 raise LookupError(f"no module {handle} is loaded in the forward process")
             module, config = entry
-            outputs = forward(module, arrays, config.outputs, device)
+            try:
+                outputs = forward(module, arrays, config.outputs, device)
+            except torch.cuda.OutOfMemoryError as exc:  # that batch fails (503), nothing else
+                torch.cuda.empty_cache()
+                rows = len(arrays[0]) if arrays else 0
+                raise out_of_memory_error(config.key, rows) from exc
             reply = answer_parts(outputs, time.perf_counter() - started)
         except Exception as exc:
             served = isinstance(exc, ServingError)

@@ -33,7 +33,11 @@ from dataclasses import dataclass
 
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.control import Failed, Load, Loaded, Reply, Request, Unload, Warm
-from modelfleet.runtime.errors import ForwardProcessDied, ModelFailure, ModelLoadError
+from modelfleet.runtime.errors import (
+    ForwardProcessDied,
+    ModelLoadError,
+    remote_failure,
+)
 from modelfleet.runtime.forward_child import child_main
 from modelfleet.runtime.pipe import LoopPipe
 from modelfleet.runtime.protocol import Array
@@ -195,7 +199,7 @@ class ForwardProcess:
             done(outputs, None, seconds)
         else:
             served, message = failure
-            done(None, ModelFailure(message) if served else RemoteError(message), seconds)
+            done(None, remote_failure(message) if served else RemoteError(message), seconds)
 
     def _on_pipe_closed(self, exc: BaseException) -> None:
         self._detached = True

@@ -15,6 +15,7 @@ import numpy as np
 from modelfleet.runtime.batcher import ModelQueue, Pending
 from modelfleet.runtime.cache import ResultCache, cache_key
 from modelfleet.runtime.config import ModelConfig, Warmup
+from modelfleet.runtime.devicemem import Footprint
 from modelfleet.runtime.errors import expired_error
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import NP_DTYPES, Array, InferRequest
@@ -84,6 +85,9 @@ class HostedModel:
         """What the executor loaded (``Executor.load``): the module itself on the
         device thread, or its handle in the forward process."""
         self.memory_bytes = 0
+        self.footprint = Footprint()
+        """Device memory as measured by the executor: weights at load, peak working
+        memory per warm-up batch size, what came back at unload (None: not measured)."""
         self.queue = ModelQueue(
             name=config.name,
             version=config.version,

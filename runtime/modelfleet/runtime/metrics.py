@@ -4,6 +4,7 @@ run several servers in one process)."""
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -12,6 +13,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 PROTOCOLS = ("rest", "grpc")
+
+if TYPE_CHECKING:
+    from modelfleet.runtime.devicemem import Footprint, UnloadCheck
 
 
 class RuntimeMetrics:
@@ -106,6 +110,52 @@ class RuntimeMetrics:
             registry=self.registry,
         )
 
+        self.weights_memory = Gauge(
+            "modelfleet_model_weights_bytes",
+            "Device memory of a model version's weights, measured at load (CUDA only).",
+            labels,
+            registry=self.registry,
+        )
+        self.working_memory = Gauge(
+            "modelfleet_model_peak_working_bytes",
+            "Peak device memory of a model version's forward pass beyond its weights, "
+            "measured at each warm-up batch size (CUDA only; the largest).",
+            labels,
+            registry=self.registry,
+        )
+        self.out_of_memory = Counter(
+            "modelfleet_out_of_memory_total",
+            "Batches that ran out of device memory (each failed with 503, or was split).",
+            labels,
+            registry=self.registry,
+        )
+        self.reserved_after_unload = Gauge(
+            "modelfleet_device_reserved_after_unload_bytes",
+            "Bytes the CUDA caching allocator still reserved after the last unload "
+            "(and empty_cache).",
+            registry=self.registry,
+        )
+        self.unload_leaked = Counter(
+            "modelfleet_unload_leaked_bytes_total",
+            "Device memory a model version did not give back when it was unloaded "
+            "(kept after the version is gone; 0 for versions that returned it all).",
+            labels,
+            registry=self.registry,
+        )
+        self.unload_leaks = Counter(
+            "modelfleet_unload_leaks_total",
+            "Unloads after which a model version's memory was not returned.",
+            labels,
+            registry=self.registry,
+        )
+
+    def unloaded(self, model: str, version: str, check: UnloadCheck) -> None:
+        """Records the memory check of an unload (the leak series outlive the version)."""
+        self.reserved_after_unload.set(check.reserved_after_bytes)
+        self.unload_leaked.labels(model, version).inc(check.leaked_bytes)
+        if check.leaked_bytes:
+            self.unload_leaks.labels(model, version).inc()
+
     def for_model(self, model: str, version: str) -> ModelMetrics:
         """The label children of one model version, looked up once (hot path)."""
         return ModelMetrics(self, model, version)
@@ -115,6 +165,7 @@ class RuntimeMetrics:
         for metric in (
             self.queue_time, self.compute_time, self.batch_size,
             self.queue_depth, self.cache_hits, self.model_ready, self.expected_wait,
+            self.weights_memory, self.working_memory, self.out_of_memory,
         ):  # fmt: skip
             with contextlib.suppress(KeyError):
                 metric.remove(model, version)
@@ -142,7 +193,16 @@ class ModelMetrics:
         self.queue_depth = metrics.queue_depth.labels(model, version)
         self.cache_hits = metrics.cache_hits.labels(model, version)
         self.expected_wait = metrics.expected_wait.labels(model, version)
+        self.out_of_memory = metrics.out_of_memory.labels(model, version)
         self._admitted: dict[int, Counter] = {}
+
+    def memory(self, footprint: Footprint) -> None:
+        """Publishes a version's measured footprint (nothing where it is not measured)."""
+        if footprint.weights_bytes is not None:
+            self._metrics.weights_memory.labels(*self._labels).set(footprint.weights_bytes)
+        peak = footprint.peak_working_bytes
+        if peak is not None:
+            self._metrics.working_memory.labels(*self._labels).set(peak)
 
     def served(self, protocol: str, seconds: float) -> None:
         """One answered request, and how long it took inside the runtime."""

@@ -18,6 +18,7 @@ from modelfleet.runtime.forward_process import ForwardProcess
 from modelfleet.runtime.loop_dispatcher import LoopDispatcher
 from modelfleet.runtime.malloc import retain_freed_memory
 from modelfleet.runtime.metrics import RuntimeMetrics
+from modelfleet.runtime.multidevice import DeviceWorkers
 from modelfleet.runtime.repository import Repository
 from modelfleet.version import VERSION
 
@@ -98,6 +99,12 @@ def build_executor(
     device = pick_device(config.device)
     aging_ms = config.aging_ms or 0.0
     if config.executor == "thread":
+        gpus = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 0
+        if gpus > 1:  # several GPUs visible to the pod: a device worker for each
+            return DeviceWorkers([
+                DeviceWorker(torch.device("cuda", i), metrics, aging_ms=aging_ms, cpus=cpus)
+                for i in range(gpus)
+            ])  # fmt: skip
         return DeviceWorker(device, metrics, aging_ms=aging_ms, cpus=cpus)
 
     def spawn(loop: asyncio.AbstractEventLoop) -> ForwardProcess:
