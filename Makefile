@@ -8,7 +8,7 @@ SHELL := /bin/bash
 PYTHON = "$$(bash scripts/venv.sh)/bin/python"
 export MODELFLEET_CACHE ?= $(HOME)/.cache/modelfleet
 
-.PHONY: help venv lock run test lint unit crds protos bench bench-peers bench-operator gpu-check example-models clean
+.PHONY: help venv lock run test lint unit crds protos bench bench-peers bench-operator gpu-check example-models images clean
 
 help:
 	@echo "make run        serve the example fleet locally (no cluster needed)"
@@ -22,6 +22,7 @@ help:
 	@echo "make gpu-check  on a CUDA machine: the runtime's GPU tests (tests/gpu) and a short GPU bench"
 	@echo "make cluster-up / cluster-down   a local Kubernetes control plane to poke at"
 	@echo "make kind-up / kind-down   kind cluster + images + helm install + samples (needs Docker)"
+	@echo "make images     build the runtime and operator images with podman (docs/containers.md)"
 
 venv:
 	@bash scripts/venv.sh >/dev/null
@@ -80,6 +81,11 @@ bench-operator: venv cluster-build
 # GPU, then a summary; without CUDA it exits non-zero and says what is missing.
 gpu-check: venv
 	@$(PYTHON) -m bench.gpu_check --out bench-results/gpu-check.json
+
+# Both images, built with podman on this machine (no Docker engine needed), tagged as
+# the chart names them; scripts/images.sh installs podman if missing (docs/containers.md).
+images:
+	@bash scripts/images.sh
 
 clean:
 	rm -rf var bench-results .mypy_cache .ruff_cache
