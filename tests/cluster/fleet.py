@@ -1,15 +1,25 @@
 """A pool on the test control plane with real processes in its kwok pods.
 
-kwok pods run no containers, so for each pod a test starts a real runtime (or
-gateway) process bound to the pod's loopback IP, from the ConfigMap content the
-pod would mount; the operator runs unchanged (``python -m modelfleet operator``).
+kwok pods run no containers, so for each pod a test starts what the pod would run,
+bound to the pod's loopback IP; the operator runs unchanged (``python -m modelfleet
+operator``). ``MODELFLEET_CLUSTER_PODS`` says how:
+
+* ``processes`` (the default): a runtime (or gateway) process of the clone's sources,
+  from the ConfigMap content the pod would mount;
+* ``containers``: the pod's container, as the API server holds the pod (the operator's
+  StatefulSet and Deployment templates: image, command, env, mounts, user, read-only
+  root), run by podman (tests/cluster/podman_pods.py) from the images `make images`
+  builds; the pool's model store is a PersistentVolumeClaim bound to the test's folder,
+  and a start returns once the container's readinessProbe passes.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -23,6 +33,7 @@ from typing import Any
 import yaml
 
 from tests.cluster.conftest import Cluster
+from tests.cluster.podman_pods import PodContainer, PodmanAgent, bind_to_pod_ip
 from tests.support.servers import ENV, Process
 from tests.support.waiting import wait_for
 
@@ -30,6 +41,29 @@ ROOT = Path(__file__).resolve().parents[2]
 BODY = json.dumps(
     {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.25] * 16}]}
 ).encode()
+
+
+PODS_MODE = "MODELFLEET_CLUSTER_PODS"
+"""``processes`` (default) or ``containers``: what runs in the kwok pods."""
+CLAIM = "models"
+"""The model store's PersistentVolumeClaim in containers mode, unless the pool names one."""
+Served = Process | PodContainer
+"""A pod's runtime or gateway: a host process, or the pod's container in podman."""
+
+
+def pods_mode() -> str:
+    mode = os.environ.get(PODS_MODE, "").strip() or "processes"
+    if mode not in ("processes", "containers"):
+        raise AssertionError(f"{PODS_MODE}={mode!r}: expected 'processes' or 'containers'")
+    return mode
+
+
+@functools.cache
+def built_images() -> str:
+    """`make images`, once per test session, so the containers run these sources."""
+    from tests.containers.conftest import build_images
+
+    return build_images().runtime
 
 
 def model_yaml(name: str, ns: str, pool: str, **spec: Any) -> str:
@@ -51,20 +85,32 @@ def pool_yaml(name: str, ns: str, **spec: Any) -> str:
 
 
 class Fleet:
-    """The cluster, the operator process, and a process per kwok pod of one pool."""
+    """The cluster, the operator process, and a process (or container) per kwok pod of one pool."""
 
-    def __init__(self, cluster: Cluster, tmp: Path, store: Path, ns: str, pool: str) -> None:
+    def __init__(
+        self, cluster: Cluster, tmp: Path, store: Path, ns: str, pool: str,
+        mode: str = "", claim: str = CLAIM,
+    ) -> None:  # fmt: skip
         self.k, self.tmp, self.store, self.ns, self.pool = cluster, tmp, store, ns, pool
         self.operator: subprocess.Popen[bytes] | None = None
-        self.runtimes: dict[str, Process] = {}
-        self.gateway: Process | None = None
+        self.runtimes: dict[str, Served] = {}
+        self.gateway: Served | None = None
         self.token = tmp / "token"
+        self.operator_args: tuple[str, ...] = ()
+        self.mode = mode or pods_mode()
+        """``processes`` or ``containers`` (``MODELFLEET_CLUSTER_PODS`` unless given)."""
+        self.agent = PodmanAgent(cluster.kubectl, tmp / "pods", claims={claim: store})
+        """Runs the pods' containers in containers mode; ``claim`` is the store's claim."""
 
-    def start_operator(self) -> None:
+    def start_operator(self, *extra: str) -> None:
+        """``modelfleet operator --namespace NS`` with ``extra`` arguments (the same ones
+        again when it is restarted)."""
+        self.operator_args = extra or self.operator_args
         env = {**ENV, "KUBECONFIG": str(self.k.kubeconfig)}
         log = (self.tmp / "operator.log").open("a")
         self.operator = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet", "operator", "--namespace", self.ns],
+            [sys.executable, "-m", "modelfleet", "operator", "--namespace", self.ns,
+             *self.operator_args],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
@@ -88,10 +134,21 @@ class Fleet:
         data = self.json("get", "configmap", f"{self.pool}-{suffix}")["data"]
         return yaml.safe_load(data[key])  # type: ignore[no-any-return]
 
-    def start_runtime(self, pod: dict[str, Any]) -> Process:
+    def start_container(self, pod: dict[str, Any]) -> PodContainer:
+        """The pod's container in podman, ready (its readinessProbe passed); the model
+        store folder is opened to the pod's non-root user, as a volume would be."""
+        self.store.chmod(0o755)
+        for file in self.store.rglob("*"):
+            file.chmod(0o755 if file.is_dir() else 0o644)
+        return self.agent.serve(pod, adjust=bind_to_pod_ip(pod))
+
+    def start_runtime(self, pod: dict[str, Any]) -> Served:
         """What the kubelet would run: `modelfleet serve --config state.yaml`, with the
         pod's own ConfigMap entry; the model store is where the test keeps the models."""
         name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+        if self.mode == "containers":
+            self.runtimes[name] = self.start_container(pod)
+            return self.runtimes[name]
         document = self.config("state", f"{name}.yaml")
         document["server"].update(
             host=ip, model_store=str(self.store), admin_token_file=str(self.token)
@@ -100,6 +157,9 @@ class Fleet:
         return self.runtimes[name]
 
     def start_gateway(self, pod: dict[str, Any]) -> None:
+        if self.mode == "containers":
+            self.gateway = self.start_container(pod)
+            return
         document = self.config("routes", "routes.yaml")
         document["server"].update(host=pod["status"]["podIP"], admin_token_file=str(self.token))
         self.gateway = Process(self.tmp, "gateway", "--routes", document, pod["status"]["podIP"])
@@ -110,11 +170,13 @@ class Fleet:
     def condition(self, name: str, kind: str) -> dict[str, Any]:
         return next(c for c in self.status(name).get("conditions", []) if c["type"] == kind)
 
-    def call(self, name: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    def call(
+        self, name: str, headers: dict[str, str] | None = None, body: bytes = BODY
+    ) -> tuple[int, str]:
         """One inference through the gateway: (HTTP status, the answering version)."""
         assert self.gateway is not None
         req = urllib.request.Request(
-            f"{self.gateway.url}/v2/models/{name}/infer", data=BODY, headers=headers or {}
+            f"{self.gateway.url}/v2/models/{name}/infer", data=body, headers=headers or {}
         )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
@@ -142,12 +204,38 @@ class Fleet:
                 for pod in self.runtimes}  # fmt: skip
 
 
+STORE_CLAIM = """
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {ns}-{claim}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  hostPath: {{path: {store}}}
+  claimRef: {{namespace: {ns}, name: {claim}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {claim}, namespace: {ns}}}
+spec:
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  volumeName: {ns}-{claim}
+  resources: {{requests: {{storage: 1Gi}}}}
+"""
+"""The model store in containers mode: a PersistentVolume of the test's folder, bound
+to the pool's claim (the runtime pods are scheduled once it is bound)."""
+
+
 @contextlib.contextmanager
 def running_fleet(
-    k: Cluster, tmp: Path, store: Path, ns: str, pool: str, **pool_spec: Any
-) -> Iterator[Fleet]:
-    """CRDs, a namespace, the operator, a 2-pod pool with its processes; all torn
-    down after (the operator's log tail is printed for a failing test's report)."""
+    k: Cluster, tmp: Path, store: Path, ns: str, pool: str,
+    operator_args: tuple[str, ...] = (), **pool_spec: Any,
+) -> Iterator[Fleet]:  # fmt: skip
+    """CRDs, a namespace, the operator (with ``operator_args``), a pool (2 pods unless
+    ``replicas.min`` says otherwise) with its processes; all torn down after (the
+    operator's log tail is printed for a failing test's report)."""
     for crd in ("inferencepool.yaml", "inferencemodel.yaml"):
         k.kubectl("apply", "-f", str(ROOT / "crds" / crd))
     for crd in ("inferencepools", "inferencemodels"):
@@ -155,13 +243,20 @@ def running_fleet(
             "wait", "--for=condition=Established", f"crd/{crd}.modelfleet.io", "--timeout=30s"
         )
     k.kubectl("create", "namespace", ns, check=False)
-    fleet = Fleet(k, tmp, store, ns, pool)
-    fleet.start_operator()
+    mode = pods_mode()
+    claim = str((pool_spec.get("modelStore") or {}).get("claimName") or CLAIM)
+    fleet = Fleet(k, tmp, store, ns, pool, mode=mode, claim=claim)
+    if mode == "containers":
+        built_images()
+        k.kubectl("apply", "-f", "-", input=STORE_CLAIM.format(ns=ns, claim=claim, store=store))
+        pool_spec = {**pool_spec, "modelStore": {"claimName": claim}}
+    fleet.start_operator(*operator_args)
+    count = int((pool_spec.get("replicas") or {}).get("min", 2))
     try:
         fleet.apply(pool_yaml(pool, ns, **pool_spec))
         runtime_pods = wait_for(
-            "2 runtime pods with IPs",
-            lambda: len(fleet.pods("runtime")) == 2 and fleet.pods("runtime"),
+            f"{count} runtime pod(s) with IPs",
+            lambda: len(fleet.pods("runtime")) == count and fleet.pods("runtime"),
         )
         gateway_pods = wait_for("a gateway pod with an IP", lambda: fleet.pods("gateway"))
         secret = fleet.json("get", "secret", f"{pool}-admin-token")
@@ -174,7 +269,10 @@ def running_fleet(
         fleet.stop_operator()
         for proc in [*fleet.runtimes.values(), *([fleet.gateway] if fleet.gateway else [])]:
             proc.stop()
+        fleet.agent.remove_all()
         k.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        if mode == "containers":
+            k.kubectl("delete", "pv", f"{ns}-{claim}", "--wait=false", check=False)
         print((fleet.tmp / "operator.log").read_text()[-4000:])
 
 
@@ -183,8 +281,10 @@ class Stream:
     seconds between calls; each result is (when, HTTP status, the answering version
     or the error). A connection the gateway dropped counts as a failure (status 0)."""
 
-    def __init__(self, fleet: Fleet, name: str, threads: int = 2, pause: float = 0.0) -> None:
-        self.fleet, self.name, self.pause = fleet, name, pause
+    def __init__(
+        self, fleet: Fleet, name: str, threads: int = 2, pause: float = 0.0, body: bytes = BODY
+    ) -> None:
+        self.fleet, self.name, self.pause, self.body = fleet, name, pause, body
         self.results: list[tuple[float, int, str]] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
@@ -192,7 +292,7 @@ class Stream:
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                status, body = self.fleet.call(self.name)
+                status, body = self.fleet.call(self.name, body=self.body)
             except OSError as exc:
                 status, body = 0, repr(exc)
             self.results.append((time.monotonic(), status, body))

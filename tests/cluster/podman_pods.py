@@ -7,6 +7,7 @@ run a pod's real container instead of a process of the clone's sources:
 
     agent = PodmanAgent(cluster.kubectl, folder, claims={"models": store})
     run = agent.start(pod, adjust=bind_to_pod_ip(pod))  # its ConfigMaps and Secrets from the API
+    # or agent.serve(pod, ...): started and ready, a PodContainer (tests/cluster/fleet.py)
     ...
     assert agent.stop(run) == 0  # preStop sleep, SIGTERM, SIGKILL after the grace period
 
@@ -37,9 +38,14 @@ What is translated, and how:
   test cluster's pod IPs are loopback addresses of this host);
 * ``terminationGracePeriodSeconds`` and a ``preStop`` sleep, for :meth:`PodRun.stop_argv`.
 
-Not translated (said, not guessed): resource limits and GPUs, probes (the tests
-wait on the pod's own endpoints), init and sidecar containers, ``projected`` and
-``downwardAPI`` volumes. A pod using one of those volume kinds or env sources is
+Probes: :meth:`PodmanAgent.serve` starts a container and waits until its
+``readinessProbe`` (``httpGet``, the port by name or number, on the pod IP) answers,
+failing with :class:`PodStartError` and the log's end if the container exits first;
+liveness and startup probes are not run, and the pod's Ready condition stays kwok's.
+Images are never pulled (``--pull=never``): a missing one is named.
+
+Not translated (said, not guessed): resource limits and GPUs, init and sidecar
+containers, ``projected`` and ``downwardAPI`` volumes. A pod using one of those volume kinds or env sources is
 refused with :class:`Untranslatable`, naming it.
 """
 
@@ -51,6 +57,8 @@ import os
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +75,20 @@ DEFAULT_GRACE_S = 30
 """Kubernetes' default terminationGracePeriodSeconds."""
 
 
+READY_TIMEOUT_S = 180.0
+"""How long :meth:`PodmanAgent.serve` waits for a container's readinessProbe: a
+runtime container imports torch on a loaded 2-CPU machine (the operator's startupProbe
+allows 5 minutes)."""
+
+
 class Untranslatable(ValueError):
     """The pod uses something this agent does not run; the message names it."""
+
+
+class PodStartError(AssertionError):
+    """A pod's container did not start, or did not become ready: the message names
+    the pod and why (its spec, its image, podman's error, or the container's log).
+    An ``AssertionError``, so a test that meets it fails; it never skips."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,8 @@ class PodRun:
     """The container's name in podman (``<namespace>.<pod>.<container>``)."""
     argv: list[str]
     """``podman run --detach ...`` in full."""
+    image: str = ""
+    """The container's image (``imagePullPolicy`` aside: the agent never pulls)."""
     files: dict[Path, bytes] = field(default_factory=dict)
     """Host files the mounts need (ConfigMap and Secret keys), with their contents."""
     folders: dict[Path, tuple[int, int] | None] = field(default_factory=dict)
@@ -143,7 +165,7 @@ def translate(
     name = f"{meta.get('namespace', 'default')}.{meta['name']}.{chosen['name']}"
     run = PodRun(name=name, argv=[])
     env = _environment(pod, chosen, objects)
-    args = [*PODMAN_RUN, "--detach", "--name", name, "--network=host",
+    args = [*PODMAN_RUN, "--detach", "--pull=never", "--name", name, "--network=host",
             "--hostname", meta["name"], "--label", f"io.kubernetes.pod.uid={meta.get('uid', '')}"]  # fmt: skip
     args += _security(meta["name"], spec.get("securityContext") or {}, chosen)
     for key, value in env.items():
@@ -158,6 +180,7 @@ def translate(
         args += ["--entrypoint", json.dumps(command[:1])]
         argv = command[1:] + argv
     run.argv = [*args, chosen["image"], *argv]
+    run.image = chosen["image"]
     run.grace_s = int(spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S))
     sleep = ((chosen.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
     run.pre_stop_sleep_s = int(sleep.get("seconds", 0))
@@ -389,15 +412,41 @@ class PodmanAgent:
 
     def start(self, pod: Mapping[str, Any], adjust: Adjust | None = None) -> PodRun:
         """Starts the pod's (first) container, detached; a container left by an
-        earlier run of the same pod is removed first."""
-        run = translate(pod, self.objects_for(pod), self.folder, adjust=adjust)
+        earlier run of the same pod is removed first. A pod this agent cannot run, an
+        image podman does not hold or a ``podman run`` that fails raise
+        :class:`PodStartError` naming it."""
+        pod_name = pod["metadata"]["name"]
+        try:
+            run = translate(pod, self.objects_for(pod), self.folder, adjust=adjust)
+        except (Untranslatable, KeyError) as exc:
+            raise PodStartError(f"pod {pod_name}: its spec cannot be run: {exc}") from exc
+        if subprocess.run(["podman", "image", "exists", run.image], capture_output=True).returncode:
+            raise PodStartError(
+                f"pod {pod_name}: image {run.image} is not in podman's image store "
+                "(`make images` builds modelfleet/runtime and modelfleet/operator)"
+            )
         run.materialise()
         subprocess.run(["podman", "rm", "--force", "--time", "0", run.name], capture_output=True)
+        self.started.append(run)  # removed by remove_all() even if it never ran
         done = subprocess.run(run.argv, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
-            raise RuntimeError(f"podman run of {run.name} failed: {done.stderr[-3000:]}")
-        self.started.append(run)
+            raise PodStartError(
+                f"pod {pod_name}: podman run of {run.name} exited {done.returncode}: "
+                f"{done.stderr.strip()[-3000:]}"
+            )
         return run
+
+    def serve(
+        self, pod: Mapping[str, Any], adjust: Adjust | None = None,
+        timeout_s: float = READY_TIMEOUT_S,
+    ) -> PodContainer:  # fmt: skip
+        """Starts the pod's container and waits until its readinessProbe passes, as the
+        kubelet would before the pod counts as Ready; a container that exits first, or
+        is not ready in ``timeout_s``, raises :class:`PodStartError` with its log's end."""
+        run = self.start(pod, adjust)
+        served = PodContainer(self, run, pod)
+        served.wait_ready(timeout_s)
+        return served
 
     def stop(self, run: PodRun, *, pre_stop: bool = True) -> int:
         """Stops the container as the kubelet deletes a pod; returns its exit code."""
@@ -405,7 +454,7 @@ class PodmanAgent:
             time.sleep(run.pre_stop_sleep_s)
         subprocess.run(run.stop_argv(), capture_output=True, timeout=run.grace_s + 30)
         code = subprocess.run(
-            ["podman", "inspect", "--format", "{{.State.ExitCode}}", run.name],
+            ["podman", "container", "inspect", "--format", "{{.State.ExitCode}}", run.name],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         return int(code.stdout.strip() or -1)
@@ -448,3 +497,111 @@ def _referenced(pod: Mapping[str, Any]) -> tuple[set[str], set[str]]:
             if "secretKeyRef" in source:
                 secrets.add(source["secretKeyRef"]["name"])
     return configmaps, secrets
+
+
+def container_of(pod: Mapping[str, Any], name: str = "") -> Mapping[str, Any]:
+    """The pod's container called ``name`` (its first when no name is given)."""
+    containers = pod["spec"]["containers"]
+    return next((c for c in containers if c["name"] == name), containers[0])
+
+
+def container_port(container: Mapping[str, Any], port: int | str) -> int | None:
+    """A port number, or the ``containerPort`` of the port with that name."""
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)
+    named = (p for p in container.get("ports") or [] if p.get("name") == port)
+    return next((int(p["containerPort"]) for p in named), None)
+
+
+def readiness_url(pod: Mapping[str, Any], container: Mapping[str, Any]) -> str:
+    """The URL the kubelet's readinessProbe would GET (``httpGet`` probes only; the
+    host is the pod's IP unless the probe names one)."""
+    name = pod["metadata"]["name"]
+    probe = container.get("readinessProbe")
+    if not probe:
+        raise PodStartError(f"pod {name}: container {container['name']} has no readinessProbe")
+    get = probe.get("httpGet")
+    if not get:
+        kinds = sorted(set(probe) & {"exec", "tcpSocket", "grpc"})
+        raise PodStartError(f"pod {name}: readinessProbe {kinds} is not run, only httpGet")
+    port = container_port(container, get["port"])
+    if port is None:
+        raise PodStartError(
+            f"pod {name}: readinessProbe port {get['port']!r} names no port of {container['name']}"
+        )
+    host = get.get("host") or pod["status"]["podIP"]
+    return f"{get.get('scheme', 'HTTP').lower()}://{host}:{port}{get.get('path', '/')}"
+
+
+class PodContainer:
+    """A pod's container running in podman, offering what the cluster tests use of a
+    host process (tests/support/servers.py ``Process``): ``host``, ``url``, ``port``,
+    ``admin_url``, ``grpc_address``, ``ready()``, ``stop()``, ``kill()``, ``log_tail()``.
+    The ports are the container's named ports ``http``, ``admin`` and ``grpc``."""
+
+    def __init__(self, agent: PodmanAgent, run: PodRun, pod: Mapping[str, Any]) -> None:
+        self.agent, self.run = agent, run
+        self.pod_name = pod["metadata"]["name"]
+        container = container_of(pod, run.name.rsplit(".", 1)[-1])
+        self.host = str(pod["status"]["podIP"])
+        self.port = container_port(container, "http") or 8080
+        self.url = f"http://{self.host}:{self.port}"
+        admin = container_port(container, "admin")
+        self.admin_url = f"http://{self.host}:{admin}" if admin else None
+        grpc = container_port(container, "grpc")
+        self.grpc_address = f"{self.host}:{grpc}" if grpc else None
+        self.probe = readiness_url(pod, container)
+        probe = container.get("readinessProbe") or {}
+        self.probe_timeout_s = float(probe.get("timeoutSeconds", 1))
+
+    def ready(self) -> bool:
+        """One readinessProbe: the probe's GET answers 200-399 within its timeout."""
+        try:
+            with urllib.request.urlopen(self.probe, timeout=self.probe_timeout_s) as resp:
+                return 200 <= int(resp.status) < 400
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    def state(self) -> tuple[str, int]:
+        """podman's view: (status such as ``running`` or ``exited``, exit code)."""
+        done = subprocess.run(
+            ["podman", "container", "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
+             self.run.name], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        status, _, code = done.stdout.strip().partition(" ")
+        return (status or "missing"), int(code or -1)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            status, code = self.state()
+            if status in ("exited", "stopped"):
+                why = f"exited with {code}"
+            elif status in ("missing", "removing", "paused"):
+                why = f"is {status}"
+            elif time.monotonic() > deadline:
+                why = f"not ready after {timeout_s:.0f} s ({self.probe} does not answer 200)"
+            else:
+                time.sleep(0.25)
+                continue
+            tail = self.log_tail()
+            self.kill()
+            raise PodStartError(
+                f"pod {self.pod_name}: container {self.run.name} {why}; its log ends:\n{tail}"
+            )
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.agent.logs(self.run)[-chars:]
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM (the runtime drains), SIGKILL after ``timeout_s``; the exit code.
+        No preStop sleep: a test's stop is the container's, not the pod's deletion."""
+        subprocess.run(["podman", "stop", "--time", str(int(timeout_s)), self.run.name],
+                       capture_output=True, timeout=timeout_s + 60)  # fmt: skip
+        return self.state()[1]
+
+    def kill(self) -> None:
+        """SIGKILL at once: the container vanishes as a crashed pod's would."""
+        subprocess.run(["podman", "kill", "--signal", "KILL", self.run.name],
+                       capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(["podman", "wait", self.run.name], capture_output=True, timeout=60)

@@ -32,8 +32,11 @@ from tests.cluster.podman_pods import (
     Objects,
     PodmanAgent,
     PodRun,
+    PodStartError,
     Untranslatable,
     bind_to_pod_ip,
+    container_of,
+    readiness_url,
     translate,
 )
 from tests.containers.conftest import BUILD_TIMEOUT_S, Images, build_images, example_models, mlp
@@ -190,6 +193,19 @@ def test_what_the_agent_cannot_run_is_refused_by_name(tmp_path: Path) -> None:
     del pod["status"]["podIP"]
     with pytest.raises(Untranslatable, match="no IP yet"):
         translate(pod, objects(tmp_path), tmp_path)
+
+
+def test_the_readiness_probe_is_the_pods_named_port_and_path_at_its_ip() -> None:
+    pod = pod_of(runtime_statefulset(OWNER, pool_spec()), "gpu-0")
+    container: dict[str, Any] = pod["spec"]["containers"][0]
+    assert container_of(pod) == container
+    assert readiness_url(pod, container) == f"http://{POD_IP}:8080/v2/health/ready"
+    container["readinessProbe"]["httpGet"]["port"] = "metrics"
+    with pytest.raises(PodStartError, match="port 'metrics' names no port of runtime"):
+        readiness_url(pod, container)
+    container["readinessProbe"] = {"exec": {"command": ["true"]}}
+    with pytest.raises(PodStartError, match=r"readinessProbe \['exec'\] is not run"):
+        readiness_url(pod, container)
 
 
 PV_AND_CLAIM = """
