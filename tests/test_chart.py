@@ -231,8 +231,12 @@ def test_values_reach_the_objects(helm: Path) -> None:
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "modelfleet/operator:9.9"
-    assert container["args"] == ["--log-level", "DEBUG", "operator",
+    assert container["args"] == ["--log-level", "DEBUG", "operator", "--metrics-port", "8080",
                                  "--namespace", "team-a", "--namespace", "team-b"]  # fmt: skip
+    assert container["ports"] == [{"name": "metrics", "containerPort": 8080}]
+    (off,) = by_kind(render(helm, "--set", "operator.metricsPort=0"), "Deployment")
+    quiet = off["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-port" not in quiet["args"] and "ports" not in quiet
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MODELFLEET_RUNTIME_IMAGE"] == "modelfleet/runtime:8.8"
     assert env["MODELFLEET_ADMIN_TOKEN_FILE"] == "/var/run/modelfleet/admin-token/token"
@@ -249,7 +253,7 @@ def test_values_reach_the_objects(helm: Path) -> None:
     assert by_kind(cpu_pool, "InferencePool")[0]["spec"]["runtime"] == {"executor": "process"}
     wide = render(helm, "--set", "watch.allNamespaces=true")
     (deployment,) = by_kind(wide, "Deployment")
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"][2:] == ["operator", "--all-namespaces"]  # fmt: skip
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"][2:] == ["operator", "--metrics-port", "8080", "--all-namespaces"]  # fmt: skip
     assert by_kind(wide, "Role") == [] and len(by_kind(wide, "ClusterRole")) == 2
     assert by_kind(render(helm), "InferencePool") == []  # the default pool is opt-in
 

@@ -29,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     operator = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
     operator.add_argument("--namespace", action="append", default=[], help="watch this namespace")
     operator.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
+    operator.add_argument("--metrics-port", type=int, default=0,
+                          help="serve Prometheus metrics (scale decisions, desired copies) on "
+                               "this port at /metrics; 0 (the default): off")  # fmt: skip
+    operator.add_argument(
+        "--metrics-address",
+        default="0.0.0.0",
+        help="the address the metrics port listens on (default 0.0.0.0)",
+    )
 
     examples = sub.add_parser(
         "example-models", help="write the example models and the model zoo (safetensors)"

@@ -1,11 +1,20 @@
 """Automated canary analysis on the real control plane, with real runtime and gateway
 processes in the kwok pods (``fleet.py``): a good canary walks its steps to promoted
 under a steady stream without a failed request or a reload; a canary whose model
-always fails is rolled back by the operator at its first step."""
+always fails is rolled back by the operator at its first step, and so is one that
+answers right but slowly (p99); a quiet model holds instead of promoting, and says so
+in its Analysis condition; an operator killed mid-analysis resumes the same step; a
+shadow stage keeps a canary whose answers disagree away from every client.
+
+The figures of issue 18 (time from the first canary request to promotion, requests a
+failing canary answered before its rollback, at two request rates) are printed by
+``test_time_to_promotion_and_requests_failed_before_rollback_at_several_rates`` (run
+with ``-s``)."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,6 +31,8 @@ pytestmark = pytest.mark.cluster
 NS, POOL = "mf-analysis", "analysis"
 V2 = {"path": "mlp-v2.safetensors", "architecture": "modelfleet.runtime.examples:mlp"}
 BROKEN = {"path": "empty.safetensors", "architecture": "tests.runtime.models:broken"}
+SLOW = {"path": "mlp.safetensors", "architecture": "modelfleet.runtime.examples:slow_mlp"}
+REVERSED = {"path": "mlp-reversed.safetensors", "architecture": "modelfleet.runtime.examples:mlp"}
 ANALYSIS = {"steps": [{"weight": 20, "minRequests": 20, "maxSeconds": 120},
                       {"weight": 50, "minRequests": 20, "maxSeconds": 120}]}  # fmt: skip
 
@@ -31,9 +42,22 @@ def fleet(
     kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, model_store: Path
 ) -> Iterator[Fleet]:
     shutil.copy(model_store / "mlp.safetensors", model_store / "mlp-v2.safetensors")
+    reversed_weights(model_store)
     with running_fleet(kube_cluster, tmp_path_factory.mktemp("analysis"), model_store, NS,
                        POOL) as f:  # fmt: skip
         yield f
+
+
+def reversed_weights(store: Path) -> None:
+    """``mlp-reversed.safetensors``: the example MLP's architecture with other weights,
+    its output layer's rows in reverse order, so that every answer's arg-max differs
+    from the example's (index i becomes 3 - i of 4)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(store / "mlp.safetensors"))
+    for key in ("2.weight", "2.bias"):
+        state[key] = state[key].flip(0).contiguous()
+    save_file(state, str(store / "mlp-reversed.safetensors"))
 
 
 def patch(fleet: Fleet, name: str, spec: dict[str, Any]) -> None:
@@ -167,3 +191,296 @@ def test_a_shadow_gets_mirrored_requests_compared_in_status_and_answers_no_clien
              == {"1"}, 60)  # fmt: skip
     assert "shadow" not in fleet.status("mirror")
     delete(fleet, "mirror")
+
+
+def analysis_condition(fleet: Fleet, name: str) -> dict[str, Any]:
+    return next(c for c in fleet.status(name).get("conditions", []) if c["type"] == "Analysis")
+
+
+def spec_of(fleet: Fleet, name: str) -> dict[str, Any]:
+    return fleet.json("get", "inferencemodel", name)["spec"]  # type: ignore[no-any-return]
+
+
+def canary_counters(fleet: Fleet, name: str, version: str) -> int:
+    """Requests (answered or failed) the runtimes counted for a version, summed."""
+    return sum(m["served"] + m["errors"] for pod in fleet.runtimes
+               for m in fleet.admin_state(pod)["models"]
+               if m["name"] == name and m["version"] == version)  # fmt: skip
+
+
+def test_a_canary_three_times_slower_fails_on_its_p99_and_is_rolled_back(fleet: Fleet) -> None:
+    """The same weights, answering right, but each forward pass 15 ms slower (the
+    stable version's p99 in the runtime is about 5 ms here, the canary's 3x that or
+    more): rolled back on p99 alone, at the default maxP99Ratio 1.5, at either step (the
+    stable p99 over the last minute has its spikes too). 600 MB a copy in a pool of
+    1000 MB pods puts the canary on the other pod: on the stable's pod its forward
+    passes would hold the stable's up too (one device scheduler a pod), and the ratio
+    would stay near 1 at 20%."""
+    ready(fleet, "slow", replicas=1, memoryMB=600)
+    steps = {"steps": [{"weight": 20, "minRequests": 30, "maxSeconds": 120},
+                       {"weight": 50, "minRequests": 30, "maxSeconds": 120}]}  # fmt: skip
+    with Stream(fleet, "slow") as stream:
+        patch(fleet, "slow", {"canary": {"version": "2", "source": SLOW, "replicas": 1,
+                                         "analysis": steps}})  # fmt: skip
+        done = wait_for("rolled back on its p99", lambda: (a := analysis(fleet, "slow")).get(
+            "phase") == "RolledBack" and a, 120, interval=0.2)  # fmt: skip
+        time.sleep(0.5)  # requests sent to the canary before the gateway took the routes
+        settled = time.monotonic()
+        time.sleep(3)
+    canary, stable = done["canaryWindow"], done["stableWindow"]
+    ratio = canary["p99LatencyMs"] / stable["p99LatencyMs"]
+    placed = {v["version"]: v["pods"] for v in fleet.status("slow")["versions"]}
+    print(f"\nslow canary rolled back: p99 {canary['p99LatencyMs']:.1f} ms vs "
+          f"{stable['p99LatencyMs']:.1f} ms ({ratio:.1f}x) over {canary['requests']} canary "
+          f"requests; {done['reason']}")  # fmt: skip
+    assert done["reason"].startswith("AnalysisFailed: p99 "), done["reason"]
+    assert "more than 1.5x" in done["reason"] and ratio > 1.5
+    assert (done["weight"], canary["errors"]) == (0, 0) and done["step"] in (1, 2)
+    assert not set(placed["1"]) & set(placed["2"]), placed
+    assert stream.failures() == [], stream.failures()[:5]  # slow, never wrong
+    assert [v for t, _, v in stream.results if t >= settled and v == "2"] == []
+    assert {v for _, _, v in stream.results} == {"1", "2"}  # it did answer, slowly
+    condition = analysis_condition(fleet, "slow")
+    assert (condition["status"], condition["reason"]) == ("False", "AnalysisFailed")
+    assert condition["message"].startswith("p99 ")
+    warnings = [r for r, _, kind in events(fleet, "slow") if kind == "Warning"]
+    assert warnings.count("AnalysisFailed") == 1, warnings
+    delete(fleet, "slow")
+
+
+def test_a_quiet_model_does_not_promote_before_its_minimum_and_shows_it_holding(
+    fleet: Fleet,
+) -> None:
+    """About 12 requests a minute, half of them to the canary: the step waits for its
+    200 canary requests (Analysis condition AnalysisWaiting), holds after its 20 s
+    (AnalysisHolding, a Warning event) and goes on holding, never promoting."""
+    ready(fleet, "quiet", replicas=1, memoryMB=100)
+    steps = {"steps": [{"weight": 50, "minRequests": 200, "maxSeconds": 20}]}
+    with Stream(fleet, "quiet", threads=1, pause=5.0) as stream:
+        patch(fleet, "quiet", {"canary": {"version": "2", "source": V2, "replicas": 1,
+                                          "analysis": steps}})  # fmt: skip
+        waiting = wait_for("the Analysis condition waiting", lambda: (
+            c := analysis_condition(fleet, "quiet"))["reason"] == "AnalysisWaiting" and c, 60)  # fmt: skip
+        holding = wait_for("the Analysis condition holding", lambda: (
+            c := analysis_condition(fleet, "quiet"))["reason"] == "AnalysisHolding" and c, 90)  # fmt: skip
+        time.sleep(15)  # it goes on holding: no promotion without the requests
+        later = analysis(fleet, "quiet")
+        table = fleet.k.kubectl("get", "inferencemodels", "quiet", "-n", NS).stdout
+    minutes = (stream.results[-1][0] - stream.results[0][0]) / 60
+    print(f"\nquiet model: {len(stream.results) / minutes:.0f} requests a minute; "
+          f"conditions seen: {waiting['message']!r}, then {holding['message']!r}")  # fmt: skip
+    assert re.fullmatch(r"\d+ of 200 canary requests", waiting["message"]), waiting
+    counted = re.match(r"(\d+) of 200 canary requests after (\d+) s", holding["message"])
+    assert counted is not None, holding
+    assert int(counted[1]) < 200 and int(counted[2]) >= 20
+    assert "not promoting without evidence" in holding["message"]
+    assert holding["status"] == "Unknown"
+    spec = spec_of(fleet, "quiet")
+    assert spec["version"] == "1" and spec["canary"]["version"] == "2", spec
+    assert (later["phase"], later["weight"], later["summary"]) == ("Holding", 50, "1/1 50% holding")
+    assert later["canaryWindow"]["requests"] < 200
+    assert "holding" in table, table
+    reasons = [(r, kind) for r, _, kind in events(fleet, "quiet")]
+    assert reasons.count(("AnalysisHolding", "Warning")) == 1, reasons
+    assert ("AnalysisPromoted", "Normal") not in reasons
+    assert stream.failures() == [] and {v for _, _, v in stream.results} <= {"1", "2"}
+    delete(fleet, "quiet")
+
+
+def test_the_operator_killed_mid_analysis_resumes_the_same_step_without_counting_twice(
+    fleet: Fleet,
+) -> None:
+    """Killed (SIGKILL) at step 2 while traffic goes on; the new process reads the step,
+    its start time and both versions' counters at its start from status.analysis: the
+    same step, the same window (nothing counted twice, nothing lost), then promotes."""
+    ready(fleet, "resume", replicas=1, memoryMB=100)
+    steps = {"steps": [{"weight": 20, "minRequests": 40, "maxSeconds": 300},
+                       {"weight": 50, "minRequests": 600, "maxSeconds": 300}]}  # fmt: skip
+    keys = ("step", "steps", "stage", "stepStartTime", "canaryStart", "stableStart")
+    with Stream(fleet, "resume", pause=0.04) as stream:
+        patch(fleet, "resume", {"canary": {"version": "2", "source": V2, "replicas": 1,
+                                           "analysis": steps}})  # fmt: skip
+        before = wait_for("step 2 counting", lambda: (a := analysis(fleet, "resume")).get(
+            "step") == 2 and a["canaryWindow"]["requests"] > 0 and a, 120, interval=0.2)  # fmt: skip
+        fleet.stop_operator()
+        time.sleep(5)  # the traffic goes on: the gateway keeps its routes
+        at_restart = canary_counters(fleet, "resume", "2")
+        fleet.start_operator()
+        after = wait_for("the new operator's first judgement", lambda: (
+            a := analysis(fleet, "resume"))["canaryWindow"]["requests"]
+            >= at_restart - before["canaryStart"]["total"] and a, 60, interval=0.2)  # fmt: skip
+        now = canary_counters(fleet, "resume", "2")
+        done = wait_for("promoted after the restart", lambda: (
+            a := analysis(fleet, "resume")).get("phase") == "Promoted" and a, 120, interval=0.5)  # fmt: skip
+    window = after["canaryWindow"]["requests"]
+    print(f"\nbefore the kill: step {before['step']} with {before['canaryWindow']['requests']} "
+          f"canary requests; after the restart: step {after['step']} with {window} (the "
+          f"canary's counters: {at_restart} at the restart, {now} just after); "
+          f"{done['reason']}")  # fmt: skip
+    assert {k: after[k] for k in keys} == {k: before[k] for k in keys}, (before, after)
+    # the window is the counters now less those at the step's start: not counted from 0
+    assert window <= now - before["canaryStart"]["total"]
+    assert done["reason"].endswith("(step 2 of 2 at weight 50%, the last)"), done["reason"]
+    reasons = [r for r, _, _ in events(fleet, "resume")]
+    assert reasons.count("AnalysisStep") == 2 and reasons.count("AnalysisPromoted") == 1, reasons
+    assert stream.failures() == [], stream.failures()[:5]
+    delete(fleet, "resume")
+
+
+def test_a_canary_whose_answers_disagree_fails_its_shadow_stage_and_answers_no_client(
+    fleet: Fleet,
+) -> None:
+    """canary.analysis.shadow with other weights of the same architecture: the canary is
+    only mirrored to (role shadow, weight 0), status.shadow shows the low agreement,
+    the analysis fails before step 1 and every client answer came from version 1."""
+    ready(fleet, "differ", replicas=1, memoryMB=100)
+    spec = {"shadow": {"minRequests": 30, "minAgreement": 0.9, "percent": 100},
+            "steps": [{"weight": 20, "minRequests": 20, "maxSeconds": 120}]}  # fmt: skip
+    with Stream(fleet, "differ") as stream:
+        patch(fleet, "differ", {"canary": {"version": "2", "source": REVERSED, "replicas": 1,
+                                           "analysis": spec}})  # fmt: skip
+        roles = wait_for("the canary mirrored to as a shadow", lambda: (
+            r := {v["version"]: (v["role"], v["weight"]) for v in fleet.status("differ")["versions"]}
+        ) == {"1": ("stable", 100), "2": ("shadow", 0)} and r, 120, interval=0.2)  # fmt: skip
+        done = wait_for("rolled back at the shadow stage", lambda: (
+            a := analysis(fleet, "differ")).get("phase") == "RolledBack" and a, 120, interval=0.2)  # fmt: skip
+        time.sleep(3)
+        shadow = fleet.status("differ")["shadow"]
+    print(f"\nstatus.shadow: {shadow}; {done['reason']}; {len(stream.results)} client "
+          f"requests, all from version {sorted({v for _, _, v in stream.results})}")  # fmt: skip
+    assert roles["2"] == ("shadow", 0)
+    assert shadow["version"] == "2" and shadow["compared"] >= 30 and shadow["agreement"] < 0.9
+    assert (done["stage"], done["step"], done["weight"]) == ("Shadow", 0, 0)
+    assert done["reason"].startswith("AnalysisFailed: shadow agreement 0.0%"), done["reason"]
+    assert done["shadowWindow"]["compared"] >= 30
+    assert stream.failures() == [] and {v for _, _, v in stream.results} == {"1"}
+    condition = analysis_condition(fleet, "differ")
+    assert (condition["status"], condition["reason"]) == ("False", "AnalysisFailed")
+    reasons = [(r, kind) for r, _, kind in events(fleet, "differ")]
+    assert ("AnalysisShadow", "Normal") in reasons and ("AnalysisFailed", "Warning") in reasons
+    assert not any(r == "AnalysisStep" for r, _ in reasons), reasons
+    versions = {v["version"]: (v["role"], v["weight"]) for v in fleet.status("differ")["versions"]}
+    assert versions == {"1": ("stable", 100), "2": ("canary", 0)}
+    delete(fleet, "differ")
+
+
+def test_a_canary_that_agrees_passes_its_shadow_stage_before_any_client_sees_it(
+    fleet: Fleet,
+) -> None:
+    """The same weights under another version: the shadow stage passes on agreement,
+    then the steps run and the canary is promoted; no client got a canary answer while
+    the status still showed the shadow stage."""
+    ready(fleet, "agree", replicas=1, memoryMB=100)
+    spec = {"shadow": {"minRequests": 1500, "minAgreement": 0.9, "percent": 100},
+            "steps": [{"weight": 50, "minRequests": 30, "maxSeconds": 120}]}  # fmt: skip
+    shadowing: list[float] = []
+
+    def over() -> dict[str, Any] | None:
+        a = analysis(fleet, "agree")
+        if a.get("stage") == "Shadow" and a.get("phase") == "Running":
+            shadowing.append(time.monotonic())
+        return a if a.get("phase") in ("Promoted", "RolledBack") else None
+
+    with Stream(fleet, "agree") as stream:
+        patch(fleet, "agree", {"canary": {"version": "2", "source": V2, "replicas": 1,
+                                          "analysis": spec}})  # fmt: skip
+        done = wait_for("promoted after the shadow stage", over, 120, interval=0.2)
+    assert done["phase"] == "Promoted", done
+    first_canary = min(t for t, _, v in stream.results if v == "2")
+    print(f"\nshadow stage seen for {shadowing[-1] - shadowing[0]:.1f} s; first canary "
+          f"answer {first_canary - shadowing[-1]:+.1f} s after the last look at it; "
+          f"shadowWindow {done['shadowWindow']}")  # fmt: skip
+    assert shadowing and shadowing[-1] - shadowing[0] > 2.0, "the shadow stage was not seen"
+    # A pass writes its status after pushing its routes: allow the pass that ends the stage.
+    assert first_canary > shadowing[-1] - 1.0, (first_canary - shadowing[0], shadowing[-1])
+    assert done["shadowWindow"]["compared"] >= 1500 and done["shadowWindow"]["agreement"] == 1
+    assert stream.failures() == [], stream.failures()[:5]
+    reasons = [r for r, _, _ in events(fleet, "agree")]
+    assert reasons[:1] != [] and reasons.count("AnalysisShadow") == 1
+    assert reasons.count("AnalysisStep") == 1 and "AnalysisPromoted" in reasons, reasons
+    delete(fleet, "agree")
+
+
+class Paced(Stream):
+    """A stream of about ``rate`` requests a second in all (each thread keeps its own
+    schedule, and does not catch up on what it missed); ``rate`` None: as fast as the
+    threads go."""
+
+    def __init__(self, fleet: Fleet, name: str, rate: float | None, threads: int) -> None:
+        super().__init__(fleet, name, threads)
+        self.interval = threads / rate if rate else 0.0
+
+    def _run(self) -> None:
+        due = time.monotonic()
+        while not self.stop.is_set():
+            try:
+                status, body = self.fleet.call(self.name)
+            except OSError as exc:
+                status, body = 0, repr(exc)
+            self.results.append((time.monotonic(), status, body))
+            due = max(due + self.interval, time.monotonic() - self.interval)
+            if self.interval:
+                self.stop.wait(max(0.0, due - time.monotonic()))
+
+
+RATES = {"50": (50.0, 4), "500": (500.0, 8), "max": (None, 8)}
+"""Request rate (None: as fast as the threads go) and client threads."""
+MEASURED = {"steps": [{"weight": 20, "minRequests": 100, "maxSeconds": 300},
+                      {"weight": 50, "minRequests": 100, "maxSeconds": 300}]}  # fmt: skip
+
+
+@pytest.mark.parametrize("rate", list(RATES))
+def test_time_to_promotion_and_requests_failed_before_rollback_at_several_rates(
+    fleet: Fleet, rate: str
+) -> None:
+    """Issue 18's figures: the same two steps (20% then 50%, 100 canary requests each)
+    at about 50 and 500 requests/s, and as fast as 8 client threads go here."""
+    target, threads = RATES[rate]
+    name = f"rate-{rate}"
+    ready(fleet, name, replicas=1, memoryMB=100)
+    with Paced(fleet, name, target, threads) as stream:
+        patch(fleet, name, {"canary": {"version": "2", "source": V2, "replicas": 1,
+                                       "analysis": MEASURED}})  # fmt: skip
+        verdict = wait_for("promoted", lambda: (a := analysis(fleet, name)).get("phase")
+                           in ("Promoted", "RolledBack") and a, 180, interval=0.1)  # fmt: skip
+        promoted_at = time.monotonic()
+        time.sleep(1)
+    assert verdict["phase"] == "Promoted", verdict
+    first = min(t for t, _, v in stream.results if v == "2")
+    took = promoted_at - first
+    sent = [r for r in stream.results if first <= r[0] <= promoted_at]
+    good_rate = len(sent) / took
+    assert stream.failures() == [], stream.failures()[:5]
+    delete(fleet, name)
+
+    bad = f"bad-{rate}"
+    ready(fleet, bad, replicas=1, memoryMB=100, warmup={"enabled": False})
+    with Paced(fleet, bad, target, threads) as stream:
+        patch(fleet, bad, {"canary": {"version": "2", "source": BROKEN, "replicas": 1,
+                                      "analysis": MEASURED}})  # fmt: skip
+        done = wait_for("rolled back", lambda: (a := analysis(fleet, bad)).get("phase")
+                        == "RolledBack" and a, 180, interval=0.1)  # fmt: skip
+        rolled_back_at = time.monotonic()
+        time.sleep(3)
+    failed = stream.failures()
+    first_failure = min(t for t, _, _ in failed)
+    during = [r for r in stream.results if first_failure <= r[0] <= rolled_back_at]
+    bad_rate = len(during) / (rolled_back_at - first_failure)
+    print(f"\n[{rate}] first canary request to promotion: {took:.1f} s at {good_rate:.0f} "
+          f"requests/s ({len(sent)} requests); the failing canary answered {len(failed)} "
+          f"requests (all failed) before its rollback, in "
+          f"{rolled_back_at - first_failure:.1f} s at {bad_rate:.0f} requests/s; "
+          f"window at the verdict: {done['canaryWindow']}")  # fmt: skip
+    assert done["reason"].startswith("AnalysisFailed: errorRate 100.0%"), done["reason"]
+    assert len(failed) >= 100  # the step's minRequests, judged on requests
+    assert [r for r in failed if r[0] > rolled_back_at + 0.5] == []
+    delete(fleet, bad)
+
+
+def test_the_api_server_refuses_a_shadow_stage_next_to_spec_shadow(fleet: Fleet) -> None:
+    manifest = model_yaml("both", NS, POOL, shadow={"version": "3", "source": V2},
+                          canary={"version": "2", "source": V2, "analysis": {
+                              "shadow": {"minRequests": 10}, "steps": [{"weight": 10}]}})  # fmt: skip
+    refused = fleet.k.kubectl("apply", "-f", "-", input=manifest, check=False)
+    assert refused.returncode != 0
+    assert "canary.analysis.shadow must not be combined with spec.shadow" in refused.stderr

@@ -48,11 +48,11 @@ def events(fleet: Fleet, name: str) -> list[tuple[str, str]]:
     return [(e["reason"], e["message"]) for e in items]
 
 
-def held_call(fleet: Fleet, name: str) -> tuple[int, float, dict[str, Any]]:
+def held_call(fleet: Fleet, name: str, body: bytes = BODY) -> tuple[int, float, dict[str, Any]]:
     """One request through the gateway with a 60 s deadline: (status, seconds, body)."""
     assert fleet.gateway is not None
     req = urllib.request.Request(
-        f"{fleet.gateway.url}/v2/models/{name}/infer", data=BODY,
+        f"{fleet.gateway.url}/v2/models/{name}/infer", data=body,
         headers={"X-ModelFleet-Timeout-Us": str(DEADLINE_S * 1_000_000)},
     )  # fmt: skip
     started = time.monotonic()
@@ -67,10 +67,10 @@ def model_memory(fleet: Fleet, name: str) -> float:
                for m in fleet.admin_state(pod)["models"] if m["name"] == name)  # fmt: skip
 
 
-def scale_to_zero(fleet: Fleet, name: str) -> tuple[float, float]:
+def scale_to_zero(fleet: Fleet, name: str, body: bytes = BODY) -> tuple[float, float]:
     """A short load, then no traffic until the model is at zero: (seconds from the last
     request to unloaded, MB the runtimes freed)."""
-    with Stream(fleet, name, threads=1, pause=0.05) as load:
+    with Stream(fleet, name, threads=1, pause=0.05, body=body) as load:
         time.sleep(2)
     stopped = time.monotonic()
     assert load.results and load.failures() == [], load.failures()[:5]
@@ -122,3 +122,27 @@ def test_a_model_scales_to_zero_and_its_next_request_is_held_and_answered(
         print(f"\nscale to zero: {zero_s:.1f} s from the last request to unloaded (delay "
               f"{DOWN_DELAY_S} s), {freed_mb:.3f} MB freed on the pod; cold start: "
               f"{cold_s:.2f} s from request arrival to answer (example MLP)")  # fmt: skip
+
+
+CNN_BODY = json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                   "data": [0.5] * 784}]}).encode()  # fmt: skip
+
+
+def test_the_example_cnn_cold_starts_from_zero_too(fleet: Fleet) -> None:
+    """The other example model: a small CNN (28x28 images), its cold start measured."""
+    autoscaling = {"minReplicas": 0, "maxReplicas": 1, "targetInFlight": 1,
+                   "scaleDownDelaySeconds": DOWN_DELAY_S}  # fmt: skip
+    fleet.apply(model_yaml(
+        "cnn", NS, POOL, replicas=1, autoscaling=autoscaling, memoryMB=300,
+        queue={"timeoutMs": DEADLINE_S * 1000},
+        source={"path": "cnn.safetensors", "architecture": "modelfleet.runtime.examples:cnn"},
+        inputs=[{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+        outputs=[{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+    ))  # fmt: skip
+    wait_for("cnn Ready", lambda: fleet.condition("cnn", "Ready")["status"] == "True", 120)
+    zero_s, freed_mb = scale_to_zero(fleet, "cnn", CNN_BODY)
+    status, cold_s, body = held_call(fleet, "cnn", CNN_BODY)
+    assert status == 200 and body["outputs"][0]["shape"] == [1, 10], body
+    print(f"\nscale to zero: {zero_s:.1f} s from the last request to unloaded, "
+          f"{freed_mb:.3f} MB freed; cold start: {cold_s:.2f} s from request arrival to "
+          "answer (example CNN)")  # fmt: skip

@@ -1,5 +1,6 @@
 """The canary analysis judgement (pure): passes on good evidence, waits on too
-little, fails on a clear regression, is not fooled by one error in twenty."""
+little, fails on a clear regression, is not fooled by one error in twenty; the shadow
+stage passes or fails on the agreement of enough mirrored answers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelfleet.operator.analysis import Thresholds, Window, fisher_greater, judge
+from modelfleet.operator.analysis import (
+    Mirrored,
+    ShadowThresholds,
+    Thresholds,
+    Window,
+    fisher_greater,
+    judge,
+    judge_shadow,
+)
 
 LIMITS = Thresholds(min_requests=200, max_seconds=600)
 
@@ -46,6 +55,14 @@ def test_a_three_times_slower_canary_fails_on_p99() -> None:
     verdict = judge(Window(400, 0, 60.0), Window(4000, 0, 20.0), LIMITS, elapsed_s=5)
     assert verdict.kind == "failed"
     assert "p99 60.0 ms vs 20.0 ms (3.00x, more than 1.5x)" in verdict.reason
+
+
+def test_a_p99_within_the_tolerance_fails_nothing_whatever_the_ratio() -> None:
+    limits = Thresholds(min_requests=200, max_seconds=600, p99_tolerance_ms=5.0)
+    noise = judge(Window(400, 0, 4.9), Window(4000, 0, 3.0), limits, elapsed_s=5)
+    assert noise.kind == "passed" and "p99 4.9 ms vs 3.0 ms" in noise.reason  # 1.63x, 1.9 ms
+    slow = judge(Window(400, 0, 28.7), Window(4000, 0, 4.6), limits, elapsed_s=5)
+    assert slow.kind == "failed" and "(6.24x, more than 1.5x)" in slow.reason
 
 
 def test_fisher_matches_the_hypergeometric_tail_computed_directly() -> None:
@@ -92,3 +109,52 @@ def test_fisher_is_a_probability_and_more_canary_errors_never_raise_it(
     assert 0.0 <= p <= 1.0
     if a_errors < a_n:
         assert fisher_greater(a_errors + 1, a_n, b_errors, b_n) <= p + 1e-9
+
+
+SHADOW = ShadowThresholds(min_requests=200, min_agreement=0.99, max_seconds=600)
+
+
+def test_the_shadow_stage_waits_for_its_mirrored_requests_then_holds() -> None:
+    waiting = judge_shadow(Mirrored(37, 0), SHADOW, elapsed_s=30)
+    assert (waiting.kind, waiting.reason) == (
+        "waiting", "AnalysisWaiting: 37 of 200 mirrored requests compared (shadow stage)")  # fmt: skip
+    holding = judge_shadow(Mirrored(37, 30), SHADOW, elapsed_s=600)
+    assert holding.kind == "holding"
+    assert holding.reason.startswith("AnalysisHolding: 37 of 200 mirrored requests compared "
+                                     "after 600 s")  # fmt: skip
+
+
+def test_the_shadow_stage_fails_on_low_agreement_naming_it() -> None:
+    verdict = judge_shadow(Mirrored(200, 75), SHADOW, elapsed_s=5)
+    assert (verdict.kind, verdict.reason) == ("failed", (
+        "AnalysisFailed: shadow agreement 62.5% (125 of 200 mirrored answers agree with the "
+        "primary's arg-max), below minAgreement 99.0%"))  # fmt: skip
+
+
+def test_the_shadow_stage_passes_at_exactly_its_minimum_agreement() -> None:
+    assert judge_shadow(Mirrored(100, 1), ShadowThresholds(100, 0.99, 60), 1).kind == "passed"
+    assert judge_shadow(Mirrored(300, 3), ShadowThresholds(300, 0.99, 60), 1).kind == "passed"
+    assert judge_shadow(Mirrored(300, 4), ShadowThresholds(300, 0.99, 60), 1).kind == "failed"
+    passed = judge_shadow(Mirrored(200, 0), SHADOW, elapsed_s=5)
+    assert passed.reason == ("AnalysisPassed: shadow agreement 100.0% (200 of 200 mirrored "
+                             "answers agree with the primary's arg-max), minAgreement 99.0%")  # fmt: skip
+
+
+@given(st.integers(0, 2000), st.integers(0, 2000), st.integers(1, 1000),
+       st.floats(0, 1), st.floats(0, 7200))  # fmt: skip
+def test_the_shadow_verdict_never_decides_early_and_passes_only_with_enough_agreement(
+    judged: int, disagreed: int, minimum: int, agreement: float, elapsed: float
+) -> None:
+    mirrored = Mirrored(judged, min(disagreed, judged))
+    limits = ShadowThresholds(minimum, agreement, 600)
+    verdict = judge_shadow(mirrored, limits, elapsed)
+    assert verdict == judge_shadow(mirrored, limits, elapsed)
+    if judged < minimum:
+        assert verdict.kind == ("holding" if elapsed >= 600 else "waiting")
+    else:
+        assert verdict.kind in ("passed", "failed")
+    if verdict.kind == "passed":
+        assert mirrored.agreement >= agreement - 1e-9
+    if verdict.kind == "failed":
+        assert mirrored.agreement < agreement
+    assert verdict.reason.startswith(f"Analysis{verdict.kind.capitalize()}")

@@ -25,7 +25,7 @@ from modelfleet.operator.autoscale import (
 from modelfleet.operator.desired import plan
 from modelfleet.operator.observed import PodView, RuntimeState
 from modelfleet.operator.spec import Autoscaling
-from tests.operator.builders import model, model_obj, pod, pool
+from tests.operator.builders import MLP_SOURCE, model, model_obj, pod, pool
 
 policies = st.builds(
     lambda lo, extra, metric, target, delay: Policy(lo, max(1, lo + extra), metric, target, delay),
@@ -444,3 +444,34 @@ async def test_a_restarted_operator_takes_the_copies_and_times_from_the_status()
     reconciler.loads[("uid-mlp", "1")]._samples[0] = (-5.0, 0, 0.0, 20)
     second = reconciler._autoscale(objs, specs, idle)["mlp"]
     assert (second.decision.reason, second.decision.copies) == ("ScaledDown", 1)
+
+
+async def test_a_canary_scales_on_its_own_load_and_the_stable_on_its_own() -> None:
+    from modelfleet.operator.reconcile import Reconciler
+
+    kube = FakeKube()
+    reconciler = Reconciler(kube, None)  # type: ignore[arg-type]
+    obj = model_obj(replicas=1, canary={"version": "2", "weight": 50, "replicas": 1,
+                                        "source": MLP_SOURCE},
+                    autoscaling={"maxReplicas": 3, "targetInFlight": 1})  # fmt: skip
+    objs, specs = await reconciler._models("gpu", [obj])
+    # the canary is busy (4 in flight), the stable version is not (0.5 in flight)
+    pods = [busy_pod("gpu-0", "127.1.0.2", {("mlp", "1"): ("ready", 0, 0.0),
+                                            ("mlp", "2"): ("ready", 4, 0.0)}),
+            busy_pod("gpu-1", "127.1.0.3", {}), busy_pod("gpu-2", "127.1.0.4", {})]  # fmt: skip
+    reconciler._autoscale(objs, specs, pods)  # the first sample: no load yet
+    for version, in_flight in (("1", 0), ("2", 4)):
+        reconciler.loads[("uid-mlp", version)]._samples[0] = (-5.0, in_flight, 0.0, 10)
+    scaling = reconciler._autoscale(objs, specs, pods)["mlp"]
+    assert scaling.decision.copies == 1
+    assert scaling.canary is not None and scaling.canary.version == "2"
+    assert (scaling.canary.before, scaling.canary.decision.copies) == (1, 3)
+    result = plan(pool(replicas={"min": 3, "max": 3}), specs, pods,
+                  copies={"mlp": 1}, canary_copies={"mlp": 3})  # fmt: skip
+    stable, canary = result.reports["mlp"].versions[:2]
+    assert (len(stable.pods), len(canary.pods)) == (1, 3)
+    await reconciler._model_status(objs[0], result, "2026-01-01T00:00:00Z", scaling)
+    auto = kube.statuses["mlp"]["autoscaling"]
+    assert auto["canary"]["desiredReplicas"] == 3 and auto["canary"]["version"] == "2"
+    assert any(r == "ScaledUp" and m.startswith("canary version 2: copies 1 -> 3")
+               for r, m, _ in kube.events)  # fmt: skip

@@ -1,9 +1,13 @@
 """The canary analysis step machine (pure) and its wiring into a pass: the weight the
-plan routes, status.analysis, the events and the promotion patch."""
+plan routes, status.analysis, the Analysis condition, the events and the promotion
+patch; the shadow stage before step 1."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from modelfleet.operator.canarysteps import (
     Counters,
@@ -11,6 +15,7 @@ from modelfleet.operator.canarysteps import (
     Seen,
     State,
     advance,
+    mirrored,
     promotion,
     routed_spec,
     seen_on,
@@ -195,8 +200,8 @@ def test_the_schema_refuses_steps_that_do_not_increase() -> None:
         Canary.model_validate({"version": "2", "source": V2,
                                "analysis": {"steps": [{"weight": 0}]}})  # fmt: skip
     analysis = spec_of(canary())
-    assert (analysis.max_error_rate_increase, analysis.max_p99_ratio, analysis.alpha) == (
-        0.01, 1.5, 0.01)  # fmt: skip
+    assert (analysis.max_error_rate_increase, analysis.max_p99_ratio, analysis.alpha,
+            analysis.p99_tolerance_ms) == (0.01, 1.5, 0.01, 5)  # fmt: skip
 
 
 # -- the wiring: plan, status, events, promotion ------------------------------------------
@@ -389,3 +394,307 @@ async def test_a_promotion_that_meets_a_conflict_promotes_the_fresh_object_unles
     kube = Conflicting(fresh)
     await Reconciler(kube, None)._promote(obj)  # type: ignore[arg-type]
     assert kube.patches == []
+
+
+# -- the shadow stage before step 1 ---------------------------------------------------------
+
+STAGE = {"minRequests": 50, "minAgreement": 0.95, "percent": 40, "maxSeconds": 120}
+
+
+def shadowed(**stage: Any) -> Canary:
+    return canary(shadow={**STAGE, **stage})
+
+
+def mirror(judged: int, disagreed: int) -> Seen:
+    """Both versions' counters as a quiet stream leaves them, and the gateways' mirrored
+    comparisons so far."""
+    return Seen(Counters(0, 0), Counters(500, 0), 10.0, 10.0, mirror=Counters(judged, disagreed))
+
+
+def test_the_shadow_stage_mirrors_the_canary_without_traffic_then_begins_step_1() -> None:
+    c = shadowed()
+    o = advance(spec_of(c), c, None, mirror(0, 0), 0.0)
+    assert (o.action, o.weight, o.mirror, o.state.phase, o.state.stage) == (
+        "shadow", 0, 40, "Running", "shadow")  # fmt: skip
+    assert o.reason.startswith("AnalysisShadow: the canary gets no client traffic; 40% of")
+    assert o.state.summary == "shadow"
+    o = advance(spec_of(c), c, o.state, mirror(30, 0), 5.0)
+    assert (o.action, o.weight, o.mirror) == ("none", 0, 40)
+    assert o.reason == "AnalysisWaiting: 30 of 50 mirrored requests compared (shadow stage)"
+    o = advance(spec_of(c), c, o.state, mirror(52, 1), 9.0)
+    assert (o.action, o.weight, o.mirror, o.state.stage, o.state.step) == (
+        "next", 5, None, "canary", 0)  # fmt: skip
+    assert o.reason.startswith("AnalysisPassed: shadow agreement 98.1% (51 of 52 mirrored")
+    assert o.reason.endswith("; step 1 of 3 began at weight 5%")
+    assert (o.state.started, o.state.canary_start, o.state.summary) == (
+        9.0, Counters(0, 0), "1/3 5%")  # fmt: skip
+    assert o.state.as_status()["shadowWindow"] == {"compared": 52, "disagreed": 1,
+                                                   "agreement": 0.9808}  # fmt: skip
+    # the steps then run as without a shadow stage
+    o = advance(spec_of(c), c, o.state, Seen(Counters(60, 0), Counters(900, 0), mirror=None), 10)
+    assert (o.action, o.weight) == ("none", 5)
+    assert o.reason == "AnalysisWaiting: 60 of 100 canary requests"
+
+
+def test_low_agreement_after_min_requests_rolls_back_before_any_client_traffic() -> None:
+    c = shadowed()
+    o = advance(spec_of(c), c, None, mirror(0, 0), 0.0)
+    o = advance(spec_of(c), c, o.state, mirror(40, 30), 5.0)  # bad, but not enough yet
+    assert (o.action, o.weight, o.state.phase) == ("none", 0, "Running")
+    o = advance(spec_of(c), c, o.state, mirror(60, 45), 8.0)
+    assert (o.action, o.weight, o.mirror, o.state.phase) == ("rollback", 0, None, "RolledBack")
+    assert o.reason == ("AnalysisFailed: shadow agreement 25.0% (15 of 60 mirrored answers "
+                        "agree with the primary's arg-max), below minAgreement 95.0% "
+                        "(shadow stage, before step 1)")  # fmt: skip
+    later = advance(spec_of(c), c, o.state, mirror(200, 45), 500.0)
+    assert (later.action, later.weight, later.mirror) == ("none", 0, None)
+
+
+def test_the_shadow_stage_holds_without_enough_comparisons_and_never_begins_step_1() -> None:
+    c = shadowed()
+    o = advance(spec_of(c), c, None, mirror(0, 0), 0.0)
+    actions = []
+    for t in range(20, 300, 20):
+        o = advance(spec_of(c), c, o.state, mirror(t // 20, 0), float(t))
+        actions.append((o.action, o.state.phase, o.weight, o.mirror))
+    assert actions[:5] == [("none", "Running", 0, 40)] * 5
+    assert actions[5] == ("hold", "Holding", 0, 40)  # at 120 s, the stage's maximum
+    assert set(actions[6:]) == {("none", "Holding", 0, 40)}
+    assert o.reason.startswith("AnalysisHolding: 14 of 50 mirrored requests compared after 280 s")
+    assert o.state.summary == "shadow holding"
+    o = advance(spec_of(c), c, o.state, mirror(64, 0), 300.0)  # the evidence came
+    assert (o.action, o.weight, o.state.phase, o.state.stage) == ("next", 5, "Running", "canary")
+
+
+def test_the_shadow_window_starts_at_the_gateways_counters_and_survives_a_restart() -> None:
+    c = shadowed()
+    # the gateways still count an earlier shadow of version 2: not this stage's
+    o = advance(spec_of(c), c, None, mirror(500, 400), 0.0)
+    assert o.state.mirror_start == Counters(500, 400)
+    o = advance(spec_of(c), c, o.state, mirror(530, 400), 5.0)
+    written = o.state.as_status()
+    assert (written["stage"], written["step"], written["shadowWindow"]["compared"]) == (
+        "Shadow", 0, 30)  # fmt: skip
+    resumed = State.of_status(written)  # a new operator process
+    assert resumed is not None and resumed.stage == "shadow" and resumed.step == 0
+    a = advance(spec_of(c), c, resumed, mirror(545, 400), 6.0)
+    b = advance(spec_of(c), c, o.state, mirror(545, 400), 6.0)
+    assert (
+        a.reason
+        == b.reason
+        == "AnalysisWaiting: 45 of 50 mirrored requests compared (shadow stage)"
+    )
+    # a pass without a gateway's report (a new process, a gateway not answering) judges
+    # the window it had; a gateway restart (its counters lower) restarts the window
+    quiet = advance(spec_of(c), c, a.state, Seen(Counters(0, 0), Counters(9, 0)), 7.0)
+    assert quiet.state.mirror_window == Counters(45, 0) and quiet.action == "none"
+    restarted = advance(spec_of(c), c, quiet.state, mirror(3, 0), 8.0)
+    assert restarted.state.mirror_window == Counters(0, 0)
+    assert restarted.state.started == 0.0  # the stage's clock keeps running
+
+
+def test_a_shadow_stage_removed_from_the_spec_begins_step_1() -> None:
+    c = shadowed()
+    o = advance(spec_of(c), c, None, mirror(0, 0), 0.0)
+    plain = canary()
+    o = advance(spec_of(plain), plain, o.state, mirror(10, 0), 3.0)
+    assert (o.action, o.weight, o.state.stage) == ("next", 5, "canary")
+    assert "the shadow stage was removed from the spec; step 1 of 3" in o.reason
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30), st.integers(1, 20)),
+                max_size=40))  # fmt: skip
+def test_during_the_shadow_stage_no_client_traffic_and_step_1_only_on_enough_agreement(
+    feed: list[tuple[int, int, int]],
+) -> None:
+    """Whatever the gateways report, pass after pass: the canary's weight stays 0 while
+    it is mirrored to; step 1 begins only after minRequests judged at minAgreement;
+    a rollback only below it; resuming from the status at any pass changes nothing."""
+    c = shadowed()
+    judged = disagreed = 0
+    now = 0.0
+    o = advance(spec_of(c), c, None, mirror(0, 0), now)
+    for n, bad, dt in feed:
+        judged, disagreed, now = judged + n, disagreed + min(bad, n), now + dt
+        seen = mirror(judged, disagreed)
+        before = o.state
+        o = advance(spec_of(c), c, before, seen, now)
+        resumed = State.of_status(before.as_status())
+        assert resumed is not None
+        again = advance(spec_of(c), c, resumed, seen, now)
+        assert (again.action, again.weight, again.mirror, again.reason) == (
+            o.action, o.weight, o.mirror, o.reason)  # fmt: skip
+        if o.state.stage == "shadow" and o.state.phase in ("Running", "Holding"):
+            assert (o.weight, o.mirror) == (0, 40)
+        if o.action == "next":
+            assert judged >= 50 and judged - disagreed >= 0.95 * judged - 1e-9
+            break
+        if o.action == "rollback":
+            assert judged >= 50 and judged - disagreed < 0.95 * judged
+            assert o.weight == 0
+            break
+
+
+def test_the_gateways_comparisons_are_summed_for_the_canary_version() -> None:
+    summaries: list[dict[str, Any]] = [
+        {"version": "2", "compared": 40, "failed": 2, "judged": 40, "agreed": 38},
+        {"version": "2", "compared": 10, "failed": 0, "agreement": 0.5},  # an older gateway
+        {"version": "3", "compared": 999, "judged": 999, "agreed": 0},  # not this canary
+    ]
+    assert mirrored(summaries, "2") == Counters(40 + 2 + 10, 2 + 2 + 5)
+    # a gateway without comparisons of the version answers {}: none yet
+    assert mirrored([*summaries, {}], "4") == Counters(0, 0)
+    assert mirrored([], "2") is None  # no gateway answered: not known this pass
+
+
+def test_the_shadow_stage_routes_the_canary_as_the_shadow_on_the_same_copies() -> None:
+    from tests.operator.builders import pod
+
+    spec = model(replicas=1, canary={"version": "2", "source": V2, "analysis": {
+        **STEPS, "shadow": STAGE}})  # fmt: skip
+    pods = [pod("gpu-0", "127.1.0.2", {("mlp", "1"): "ready"}),
+            pod("gpu-1", "127.1.0.3", {("mlp", "2"): "ready"})]  # fmt: skip
+    shadowing = plan(pool(), {"mlp": routed_spec(spec, 0, 40)}, pods)
+    route = shadowing.routes["mlp"]
+    assert route.shadow is not None and (route.shadow.version, route.shadow.percent) == ("2", 40)
+    assert {v.version: v.weight for v in route.versions} == {"1": 100, "2": 0}
+    assert [(v.version, v.role) for v in shadowing.reports["mlp"].versions] == [
+        ("1", "stable"), ("2", "shadow")]  # fmt: skip
+    stepping = plan(pool(), {"mlp": routed_spec(spec, 5)}, pods)
+    assert stepping.routes["mlp"].shadow is None
+    assert {v.version: v.weight for v in stepping.routes["mlp"].versions} == {"1": 95, "2": 5}
+    # the same entry in the pods' documents: nothing is loaded again when step 1 begins
+    assert shadowing.documents == stepping.documents
+    # and with nothing else ready, a shadowing canary still answers no client
+    down = [pod("gpu-0", "127.1.0.2", {("mlp", "1"): "loading"}),
+            pod("gpu-1", "127.1.0.3", {("mlp", "2"): "ready"})]  # fmt: skip
+    weights = plan(pool(), {"mlp": routed_spec(spec, 0, 40)}, down).routes["mlp"].versions
+    assert {v.version: v.weight for v in weights} == {"1": 0, "2": 0}
+
+
+def test_the_schema_refuses_a_shadow_stage_next_to_spec_shadow() -> None:
+    from tests.operator.test_crds import schema
+
+    spec = schema("inferencemodel.yaml")["properties"]["spec"]
+    (rule,) = [r for r in spec["x-kubernetes-validations"]
+               if r.get("fieldPath") == ".canary.analysis.shadow"]  # fmt: skip
+    assert "!has(self.canary.analysis.shadow)" in rule["rule"]
+    assert rule["message"].startswith(
+        "canary.analysis.shadow must not be combined with spec.shadow"
+    )
+    stage = spec["properties"]["canary"]["properties"]["analysis"]["properties"]["shadow"]
+    props = stage["properties"]
+    assert (props["minAgreement"]["minimum"], props["minAgreement"]["maximum"]) == (0, 1)
+    assert "arg-max" in props["minAgreement"]["description"]
+    assert props["minRequests"]["default"] == 100 and props["percent"]["maximum"] == 100
+
+
+# -- the Analysis condition --------------------------------------------------------------
+
+
+def analysis_condition_of(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Analysis")
+
+
+async def test_the_analysis_condition_shows_waiting_holding_and_failed_with_the_figures() -> None:
+    from modelfleet.operator.reconcile import Reconciler
+    from tests.operator.test_crds import declared, schema
+
+    kube = FakeKube()
+    reconciler = Reconciler(kube, None)  # type: ignore[arg-type]
+    obj = analysed_obj()
+    await one_pass(reconciler, obj, pods_with(0, 0, 100))
+    assert analysis_condition_of(kube.statuses["mlp"]) | {"lastTransitionTime": ""} == {
+        "type": "Analysis", "status": "Unknown", "reason": "AnalysisStep",
+        "message": "step 1 of 2 began at weight 20%", "lastTransitionTime": "",
+        "observedGeneration": 1}  # fmt: skip
+    await one_pass(reconciler, obj, pods_with(7, 0, 130))
+    waiting = analysis_condition_of(kube.statuses["mlp"])
+    assert (waiting["status"], waiting["reason"], waiting["message"]) == (
+        "Unknown", "AnalysisWaiting", "7 of 20 canary requests")  # fmt: skip
+    # the step's maxSeconds (60) passes with 7 requests: holding, said in the condition
+    state = State.of_status(kube.statuses["mlp"]["analysis"])
+    assert state is not None
+    reconciler.statuses[obj["metadata"]["uid"]]["analysis"] = {
+        **state.as_status(), "stepStartTime": "2020-01-01T00:00:00.000+00:00"}  # fmt: skip
+    await one_pass(reconciler, obj, pods_with(7, 0, 160))
+    holding = analysis_condition_of(kube.statuses["mlp"])
+    assert (holding["status"], holding["reason"]) == ("Unknown", "AnalysisHolding")
+    assert holding["message"].startswith("7 of 20 canary requests after ")
+    assert "not promoting without evidence" in holding["message"]
+    assert kube.events[-1][0::2] == ("AnalysisHolding", "Warning")
+    node = schema("inferencemodel.yaml")["properties"]["status"]
+    assert declared(node, kube.statuses["mlp"], "status") == []
+    # evidence arrives, but it is bad: failed, False, with the figures
+    await one_pass(reconciler, obj, pods_with(40, 20, 400))
+    failed = analysis_condition_of(kube.statuses["mlp"])
+    assert (failed["status"], failed["reason"]) == ("False", "AnalysisFailed")
+    assert failed["message"].startswith("errorRate 50.0% vs 0.0% over 40 canary and 300 stable")
+
+
+async def test_the_analysis_condition_is_true_once_promoted_and_gone_with_the_analysis() -> None:
+    from modelfleet.operator.reconcile import Reconciler
+
+    kube = FakeKube()
+    reconciler = Reconciler(kube, None)  # type: ignore[arg-type]
+    obj = analysed_obj()
+    await one_pass(reconciler, obj, pods_with(0, 0, 100))
+    await one_pass(reconciler, obj, pods_with(25, 0, 200))
+    await one_pass(reconciler, obj, pods_with(50, 0, 300))
+    promoted = analysis_condition_of(kube.statuses["mlp"])
+    assert (promoted["status"], promoted["reason"]) == ("True", "AnalysisPassed")
+    obj["spec"]["canary"] = {"version": "2", "source": V2, "weight": 10}  # analysis removed
+    fresh = Reconciler(kube, None)  # type: ignore[arg-type]
+    analysed = analysed_obj()
+    await one_pass(fresh, analysed, pods_with(0, 0, 100))
+    analysed["spec"]["canary"] = {"version": "2", "source": V2, "weight": 10}
+    await one_pass(fresh, analysed, pods_with(5, 0, 150))
+    assert "Analysis" not in {c["type"] for c in kube.statuses["mlp"]["conditions"]}
+
+
+async def test_the_pass_mirrors_the_canary_and_judges_the_gateways_comparisons() -> None:
+    """The wiring: the shadow stage's routes, status.shadow for the canary, the
+    comparisons read one pass and judged the next, the rollback's Warning event."""
+    from modelfleet.operator.reconcile import Reconciler
+    from tests.operator.test_crds import declared, schema
+
+    kube = FakeKube()
+    reconciler = Reconciler(kube, None)  # type: ignore[arg-type]
+    obj = analysed_obj(shadow={"minRequests": 20, "minAgreement": 0.9, "percent": 50})
+    objs, specs = await reconciler._models("gpu", [obj])
+    pods = pods_with(0, 0, 100)
+
+    async def mirrored_pass(summaries: list[dict[str, Any]]) -> Any:
+        analyses = reconciler._analyses(objs, specs, pods)
+        o = analyses["mlp"]
+        result = plan(pool(), {"mlp": routed_spec(specs["mlp"], o.weight, o.mirror)}, pods)
+        await reconciler._model_status(objs[0], result, "2026-01-01T00:00:00Z", None, o,
+                                       summaries)  # fmt: skip
+        return result.routes["mlp"]
+
+    route = await mirrored_pass([{}])  # the gateway has compared nothing yet
+    assert route.shadow is not None and (route.shadow.version, route.shadow.percent) == ("2", 50)
+    assert {v.version: v.weight for v in route.versions} == {"1": 100, "2": 0}
+    status = kube.statuses["mlp"]
+    assert (status["analysis"]["stage"], status["analysis"]["summary"]) == ("Shadow", "shadow")
+    assert status["shadow"] == {"version": "2", "percent": 50, "compared": 0, "failed": 0,
+                                "skipped": 0}  # fmt: skip
+    assert kube.events[-1][0] == "AnalysisShadow"
+    bad = {"version": "2", "compared": 24, "failed": 0, "skipped": 0, "judged": 24, "agreed": 6,
+           "agreement": 0.25, "worst_abs_diff": 0.3, "worst_rel_diff": 2.0}  # fmt: skip
+    await mirrored_pass([bad])  # read this pass ...
+    assert kube.statuses["mlp"]["shadow"]["agreement"] == 0.25
+    assert kube.statuses["mlp"]["analysis"]["phase"] == "Running"
+    route = await mirrored_pass([bad])  # ... judged the next
+    status = kube.statuses["mlp"]
+    assert status["analysis"]["phase"] == "RolledBack" and status["analysis"]["stage"] == "Shadow"
+    assert route.shadow is None  # the judging pass plans without the mirror
+    assert {v.version: v.weight for v in route.versions} == {"1": 100, "2": 0}
+    assert [v["role"] for v in status["versions"]] == ["stable", "canary"]
+    reason, message, kind = kube.events[-1]
+    assert (reason, kind) == ("AnalysisFailed", "Warning")
+    assert message.startswith("AnalysisFailed: shadow agreement 25.0% (6 of 24 mirrored")
+    condition = analysis_condition_of(status)
+    assert (condition["status"], condition["reason"]) == ("False", "AnalysisFailed")
+    assert declared(schema("inferencemodel.yaml")["properties"]["status"], status, "status") == []
+    assert status["shadow"]["agreement"] == 0.25  # the comparison stays in the status

@@ -97,3 +97,15 @@ def test_the_schema_keeps_the_shadow_apart_from_the_other_versions() -> None:
     assert any("self.shadow.version != self.version" in r for r in rules)
     percent = spec["properties"]["shadow"]["properties"]["percent"]
     assert percent["maximum"] == 100 and percent.get("exclusiveMinimum") in (True, None)
+
+
+def test_a_gateway_without_comparisons_adds_nothing_to_status_shadow() -> None:
+    """The pass hands status.shadow ``{}`` from a gateway that compared nothing yet (the
+    shadow stage reads that as none so far, not as an unknown)."""
+    summaries: list[dict[str, Any]] = [
+        {},
+        {"version": "3", "compared": 8, "failed": 0, "skipped": 0, "judged": 8, "agreed": 8,
+         "agreement": 1.0, "worst_abs_diff": 0.0, "worst_rel_diff": 0.0},
+    ]  # fmt: skip
+    status = shadow_status("3", 25, summaries)
+    assert (status["compared"], status["agreement"]) == (8, 1.0)

@@ -33,7 +33,7 @@ def test_a_served_model_is_ready_placed_not_degraded_not_progressing() -> None:
     assert st["versions"][0] | {"requests": 0} == {
         "version": "1", "role": "stable", "weight": 100, "replicas": 1, "readyReplicas": 1,
         "pods": ["gpu-0"], "endpoints": ["http://127.1.0.2:8080"], "memoryMB": 500,
-        "requests": 0, "errors": 1}  # fmt: skip
+        "declaredMemoryMB": 500, "requests": 0, "errors": 1}  # fmt: skip
 
 
 def test_a_loading_model_is_progressing_and_not_ready() -> None:

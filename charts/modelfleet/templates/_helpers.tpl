@@ -85,10 +85,12 @@ anything: children carry owner references and the garbage collector removes them
 - apiGroups: [""]
   resources: [services]
   verbs: [create, patch]
-# The runtime StatefulSet and the gateway Deployment of each pool: server-side applied.
+# The runtime StatefulSet and the gateway Deployment of each pool: server-side applied;
+# the StatefulSet is also read and its replicas patched as the pool grows and shrinks
+# (spec.replicas.min..max).
 - apiGroups: [apps]
   resources: [statefulsets, deployments]
-  verbs: [create, patch]
+  verbs: [get, create, patch]
 # One PodDisruptionBudget per pool (one runtime pod down at a time): server-side applied.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]

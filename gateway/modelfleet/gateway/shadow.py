@@ -159,7 +159,7 @@ class ShadowStats:
     def summary(self) -> dict[str, Any]:
         return {
             "version": self.version, "compared": self.compared, "failed": self.failed,
-            "skipped": self.skipped,
+            "skipped": self.skipped, "judged": self.judged, "agreed": self.agreed,
             "agreement": round(self.agreed / self.judged, 4) if self.judged else None,
             "worst_abs_diff": self.worst_abs, "worst_rel_diff": self.worst_rel,
         }  # fmt: skip

@@ -14,6 +14,10 @@ a normal approximation that small counts break; a difference counts as a
 regression only when it is both larger than the allowed difference and unlikely
 to be chance (p below ``alpha``). A large difference that is not yet
 significant is not a verdict either way: the step waits for more requests.
+
+The shadow stage before the first step (``judge_shadow``) judges the canary's answers
+to mirrored requests instead: once enough are compared, the share whose arg-max agrees
+with the primary's answer passes or fails it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ class Thresholds:
     """Allowed canary p99 over the stable p99 (None: latency not judged)."""
     alpha: float = 0.01
     """Significance an error-rate regression must reach to fail the step."""
+    p99_tolerance_ms: float = 0.0
+    """A canary p99 at most this much above the stable one never fails the step,
+    whatever the ratio (the scheduling noise of a model answering in a few ms)."""
 
 
 @dataclass(frozen=True)
@@ -94,12 +101,63 @@ def judge(canary: Window, stable: Window, limits: Thresholds, elapsed_s: float) 
     return Verdict("passed", f"AnalysisPassed: {rates}{_p99_text(canary, stable)}", p)
 
 
+@dataclass(frozen=True)
+class Mirrored:
+    """The canary's mirrored requests over the shadow stage's window."""
+
+    judged: int
+    """Mirrored requests judged: answers compared on their arg-max, plus failed mirrors."""
+    disagreed: int
+    """Of those, answers whose arg-max differed from the primary's, plus failed mirrors."""
+
+    @property
+    def agreement(self) -> float:
+        return 1.0 - self.disagreed / self.judged if self.judged else 0.0
+
+
+@dataclass(frozen=True)
+class ShadowThresholds:
+    min_requests: int
+    """Mirrored requests the stage needs judged before it can pass or fail."""
+    min_agreement: float
+    """Agreement (0 to 1) the stage needs to pass; below it, it fails."""
+    max_seconds: float
+    """How long the stage may wait for them; after that it holds (no canary traffic)."""
+
+
+def judge_shadow(mirrored: Mirrored, limits: ShadowThresholds, elapsed_s: float) -> Verdict:
+    """The verdict on the shadow stage after ``elapsed_s`` seconds of it: once
+    ``min_requests`` mirrored requests are judged, their agreement decides."""
+    if mirrored.judged < limits.min_requests:
+        count = f"{mirrored.judged} of {limits.min_requests} mirrored requests compared"
+        if elapsed_s >= limits.max_seconds:
+            return Verdict(
+                "holding",
+                f"AnalysisHolding: {count} after {elapsed_s:.0f} s (the shadow stage's maximum "
+                f"is {limits.max_seconds:.0f} s); the canary gets no traffic without evidence",
+            )
+        return Verdict("waiting", f"AnalysisWaiting: {count} (shadow stage)")
+    agreed = mirrored.judged - mirrored.disagreed
+    figures = (
+        f"shadow agreement {_pct(mirrored.agreement)} ({agreed} of {mirrored.judged} mirrored "
+        f"answers agree with the primary's arg-max)"
+    )
+    # Compared in counts, so that 99 of 100 meets 0.99 however the floats round.
+    if agreed < limits.min_agreement * mirrored.judged - 1e-9:
+        return Verdict(
+            "failed", f"AnalysisFailed: {figures}, below minAgreement {_pct(limits.min_agreement)}"
+        )
+    return Verdict(
+        "passed", f"AnalysisPassed: {figures}, minAgreement {_pct(limits.min_agreement)}"
+    )
+
+
 def _latency(canary: Window, stable: Window, limits: Thresholds) -> str | None:
     """Why the canary's p99 fails the step, or None."""
     if limits.max_p99_ratio is None or canary.p99_ms is None or not stable.p99_ms:
         return None
     ratio = canary.p99_ms / stable.p99_ms
-    if ratio <= limits.max_p99_ratio:
+    if ratio <= limits.max_p99_ratio or canary.p99_ms - stable.p99_ms <= limits.p99_tolerance_ms:
         return None
     return (
         f"p99 {canary.p99_ms:.1f} ms vs {stable.p99_ms:.1f} ms ({ratio:.2f}x, more than "

@@ -156,9 +156,7 @@ def decide(policy: Policy, inputs: Inputs) -> Decision:
         down = 1  # to zero from one copy only, so that the delay counts from the last request
     if down >= current:
         return Decision(current, "Steady", f"{what}: {current} copies", None, value)
-    low_since = inputs.low_since if inputs.low_since is not None else inputs.now
-    since_change = math.inf if inputs.last_change is None else inputs.now - inputs.last_change
-    waited = min(inputs.now - low_since, since_change)
+    low_since, waited = stabilised(inputs.now, inputs.low_since, inputs.last_change)
     if waited + _EPS >= policy.scale_down_delay_s and down == 0:
         return Decision(0, "ScaledToZero", f"copies {current} -> 0: no traffic for "
                         f"{waited:.0f} s (minReplicas 0)", None, value)  # fmt: skip
@@ -169,6 +167,17 @@ def decide(policy: Policy, inputs: Inputs) -> Decision:
                     f"{what}: {down} copies would do; removing them after "
                     f"{policy.scale_down_delay_s:g} s of low load ({waited:.0f} s so far)",
                     low_since, value)  # fmt: skip
+
+
+def stabilised(
+    now: float, low_since: float | None, last_change: float | None
+) -> tuple[float, float]:
+    """(since when the load has been low: ``low_since``, else now; how long a scale-down
+    has waited: since then and since the last change, the shorter). The stabilisation
+    window of both autoscalers (copies, and the pool's pods)."""
+    since = low_since if low_since is not None else now
+    since_change = math.inf if last_change is None else now - last_change
+    return since, min(now - since, since_change)
 
 
 def _from_zero(inputs: Inputs, hi: int) -> Decision:

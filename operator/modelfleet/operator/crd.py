@@ -101,6 +101,12 @@ POOL = Kind(
     columns=(
         Column("Min", "integer", ".spec.replicas.min", "Runtime pods always running."),
         Column("Max", "integer", ".spec.replicas.max", "Upper bound on runtime pods."),
+        Column(
+            "Desired",
+            "integer",
+            ".status.scaling.desiredPods",
+            "Runtime pods the models' copies call for (when max > min).",
+        ),
         Column("Ready", "integer", ".status.readyReplicas", "Runtime pods answering the operator."),
         Column("Models", "integer", ".status.models", "InferenceModels placed on this pool."),
         Column("GPUs/pod", "integer", ".spec.resources.gpu", "nvidia.com/gpu per runtime pod."),

@@ -77,6 +77,18 @@ class VersionReport:
     traffic: int | None = None
     """The weight the routes give it when that differs from ``weight`` (a draining
     version keeps its share, the stable one gets none, until the stable is ready)."""
+    declared_mb: float | None = None
+    """``memoryMB`` as the spec declares it (None: not declared)."""
+    measured_mb: float | None = None
+    """Its peak device memory as its pods measured it (weights plus the largest warm-up
+    batch's working memory); None until a pod on a measuring device (CUDA) has."""
+
+    @property
+    def over_declared(self) -> bool:
+        """Measured above what the spec declares: placement now uses the measurement,
+        and the user should raise memoryMB (or lower batching.maxBatchSize)."""
+        return (self.declared_mb is not None and self.measured_mb is not None
+                and self.measured_mb > self.declared_mb)  # fmt: skip
 
     @property
     def evicted(self) -> bool:
@@ -139,6 +151,19 @@ def runtime_document(pool_spec: PoolSpec, models: list[ModelConfig]) -> RuntimeD
     return RuntimeDocument(server=server_section(pool_spec), models=tuple(models))
 
 
+def measured_peak(pods: list[PodView]) -> dict[Key, float]:
+    """Each version's device memory as its pods measured it on the device: the weights
+    plus the peak working memory of the largest warm-up batch (MB), the largest over
+    its copies. Only runtimes that measure (CUDA) report it; on CPU it is absent."""
+    peaks: dict[Key, float] = {}
+    for pod in pods:
+        for key, seen in pod.observed().items():
+            if seen.weights_mb is not None:
+                peak = seen.weights_mb + (seen.peak_working_mb or 0.0)
+                peaks[key] = max(peaks.get(key, 0.0), peak)
+    return peaks
+
+
 def measured_memory(pods: list[PodView]) -> dict[Key, float]:
     measured: dict[Key, float] = {}
     for pod in pods:
@@ -172,18 +197,21 @@ def _stable_ready(key: Key, replicas: int, pods: list[PodView]) -> bool:
 
 def _surplus(
     key: Key, replicas: int, pods: list[PodView], current: Mapping[Key, list[str]],
-    routed: Mapping[Key, Collection[str]] | None,
+    routed: Mapping[Key, Collection[str]] | None, draining: Collection[str] = (),
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:  # fmt: skip
     """(the pods whose copies stay, the pods whose surplus copy retires) when a version
-    holds more copies than ``replicas``: ready copies stay first (a scale-down never
-    removes the last ready copy); a surplus copy that the routes in force still send
-    requests to retires (out of the routes, still loaded) instead of going at once.
-    Without ``routed`` the surplus goes at once."""
+    holds more copies than ``replicas``: copies on pods that stay before those on
+    draining pods, then ready copies first (a scale-down never removes the last ready
+    copy); a surplus copy that the routes in force still send requests to retires
+    (out of the routes, still loaded) instead of going at once. Without ``routed``
+    the surplus goes at once."""
     held = current.get(key, [])
     if len(held) <= replicas:
         return tuple(held), ()
     by_name = {p.name: p for p in pods}
-    order = sorted(held, key=lambda n: (not (n in by_name and by_name[n].ready_for(key)), n))
+    order = sorted(
+        held, key=lambda n: (n in draining, not (n in by_name and by_name[n].ready_for(key)), n)
+    )
     if routed is None:
         return tuple(order[:replicas]), ()
     in_force = set(routed.get(key, ()))
@@ -192,10 +220,27 @@ def _surplus(
     return tuple(order[:replicas]), retiring
 
 
+def _moving(
+    key: Key, replicas: int, pods: list[PodView], current: Mapping[Key, list[str]],
+    draining: Collection[str],
+) -> int:  # fmt: skip
+    """Extra copies a version asks for while copies of it sit on draining pods and it
+    is not yet ready on ``replicas`` of the pods that stay: the new copies are placed
+    on those pods while the old ones keep serving; once the new ones are ready, the
+    old ones are the surplus (``_surplus`` retires copies on draining pods first)."""
+    leaving = [n for n in current.get(key, []) if n in draining]
+    if not leaving:
+        return 0
+    staying = [p for p in pods if p.name not in draining]
+    ready = sum(1 for p in staying if p.ready_for(key))
+    return len(leaving) if ready < min(replicas, len(staying)) else 0
+
+
 def wanted_versions(
     name: str, spec: ModelSpec, pods: list[PodView], current: Mapping[Key, list[str]],
     serving: Mapping[Key, int], copies: int | None = None,
-    routed: Mapping[Key, Collection[str]] | None = None,
+    routed: Mapping[Key, Collection[str]] | None = None, draining: Collection[str] = (),
+    canary_copies: int | None = None,
 ) -> list[_Wanted]:  # fmt: skip
     """The spec's versions, then the versions it no longer names that still carry
     traffic (``serving``): they stay, as ``draining``, with the traffic they have,
@@ -204,12 +249,18 @@ def wanted_versions(
     version that carries no traffic (a canary never routed to, a rollout superseded
     by a later edit) is dropped at once. ``copies``: the stable version's copies when
     the autoscaler decides them (else ``spec.replicas``). ``routed``: the endpoints of
-    the routes in force, so that surplus copies leave the routes before the pods."""
+    the routes in force, so that surplus copies leave the routes before the pods.
+    ``draining``: pods the pool is about to remove; see ``_moving``. ``canary_copies``:
+    the canary's copies when the autoscaler decides them on its own share (else
+    ``spec.canary.replicas``)."""
     spec_versions = spec.versions()
     out = []
     for v in spec_versions:
-        replicas = copies if copies is not None and v.role == "stable" else v.replicas
-        keep, retiring = _surplus((name, v.version), replicas, pods, current, routed)
+        replicas = (copies if copies is not None and v.role == "stable"
+                    else canary_copies if canary_copies is not None and v.role == "canary"
+                    else v.replicas)  # fmt: skip
+        replicas += _moving((name, v.version), replicas, pods, current, draining)
+        keep, retiring = _surplus((name, v.version), replicas, pods, current, routed, draining)
         out.append(_Wanted(v.version, v.role, replicas, v.weight, runtime_model(name, spec, v),
                            retiring, keep))  # fmt: skip
     named = {v.version for v in spec_versions}
@@ -233,17 +284,25 @@ def plan(
     serving: Mapping[Key, int] | None = None,
     copies: Mapping[str, int] | None = None,
     routed: Mapping[Key, Collection[str]] | None = None,
+    draining: Collection[str] = (),
+    canary_copies: Mapping[str, int] | None = None,
 ) -> Plan:
     """``serving``: the weights of the routes in force (versions receiving traffic).
     ``copies``: model -> its stable version's copies, for the models the autoscaler
     scales. ``routed``: the endpoints of the routes in force, by version; with it a
-    copy being removed first leaves the routes, and leaves its pod a pass later."""
+    copy being removed first leaves the routes, and leaves its pod a pass later.
+    ``draining``: pods the pool is shrinking away: they take no new copy, and each
+    copy they hold is placed on another pod, then leaves them once that one is ready.
+    ``canary_copies``: model -> its canary's copies, for the canaries the autoscaler
+    scales on their own share."""
     pods = sorted(pods, key=lambda p: p.name)
     current = _hosting(pods)
-    wants = _Wants.of(models, pods, current, serving or {}, copies or {}, routed)
+    wants = _Wants.of(models, pods, current, serving or {}, copies or {}, routed, draining,
+                      canary_copies or {})  # fmt: skip
     kept = {**current, **{(n, w.version): [*w.keep, *w.retiring]
                           for n, ws in wants.wanted.items() for w in ws}}  # fmt: skip
-    placement = place([Pod(p.name, pool_spec.memory_budget_mb) for p in pods], wants.demands, kept)
+    placement = place([Pod(p.name, pool_spec.memory_budget_mb, p.name not in draining)
+                       for p in pods], wants.demands, kept)  # fmt: skip
     reports = {name: _model_report(name, wants, placement, pods) for name in sorted(models)}
     max_concurrency = pool_spec.gateway.max_concurrency
     routes = {name: route(models[name], r.versions, max_concurrency) for name, r in reports.items()}
@@ -275,28 +334,38 @@ class _Wants:
     def of(
         cls, models: dict[str, ModelSpec], pods: list[PodView], current: Mapping[Key, list[str]],
         serving: Mapping[Key, int], copies: Mapping[str, int],
-        routed: Mapping[Key, Collection[str]] | None,
+        routed: Mapping[Key, Collection[str]] | None, draining: Collection[str] = (),
+        canary_copies: Mapping[str, int] | None = None,
     ) -> _Wants:  # fmt: skip
         """Every model's wanted versions, in the models' order, as placement demands
         (a retiring copy keeps its place until it leaves)."""
-        measured = measured_memory(pods)
+        measured, peaks = measured_memory(pods), measured_peak(pods)
         wants = cls()
         for name, spec in models.items():
             wants.wanted[name] = wanted_versions(
-                name, spec, pods, current, serving, copies.get(name), routed
+                name,
+                spec,
+                pods,
+                current,
+                serving,
+                copies.get(name),
+                routed,
+                draining,
+                (canary_copies or {}).get(name),
             )
             for w in wants.wanted[name]:
                 key = (name, w.version)
-                wants.memory[key] = _memory_mb(w.entry, measured.get(key))
+                wants.memory[key] = _memory_mb(w.entry, measured.get(key), peaks.get(key))
                 replicas = w.replicas + len(w.retiring)
                 wants.demands.append(Demand(key, spec.priority, replicas, wants.memory[key]))
         return wants
 
 
-def _memory_mb(entry: ModelConfig, measured: float | None) -> float:
-    """The memory a version is placed with: as declared, else as its pods measure it,
-    else the default."""
-    return entry.memory_mb or measured or DEFAULT_MEMORY_MB
+def _memory_mb(entry: ModelConfig, measured: float | None, peak: float | None = None) -> float:
+    """The memory a version is placed with: its peak as measured on the device (weights
+    plus the largest warm-up batch's working memory) once a pod has measured it; before
+    that as declared, else as its pods account it, else the default."""
+    return peak or entry.memory_mb or measured or DEFAULT_MEMORY_MB
 
 
 def _model_report(
@@ -323,6 +392,8 @@ def _version_report(
     where = [p for p in placed if p not in w.retiring]
     report = VersionReport(w.version, w.role, w.weight, w.replicas, memory_mb, list(where))
     report.retiring = [p for p in placed if p in w.retiring]
+    report.declared_mb = w.entry.memory_mb
+    report.measured_mb = measured_peak(pods).get(key)
     report.unplaced = placement.unplaced.get(key, "")
     evictor = placement.evicted.get(key)
     report.evicted_by = evictor if report.unplaced and evictor else None
@@ -371,6 +442,17 @@ def _documents(
             for pod_name in placement.pods_of.get((name, w.version), []):
                 documents[pod_name].append(w.entry)
     return documents
+
+
+def sizing_demands(
+    models: dict[str, ModelSpec], pods: list[PodView], copies: Mapping[str, int],
+    canary_copies: Mapping[str, int] | None = None,
+) -> list[Demand]:  # fmt: skip
+    """What every model wants placed, with the copies the autoscaler wants (``copies``,
+    not capped by the pods there are): what the pool's size is decided on. Memory as
+    placement uses it (declared, else measured, else the default)."""
+    pods = sorted(pods, key=lambda p: p.name)
+    return _Wants.of(models, pods, _hosting(pods), {}, copies, None, (), canary_copies).demands
 
 
 def settle_scaled(report: VersionReport, floor: int) -> str:

@@ -135,7 +135,11 @@ async def pool_changed(
         if await kube.get("v1", "Secret", namespace, f"{name}-admin-token") is None:
             await kube.apply(token_secret(owner, admin_token()))
         await reconciler.ensure_pool_config(pool)  # before the pods that mount it
-        for child in pool_children(owner, PoolSpec.model_validate(pool["spec"])):
+        # The pods it runs now stay (the convergence loop sizes the pool within min..max).
+        sts = await kube.get("apps/v1", "StatefulSet", namespace, name)
+        replicas = (sts or {}).get("spec", {}).get("replicas")
+        for child in pool_children(owner, PoolSpec.model_validate(pool["spec"]),
+                                   replicas if isinstance(replicas, int) else None):  # fmt: skip
             await kube.apply(child)
     except (KubeError, SettingsError) as exc:
         raise kopf.TemporaryError(

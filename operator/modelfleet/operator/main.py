@@ -22,6 +22,17 @@ def run_from_args(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", exc)
         return 2
     log.info("default runtime image: %s", runtime_image())
+    port = int(getattr(args, "metrics_port", 0) or 0)
+    if port:
+        from modelfleet.operator import metrics
+
+        address = str(getattr(args, "metrics_address", "0.0.0.0"))
+        try:
+            metrics.serve(port, address)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", address, port, exc)
+            return 2
+        log.info("metrics at http://%s:%d/metrics", address, port)
 
     namespaces: list[str] = list(getattr(args, "namespace", None) or [])
     clusterwide = bool(getattr(args, "all_namespaces", False) or not namespaces)

@@ -96,9 +96,12 @@ def _ports() -> list[dict[str, Any]]:
             {"name": "grpc", "containerPort": GRPC_PORT}]  # fmt: skip
 
 
-def runtime_statefulset(pool: Owner, spec: PoolSpec) -> dict[str, Any]:
+def runtime_statefulset(pool: Owner, spec: PoolSpec, replicas: int | None = None) -> dict[str, Any]:
     """The runtime pods: restricted, read-only root, no API token, GPU requests,
-    the pool's PriorityClass; each pod reads its own entry of the state ConfigMap."""
+    the pool's PriorityClass; each pod reads its own entry of the state ConfigMap.
+    ``replicas``: the pods the pool runs now, brought within min..max (default min)."""
+    bounds = spec.replicas
+    count = bounds.min if replicas is None else min(max(replicas, bounds.min), bounds.max)
     pod_labels = labels(pool.name, "runtime")
     limits: dict[str, Any] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
     if spec.resources.gpu:
@@ -151,7 +154,7 @@ def runtime_statefulset(pool: Owner, spec: PoolSpec) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": _meta(pool.name, pool, "runtime"),
-        "spec": {"serviceName": f"{pool.name}-pods", "replicas": spec.replicas.min,
+        "spec": {"serviceName": f"{pool.name}-pods", "replicas": count,
                  "podManagementPolicy": "Parallel", "selector": {"matchLabels": pod_labels},
                  "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}},
     }  # fmt: skip
@@ -217,12 +220,14 @@ def disruption_budget(pool: Owner) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def pool_children(pool: Owner, spec: PoolSpec) -> list[dict[str, Any]]:
+def pool_children(pool: Owner, spec: PoolSpec, replicas: int | None = None) -> list[dict[str, Any]]:
     """StatefulSet of runtime pods, its headless Service, the gateway Deployment and
     Service, the PodDisruptionBudget, all owned by the pool. (The ConfigMaps and the
-    token Secret are written by the convergence pass and the pool handler.)"""
+    token Secret are written by the convergence pass and the pool handler.)
+    ``replicas``: the runtime pods the pool runs now (the operator's sizing keeps it
+    within min..max), else min."""
     return [
-        runtime_statefulset(pool, spec),
+        runtime_statefulset(pool, spec, replicas),
         runtime_headless_service(pool),
         gateway_deployment(pool, spec),
         gateway_service(pool),

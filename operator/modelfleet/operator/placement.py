@@ -4,7 +4,8 @@ Rules (docs/architecture.md, "Placement"): never over a pod's memory budget; hig
 priority first; a lower-priority placement is evicted only when that is the only way
 to place a higher one (and the evicted version is told who took its place); replicas of one
 version on distinct pods; placements kept while still valid (minimal churn); the
-same input always gives the same output.
+same input always gives the same output; a draining pod keeps what it holds but
+takes nothing new.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ Key = tuple[str, str]
 class Pod:
     name: str
     budget_mb: float
+    accepts_new: bool = True
+    """False for a pod being drained (the pool is shrinking): it keeps what it holds
+    until that is placed elsewhere, and is never given a new placement."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,8 @@ class _Board:
     budget: dict[str, float]
     """Pod name -> memory budget (MB)."""
     by_key: dict[Key, Demand]
+    closed: frozenset[str]
+    """Pods that take no new placement (draining)."""
     free: dict[str, float]
     """Pod name -> budget not yet taken (MB)."""
     hosted: dict[str, list[Key]]
@@ -78,6 +84,7 @@ class _Board:
             pods=pod_list,
             budget=budget,
             by_key={d.key: d for d in ordered},
+            closed=frozenset(p.name for p in pod_list if not p.accepts_new),
             free=dict(budget),
             hosted={p.name: [] for p in pod_list},
             result={d.key: [] for d in ordered},
@@ -155,7 +162,8 @@ def _best_fit(board: _Board, demand: Demand) -> str | None:
     takes it (ties by name); None when it fits nowhere."""
     candidates = [
         p.name for p in board.pods
-        if p.name not in board.result[demand.key] and board.fits(p.name, demand.memory_mb)
+        if p.name not in board.result[demand.key] and p.name not in board.closed
+        and board.fits(p.name, demand.memory_mb)
     ]  # fmt: skip
     if not candidates:
         return None
@@ -195,7 +203,11 @@ def _cheapest_eviction(demand: Demand, board: _Board) -> tuple[str, list[Key]] |
     by_key = board.by_key
     best: tuple[tuple[int, float, str], str, list[Key]] | None = None
     for pod in board.pods:
-        if pod.name in board.result[demand.key] or pod.budget_mb + _SLACK_MB < demand.memory_mb:
+        if (
+            pod.name in board.result[demand.key]
+            or pod.name in board.closed
+            or pod.budget_mb + _SLACK_MB < demand.memory_mb
+        ):
             continue
         lower = sorted(
             (k for k in board.hosted[pod.name] if by_key[k].priority < demand.priority),

@@ -14,7 +14,7 @@ import datetime
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -23,17 +23,26 @@ from pydantic import ValidationError
 
 from modelfleet.api.routes import GatewayServer, ModelRoute, RoutesDocument
 from modelfleet.api.runtime_document import ModelConfig
+from modelfleet.operator import metrics
 from modelfleet.operator.autoscale import Decision, Inputs, LoadWindow, Policy, decide, sample
 from modelfleet.operator.canarysteps import (
     ACTIVE,
     Outcome,
     State,
     advance,
+    mirrored,
     promotion,
     routed_spec,
     seen_on,
 )
-from modelfleet.operator.desired import Plan, plan, runtime_document, settle_scaled
+from modelfleet.operator.desired import (
+    Plan,
+    VersionReport,
+    plan,
+    runtime_document,
+    settle_scaled,
+    sizing_demands,
+)
 from modelfleet.operator.kube import Conflict, Kube, KubeError
 from modelfleet.operator.manifests import (
     ADMIN_PORT,
@@ -54,11 +63,15 @@ from modelfleet.operator.podapi import (
     same_models,
     same_routes,
 )
+from modelfleet.operator.poolscale import size_pool
 from modelfleet.operator.rates import RateWindow
 from modelfleet.operator.rates import attainment as attained
-from modelfleet.operator.spec import API_VERSION, ModelSpec, PoolSpec, runtime_model
+from modelfleet.operator.spec import API_VERSION, ModelSpec, PoolSpec, ShadowStage, runtime_model
+from modelfleet.operator.stamps import epoch as _epoch
+from modelfleet.operator.stamps import iso as _iso
 from modelfleet.operator.status import (
     Rates,
+    analysis_condition,
     comparable,
     condition,
     model_status,
@@ -93,6 +106,23 @@ class Seen:
 
 
 @dataclass
+class CanaryScaling:
+    """A canary's copies, decided by the same rule on its own load (its share of the
+    traffic), between one copy and the model's maxReplicas."""
+
+    version: str
+    decision: Decision
+    before: int
+    last_change: float | None
+
+    def status(self) -> dict[str, Any]:
+        d = self.decision
+        return {"version": self.version, "desiredReplicas": d.copies, "reason": d.reason,
+                "detail": d.message, "load": d.load, "lastScaleTime": _iso(self.last_change),
+                "lowSince": _iso(d.low_since)}  # fmt: skip
+
+
+@dataclass
 class Scaling:
     """One autoscaled model in one pass: the decision, and what placement made of it."""
 
@@ -105,35 +135,25 @@ class Scaling:
     last_change: float | None
     blocked: str = ""
     """Why copies the decision wants are not placed (empty when all are)."""
+    canary: CanaryScaling | None = None
+    """The canary's own decision, on its own load (a model with a canary)."""
 
     def status(self) -> dict[str, Any]:
         """``status.autoscaling`` (a merge patch: None removes a key)."""
         d = self.decision
         return {"desiredReplicas": d.copies, "reason": d.reason, "detail": d.message,
                 "load": d.load, "lastScaleTime": _iso(self.last_change),
-                "lowSince": _iso(d.low_since), "blocked": self.blocked or None}  # fmt: skip
+                "lowSince": _iso(d.low_since), "blocked": self.blocked or None,
+                "canary": self.canary.status() if self.canary else None}  # fmt: skip
 
     @property
     def busy(self) -> bool:
         """The next pass should come soon: a change under way, a scale-down pending or
         too few samples (a steady load is sampled at the converged pace)."""
-        d = self.decision
-        return d.copies != self.before or d.reason not in ("Steady", "ScaledToZero")
-
-
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _epoch(text: object) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+        d, c = self.decision, self.canary
+        return (d.copies != self.before or d.reason not in ("Steady", "ScaledToZero")
+                or (c is not None and (c.decision.copies != c.before
+                                       or c.decision.reason != "Steady")))  # fmt: skip
 
 
 @dataclass
@@ -246,11 +266,17 @@ class Reconciler:
         watch (and so the index a pass reads) has seen the write."""
         self.tokens: dict[tuple[str, str], tuple[str, float]] = {}
         """(namespace, pool) -> its admin token and when it was read."""
+        self.over_declared: set[tuple[str, str]] = set()
+        """(model uid, version) measured above its memoryMB and warned about (once)."""
+        self.mirrors: dict[str, list[dict[str, Any]]] = {}
+        """uid -> the gateways' shadow comparison summaries of a model in a canary
+        analysis' shadow stage, as the last pass read them (the next pass judges them)."""
 
     def forget(self, uid: str) -> None:
         """A deleted object: drop what this process remembered of it."""
         self.written.pop(uid, None)
         self.statuses.pop(uid, None)
+        self.mirrors.pop(uid, None)
         for windows in (self.rates, self.objectives, self.loads):
             for key in [k for k in windows if k[0] == uid]:
                 del windows[key]
@@ -320,12 +346,24 @@ class Reconciler:
         gateways = seen.pods_of(namespace, pool_name, "gateway")
         demand = await self._demand(api, gateways, model_objs, models, pods)
         scaling = self._autoscale(model_objs, models, pods, demand)
-        copies = {name: s.place for name, s in scaling.items()}
+        sizing = await size_pool(
+            kube, pool_obj, pool_spec,
+            sizing_demands(models, pods, {n: s.decision.copies for n, s in scaling.items()},
+                           {n: s.canary.decision.copies for n, s in scaling.items() if s.canary}),
+            pods, {u for urls in routed_endpoints(routes_data or {}).values() for u in urls},
+            self.status_of(pool_obj).get("scaling") or {},
+        )  # fmt: skip
+        draining = sizing.draining if sizing else []
+        staying = len(pods) - len(draining)
+        copies = {name: min(s.place, staying) if draining else s.place
+                  for name, s in scaling.items()}  # fmt: skip
+        canary_copies = {name: min(s.canary.decision.copies, max(1, staying))
+                         for name, s in scaling.items() if s.canary}  # fmt: skip
         analyses = self._analyses(model_objs, models, pods)
-        routed_models = {name: routed_spec(spec, analyses[name].weight) if name in analyses
-                         else spec for name, spec in models.items()}  # fmt: skip
+        routed_models = {name: routed_spec(spec, analyses[name].weight, analyses[name].mirror)
+                         if name in analyses else spec for name, spec in models.items()}  # fmt: skip
         result = plan(pool_spec, routed_models, pods, in_force, copies,
-                      routed_endpoints(routes_data or {}))  # fmt: skip
+                      routed_endpoints(routes_data or {}), draining, canary_copies)  # fmt: skip
         for name, s in scaling.items():
             short = settle_scaled(result.reports[name].stable, s.policy.min_replicas)
             s.blocked = "; ".join(b for b in (s.blocked, short and f"not placed: {short}") if b)
@@ -344,9 +382,17 @@ class Reconciler:
                                      shadows.get(name))  # fmt: skip
         pool_new = pool_status(pods, unreachable, result.reports, self.status_of(pool_obj),
                                pool_obj["metadata"].get("generation", 0), now)  # fmt: skip
+        if sizing is not None:
+            pool_new["scaling"] = sizing.status(pods)
+            metrics.record_pool(namespace, pool_name, sizing.decision.pods, sizing.replicas,
+                                pool_new["scaling"]["readyPods"])  # fmt: skip
+        metrics.record_copies(namespace, pool_name, {
+            name: (scaling[name].decision.copies if name in scaling else r.stable.replicas,
+                   len(r.stable.endpoints))
+            for name, r in result.reports.items()})  # fmt: skip
         await self._write_status(pool_obj, pool_new)
         loading = any(v.loading or v.retiring for r in result.reports.values() for v in r.versions)
-        busy = any(s.busy for s in scaling.values())
+        busy = any(s.busy for s in scaling.values()) or bool(sizing and sizing.busy)
         # A holding step waits for requests that come slowly: the converged pace will do.
         analysing = any(o.state.phase in ("Pending", "Running") or o.action == "promote"
                         for o in analyses.values())  # fmt: skip
@@ -370,6 +416,9 @@ class Reconciler:
                 continue
             previous = State.of_status(self.status_of(obj).get("analysis"))
             seen = seen_on(pods, name, spec.version, spec.canary.version)
+            summaries = self.mirrors.get(obj["metadata"]["uid"])
+            if summaries is not None:
+                seen = replace(seen, mirror=mirrored(summaries, spec.canary.version))
             out[name] = advance(spec.canary.analysis, spec.canary, previous, seen, now)
         return out
 
@@ -444,8 +493,35 @@ class Reconciler:
             if place < decision.copies:
                 blocked = (f"{decision.copies} copies wanted, the pool has {len(pods)} runtime "
                            "pod(s) (one copy a pod)")  # fmt: skip
-            out[meta["name"]] = Scaling(policy, decision, before, place, last_change, blocked)
+            out[meta["name"]] = Scaling(policy, decision, before, place, last_change, blocked,
+                                        self._canary_scaling(obj, spec, policy, remembered,
+                                                             pods, now))  # fmt: skip
         return out
+
+    def _canary_scaling(
+        self, obj: dict[str, Any], spec: ModelSpec, policy: Policy, remembered: dict[str, Any],
+        pods: list[PodView], now: float,
+    ) -> CanaryScaling | None:  # fmt: skip
+        """A canary scales on its own share: the same rule on its own load, from one copy
+        (it keeps one while it exists) up to the model's maxReplicas."""
+        if spec.canary is None:
+            return None
+        version = spec.canary.version
+        seen = remembered.get("canary") or {}
+        same = seen.get("version") == version
+        before = seen.get("desiredReplicas") if same else None
+        before = before if isinstance(before, int) else spec.canary.replicas
+        key = (obj["metadata"]["name"], version)
+        window = self.loads.setdefault((obj["metadata"]["uid"], version), LoadWindow())
+        load = window.add(time.monotonic(), *sample(pods, key))
+        ready = sum(1 for p in pods if p.ready_for(key))
+        last_change = _epoch(seen.get("lastScaleTime")) if same else None
+        own = replace(policy, min_replicas=1, max_replicas=max(1, policy.max_replicas))
+        decision = decide(own, Inputs(load, before, ready, now, last_change,
+                                      _epoch(seen.get("lowSince")) if same else None))  # fmt: skip
+        if decision.copies != before:
+            last_change = now
+        return CanaryScaling(version, decision, before, last_change)
 
     async def _models(
         self, pool: str, seen: list[dict[str, Any]]
@@ -514,9 +590,11 @@ class Reconciler:
     async def _shadows(
         self, api: PodAPI, gateways: list[dict[str, Any]], models: dict[str, ModelSpec]
     ) -> dict[str, list[dict[str, Any]]]:
-        """Each model with a shadow -> every gateway's comparison summary of it (the
-        gateways are only asked when some model has a shadow)."""
-        wanted = {name for name, spec in models.items() if spec.shadow is not None}
+        """Each model with a shadow, or a canary analysis with a shadow stage -> every
+        answering gateway's comparison summary of it (``{}`` from a gateway that has none:
+        it compared nothing yet; the gateways are only asked when some model has one)."""
+        wanted = {name for name, spec in models.items()
+                  if spec.shadow is not None or _shadow_stage(spec) is not None}  # fmt: skip
         if not wanted:
             return {}
         ips = [ip for gw in gateways if (ip := gw.get("status", {}).get("podIP"))
@@ -524,9 +602,9 @@ class Reconciler:
         answers = await asyncio.gather(*(api.gateway_shadow(ip) for ip in ips))
         out: dict[str, list[dict[str, Any]]] = {name: [] for name in wanted}
         for answer in answers:
-            for name, summary in (answer or {}).items():
-                if name in wanted:
-                    out[name].append(summary)
+            if answer is not None:
+                for name in wanted:
+                    out[name].append(answer.get(name) or {})
         return out
 
     async def _events(
@@ -541,6 +619,9 @@ class Reconciler:
                 split = ", ".join(f"version {v} {p}%" for v, p in new.items())
                 await self.kube.event(by_name[name], "TrafficSplit", f"traffic now: {split}")
         roles = {(n, v.version): v.role for n, r in result.reports.items() for v in r.versions}
+        for name, report in result.reports.items():
+            if name in by_name:
+                await self._memory_events(by_name[name], report.versions)
         for (name, version), pod in result.placed:
             if name in by_name:
                 role = roles.get((name, version), "stable")
@@ -558,6 +639,21 @@ class Reconciler:
                 await self.kube.event(
                     by_name[name], "Unplaced", f"version {version} removed from pod {pod}"
                 )
+
+    async def _memory_events(self, obj: dict[str, Any], versions: list[VersionReport]) -> None:
+        """A Warning the first time a version's measured device memory exceeds its
+        declared memoryMB (placement then uses the measurement)."""
+        uid = obj["metadata"]["uid"]
+        for v in versions:
+            key = (uid, v.version)
+            if not v.over_declared or key in self.over_declared:
+                continue
+            self.over_declared.add(key)
+            await self.kube.event(obj, "MemoryOverDeclared", (
+                f"version {v.version} measured {v.measured_mb:.0f} MB of device memory (weights "
+                f"plus the largest warm-up batch's peak) against memoryMB {v.declared_mb:g}: "
+                "placement uses the measurement now; raise memoryMB or lower "
+                "batching.maxBatchSize"), "Warning")  # fmt: skip
 
     async def _model_status(
         self, obj: dict[str, Any], result: Plan, now: str, scaling: Scaling | None = None,
@@ -589,11 +685,22 @@ class Reconciler:
             new["autoscaling"] = None  # autoscaling removed: the merge patch drops it
         await self._rollout_events(obj, previous, new)
         await self._analysis(obj, previous.get("analysis"), new, analysis)
-        shadow = ModelSpec.model_validate(obj["spec"]).shadow
+        record = State.of_status(new["analysis"] if "analysis" in new else previous.get("analysis"))
+        if record is not None:  # the Analysis condition says what status.analysis holds
+            new["conditions"] += with_times([analysis_condition(record.phase, record.reason)],
+                                            previous.get("conditions") or [], now,
+                                            meta.get("generation", 0))  # fmt: skip
+        spec = ModelSpec.model_validate(obj["spec"])
+        shadow, stage = spec.shadow, _shadow_stage(spec)
         if shadow is not None:
             new["shadow"] = shadow_status(shadow.version, shadow.percent, shadows or [])
+        elif stage is not None and spec.canary is not None:  # the canary is the shadow
+            self.mirrors[meta["uid"]] = shadows or []
+            new["shadow"] = shadow_status(spec.canary.version, stage.percent, shadows or [])
         elif "shadow" in previous:
             new["shadow"] = None  # shadow removed: the merge patch drops it
+        if stage is None:
+            self.mirrors.pop(meta["uid"], None)
         await self._write_status(obj, new)
         if analysis is not None and analysis.state.phase == "Promoted":
             await self._promote(obj)
@@ -619,7 +726,8 @@ class Reconciler:
                                       f"stopped at step {was.step + 1} of {was.steps}")  # fmt: skip
             return
         new["analysis"] = outcome.state.as_status()
-        events = {"start": ("AnalysisStep", "Normal"), "next": ("AnalysisStep", "Normal"),
+        events = {"shadow": ("AnalysisShadow", "Normal"),
+                  "start": ("AnalysisStep", "Normal"), "next": ("AnalysisStep", "Normal"),
                   "promote": ("AnalysisPromoted", "Normal"),
                   "rollback": ("AnalysisFailed", "Warning"),
                   "hold": ("AnalysisHolding", "Warning"), "stop": ("AnalysisStopped", "Normal")}  # fmt: skip
@@ -663,7 +771,18 @@ class Reconciler:
             reason = ("ScaledUp" if d.copies > before
                       else "ScaledToZero" if d.copies == 0 else "ScaledDown")  # fmt: skip
             await self.kube.event(obj, reason, d.message)
+            metrics.record_decision(obj["metadata"]["namespace"], "InferenceModel",
+                                    obj["metadata"]["name"], reason)  # fmt: skip
+        canary = scaling.canary
+        if canary is not None and canary.decision.copies != canary.before:
+            reason = "ScaledUp" if canary.decision.copies > canary.before else "ScaledDown"
+            await self.kube.event(obj, reason, f"canary version {canary.version}: "
+                                  f"{canary.decision.message}")  # fmt: skip
+            metrics.record_decision(obj["metadata"]["namespace"], "InferenceModel",
+                                    obj["metadata"]["name"], reason)  # fmt: skip
         if scaling.blocked and scaling.blocked != previous.get("blocked"):
+            metrics.record_decision(obj["metadata"]["namespace"], "InferenceModel",
+                                    obj["metadata"]["name"], "ScaleBlocked")  # fmt: skip
             await self.kube.event(obj, "ScaleBlocked", f"{d.copies} copies wanted, "
                                   f"{scaling.place} asked of placement: {scaling.blocked}",
                                   "Warning")  # fmt: skip
@@ -719,6 +838,12 @@ class Reconciler:
         status = {"observedGeneration": meta.get("generation", 0),
                   "conditions": with_times(conds, previous, now_iso(), meta.get("generation", 0))}  # fmt: skip
         await self._write_status(obj, status)
+
+
+def _shadow_stage(spec: ModelSpec) -> ShadowStage | None:
+    """The shadow stage of the model's canary analysis, if it has one."""
+    analysis = spec.canary.analysis if spec.canary else None
+    return analysis.shadow if analysis else None
 
 
 def _same_canary(judged: dict[str, Any], now: dict[str, Any]) -> bool:

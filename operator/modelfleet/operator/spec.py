@@ -197,11 +197,37 @@ class AnalysisStep(_Spec):
     the step's weight and never promotes without the evidence)."""
 
 
+class ShadowStage(_Spec):
+    """A shadow stage before the first canary step: the canary gets no client traffic while
+    the gateways mirror it a share of the answered requests and compare its answers with
+    the primary's (as spec.shadow does); step 1 begins only once minRequests compared
+    answers agree with at least minAgreement."""
+
+    min_requests: int = Field(default=100, ge=1, le=100_000_000)
+    """Mirrored requests judged (answers compared on their arg-max, plus mirrors the canary
+    failed, which count as disagreeing) before the stage can pass or fail."""
+    min_agreement: float = Field(default=0.99, ge=0, le=1)
+    """Share (0 to 1) of those whose arg-max must agree with the primary's answer: the
+    stage passes at or above it and fails the analysis below it (rolled back, no client
+    traffic). Only outputs with a last dimension over 1 (scores, logits) or BYTES are
+    judged: a model without such an output never completes the stage."""
+    percent: float = Field(default=10, gt=0, le=100)
+    """Percent of the model's answered requests mirrored to the canary during the stage
+    (at most 8 mirrors a model at once at each gateway; the rest are skipped)."""
+    max_seconds: int = Field(default=600, ge=1, le=86_400)
+    """How long the stage waits for minRequests; after that the analysis holds (the canary
+    stays a shadow, with no client traffic, and step 1 never begins without the evidence)."""
+
+
 class Analysis(_Spec):
     """Automated canary analysis: the operator walks the steps' weights by itself, judging
     the canary against the stable version over each step's requests, promotes the canary
     after the last step and routes it no traffic at the first failed check."""
 
+    shadow: ShadowStage | None = None
+    """A required shadow stage before step 1: the canary is only mirrored to (no client
+    sees its answers) until enough of its answers agree with the stable version's; its
+    comparison is in status.shadow. Cannot be combined with spec.shadow."""
     steps: tuple[AnalysisStep, ...] = Field(
         min_length=1,
         max_length=20,
@@ -217,6 +243,11 @@ class Analysis(_Spec):
     it significant (p below alpha)."""
     max_p99_ratio: float | None = Field(default=1.5, gt=0)
     """Allowed canary p99 latency over the stable p99; null: latency is not judged."""
+    p99_tolerance_ms: float = Field(default=5, ge=0, le=3_600_000, alias="p99ToleranceMs")
+    """A canary p99 at most this many milliseconds above the stable p99 never fails a
+    step, whatever maxP99Ratio says: the runtimes' p99 covers their last minute (for
+    the canary, the shadow stage's low-priority mirrors too), and a model answering in
+    a few milliseconds varies by that much on a busy node."""
     alpha: float = Field(default=0.01, gt=0, le=0.5)
     """Significance an error-rate regression must reach to fail a step."""
 
@@ -234,7 +265,8 @@ class Canary(_Spec):
     """Copies of the canary, each on a distinct pool pod."""
     analysis: Analysis | None = None
     """Automated canary analysis. With it the canary's share is the current step's weight
-    (weight is ignored while it runs; editing weight stops the automation), the operator
+    (0 during a shadow stage; weight is ignored while it runs; editing weight stops the
+    automation), the operator
     promotes the canary after the last step (as a user would: version and source become
     the canary's, canary is removed) and routes it no traffic at the first failed check
     (status.analysis.phase RolledBack, until the canary's version or source changes).
@@ -325,6 +357,11 @@ class ModelSpec(_Spec):
              "batching.pad.outputs must name declared outputs whose dimension batching.pad.axis "
              "is variable (-1)",
              field_path=".batching.pad.outputs", reason="FieldValueInvalid"),
+        Rule("!has(self.shadow) || !has(self.canary) || !has(self.canary.analysis) || "
+             "!has(self.canary.analysis.shadow)",
+             "canary.analysis.shadow must not be combined with spec.shadow (the canary is "
+             "the shadow during that stage)",
+             field_path=".canary.analysis.shadow", reason="FieldValueForbidden"),
     ]))  # fmt: skip
 
     pool: str = Field(min_length=1, max_length=63)
@@ -409,7 +446,12 @@ class Replicas(_Spec):
     min: int = Field(default=1, ge=1, le=1000)
     """Runtime pods always running (the StatefulSet's replicas)."""
     max: int = Field(default=1, ge=1, le=1000)
-    """Upper bound on runtime pods; at least min."""
+    """Upper bound on runtime pods; at least min. Above min, the operator adds pods
+    (up to max) when the models' copies no longer fit on the pods there are, and
+    removes them again, drained first, once the copies have fit on fewer pods for
+    scaleDownDelaySeconds."""
+    scale_down_delay_seconds: int = Field(default=300, ge=0, le=86400)
+    """How long the models' copies must fit on fewer pods before the pool shrinks."""
 
 
 class Resources(_Spec):

@@ -16,7 +16,7 @@ from modelfleet.operator.observed import PodView
 Rates = tuple[float, float, float]
 """Requests per second, error fraction, shed fraction (over the last minute)."""
 """(requests per second, fraction of them that failed) over the last window."""
-CONDITION_TYPES = ("Ready", "Placed", "Degraded", "Progressing", "RolloutBlocked")
+CONDITION_TYPES = ("Ready", "Placed", "Degraded", "Progressing", "RolloutBlocked", "Analysis")
 
 
 def condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -97,7 +97,25 @@ def model_conditions(report: ModelReport) -> list[dict[str, Any]]:
     facts = _Facts.of(report)
     placed = _placed(facts)
     blocked = _rollout_blocked(facts)
-    return [_ready(facts), placed, _degraded(facts, placed), _progressing(facts, blocked), blocked]
+    return [_ready(facts), placed, _degraded(facts, placed), _progressing(facts, blocked), blocked,
+            _memory(report)]  # fmt: skip
+
+
+def _memory(report: ModelReport) -> dict[str, Any]:
+    """MemoryOverDeclared: True while a version's device memory, as its pods measured it
+    (weights plus the largest warm-up batch), exceeds its declared memoryMB: placement
+    uses the measurement, and the declaration should be raised."""
+    over = [v for v in report.versions if v.over_declared]
+    if over:
+        return condition("MemoryOverDeclared", True, "MeasuredOverDeclared", "; ".join(
+            f"version {v.version}: measured {v.measured_mb:.0f} MB, memoryMB {v.declared_mb:g}"
+            for v in over) + ": placement uses the measurement; raise memoryMB")  # fmt: skip
+    measured = [v for v in report.versions if v.measured_mb is not None]
+    if measured:
+        return condition("MemoryOverDeclared", False, "WithinDeclared",
+                         "measured device memory within memoryMB")  # fmt: skip
+    return condition("MemoryOverDeclared", False, "NotMeasured",
+                     "no pod has measured it (a CPU pool, or not warmed up yet)")  # fmt: skip
 
 
 def _ready(f: _Facts) -> dict[str, Any]:
@@ -174,6 +192,19 @@ def _progressing(f: _Facts, blocked: dict[str, Any]) -> dict[str, Any]:
                      else "Stalled", f.problems or "every placed replica is ready")  # fmt: skip
 
 
+def analysis_condition(phase: str, verdict: str) -> dict[str, Any]:
+    """The ``Analysis`` condition of a model under canary analysis, from its phase and its
+    last verdict (``AnalysisWaiting: 37 of 200 canary requests``): reason the verdict's
+    first word, message the rest. True once promoted, False once rolled back, Unknown
+    while the evidence is awaited (pending, shadow stage, waiting, holding) or stopped."""
+    reason, _, message = verdict.partition(": ")
+    if not reason.isalnum():
+        reason, message = f"Analysis{phase}", verdict
+    status = {"Promoted": "True", "RolledBack": "False"}.get(phase, "Unknown")
+    return {"type": "Analysis", "status": status, "reason": reason,
+            "message": message or f"canary analysis {phase.lower()}"}  # fmt: skip
+
+
 def unknown_pool_conditions(pool: str) -> list[dict[str, Any]]:
     message = f"InferencePool '{pool}' does not exist in this namespace; create it or fix spec.pool"
     return [
@@ -193,6 +224,10 @@ def version_status(
         "readyReplicas": len(v.endpoints), "pods": v.pods, "endpoints": v.endpoints,
         "memoryMB": v.memory_mb, "requests": v.requests, "errors": v.errors,
     }  # fmt: skip
+    if v.declared_mb is not None:
+        out["declaredMemoryMB"] = v.declared_mb
+    if v.measured_mb is not None:
+        out["measuredMemoryMB"] = v.measured_mb
     if v.p99_ms is not None:
         out["p99LatencyMs"] = v.p99_ms
     if rates is not None:

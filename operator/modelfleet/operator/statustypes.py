@@ -46,7 +46,7 @@ class ModelCondition(Condition):
     """One condition."""
 
     type: str
-    """Ready, Placed, Degraded, Progressing or RolloutBlocked."""
+    """Ready, Placed, Degraded, Progressing, RolloutBlocked, MemoryOverDeclared or Analysis."""
 
 
 class PoolCondition(Condition):
@@ -75,7 +75,13 @@ class VersionStatus(_Status):
     endpoints: tuple[str, ...] | None = None
     """Data URLs the gateway routes this version to."""
     memory_mb: float | None = Field(default=None, alias="memoryMB")
-    """Device memory one copy needs (declared or measured)."""
+    """Device memory one copy is placed with: measuredMemoryMB once known, else the
+    declared memoryMB (else what the runtime accounts, else the default)."""
+    declared_memory_mb: float | None = Field(default=None, alias="declaredMemoryMB")
+    """memoryMB as the spec declares it."""
+    measured_memory_mb: float | None = Field(default=None, alias="measuredMemoryMB")
+    """Device memory as its pods measured it (weights plus the largest warm-up batch's
+    peak working memory; only on a device that measures, CUDA)."""
     requests: Int64 | None = None
     """Requests answered, summed over the pods."""
     errors: Int64 | None = None
@@ -110,6 +116,26 @@ _BY_TYPE = k8s(map_keys=["type"])
 """Conditions are a map keyed by type: one condition of each type."""
 
 
+class CanaryAutoscalingStatus(_Status):
+    """The canary scales on its own share: the same rule on its own load, from one copy
+    up to maxReplicas."""
+
+    version: str | None = None
+    """The canary version decided on."""
+    desired_replicas: int | None = None
+    """Copies of the canary the autoscaler wants."""
+    reason: str | None = None
+    """ScaledUp, ScaledDown, Steady, WaitingForScaleDown, Clamped or NoLoadSample."""
+    detail: str | None = None
+    """The decision with its figures, for people."""
+    load: float | None = None
+    """The canary's load it decided on (as for the stable version)."""
+    last_scale_time: datetime | None = None
+    """When the canary's copies last changed."""
+    low_since: datetime | None = None
+    """Since when the canary's load has been low enough to remove copies."""
+
+
 class AutoscalingStatus(_Status):
     """What the built-in autoscaler decided last (only with spec.autoscaling)."""
 
@@ -129,6 +155,8 @@ class AutoscalingStatus(_Status):
     """Since when the load has been low enough to remove copies (absent while it is not)."""
     blocked: str | None = None
     """Why copies the autoscaler wants are not placed (absent when all are)."""
+    canary: CanaryAutoscalingStatus | None = None
+    """The canary's copies, decided on its own load (only while spec.canary is set)."""
 
 
 class AnalysisWindow(_Status):
@@ -153,18 +181,33 @@ class AnalysisStart(_Status):
     """Requests that failed."""
 
 
+class ShadowWindow(_Status):
+    """The canary's mirrored requests since the shadow stage began."""
+
+    compared: Int64 | None = None
+    """Mirrored requests judged: answers compared on their arg-max, plus failed mirrors."""
+    disagreed: Int64 | None = None
+    """Of those, answers whose arg-max differed from the primary's, plus failed mirrors."""
+    agreement: float | None = None
+    """1 - disagreed / compared (0 to 1); the stage needs minAgreement."""
+
+
 class AnalysisStatus(_Status):
     """The automated canary analysis (only with spec.canary.analysis)."""
 
     phase: Literal["Pending", "Running", "Holding", "Promoted", "RolledBack", "Stopped"] | None = (
         None
     )
-    """Pending (the canary is not ready yet), Running (a step collects evidence), Holding
-    (a step ran out of time without enough requests: it keeps its weight and does not
-    promote), Promoted, RolledBack (a check failed: the canary gets no traffic until its
-    version or source changes) or Stopped (spec.canary.weight was edited by hand)."""
+    """Pending (the canary is not ready yet), Running (the shadow stage or a step collects
+    evidence), Holding (the shadow stage or a step ran out of time without enough
+    requests: it keeps its weight, and neither begins step 1 nor promotes), Promoted,
+    RolledBack (a check failed: the canary gets no traffic until its version or source
+    changes) or Stopped (spec.canary.weight was edited by hand)."""
+    stage: Literal["Shadow", "Canary"] | None = None
+    """Shadow: the shadow stage before step 1 (the canary is only mirrored to, weight 0;
+    with canary.analysis.shadow); Canary: the weight steps."""
     step: int | None = None
-    """The current step, counted from 1."""
+    """The current step, counted from 1 (0 during the shadow stage)."""
     steps: int | None = None
     """How many steps the analysis has."""
     weight: int | None = None
@@ -172,8 +215,9 @@ class AnalysisStatus(_Status):
     summary: str | None = None
     """The step and weight (2/3 25%), or the phase once it is over (kubectl get im)."""
     reason: str | None = None
-    """The last verdict, with its figures: AnalysisPassed, AnalysisWaiting,
-    AnalysisHolding, AnalysisFailed or AnalysisStopped."""
+    """The last verdict, with its figures: AnalysisShadow, AnalysisStep, AnalysisPassed,
+    AnalysisWaiting, AnalysisHolding, AnalysisFailed or AnalysisStopped (also the
+    Analysis condition's reason and message)."""
     canary: str | None = None
     """The canary's version and source the analysis is about."""
     spec_weight: int | None = None
@@ -188,6 +232,11 @@ class AnalysisStatus(_Status):
     """The canary's counters when the step began (a restarted operator resumes from them)."""
     stable_start: AnalysisStart | None = None
     """The stable version's counters when the step began."""
+    shadow_start: AnalysisStart | None = None
+    """The gateways' comparison counters of the canary when the shadow stage began (total:
+    mirrored requests judged; failed: those that disagreed or failed)."""
+    shadow_window: ShadowWindow | None = None
+    """The canary's mirrored requests since the shadow stage began (kept after it)."""
 
 
 class ShadowStatus(_Status):
@@ -238,9 +287,13 @@ class ModelStatus(_Status):
     conditions: tuple[ModelCondition, ...] | None = Field(default=None, json_schema_extra=_BY_TYPE)
     """Ready (reason ScaledToZero, status False, while autoscaling has unloaded every
     copy), Placed, Degraded, Progressing (reasons Loading, RolloutLoading,
-    RolloutDraining, RolloutBlocked, RolloutFailed, Converged, Stalled) and
-    RolloutBlocked (reason InsufficientMemory when a new version finds no room),
-    each with a reason and a message."""
+    RolloutDraining, RolloutBlocked, RolloutFailed, Converged, Stalled),
+    RolloutBlocked (reason InsufficientMemory when a new version finds no room) and,
+    with spec.canary.analysis, Analysis (status.analysis' last verdict as reason and
+    message: AnalysisPending, AnalysisShadow, AnalysisStep, AnalysisWaiting,
+    AnalysisHolding, AnalysisPassed, AnalysisFailed or AnalysisStopped; status Unknown
+    while it runs or once stopped, True once promoted, False once rolled back), each
+    with a reason and a message."""
     evicted_by: dict[str, str] | None = None
     """Versions evicted by a higher-priority model, with the message naming it."""
     last_failure: Failure | None = None
@@ -262,6 +315,29 @@ class PodStatus(_Status):
     """Device memory its models use, as it reports."""
 
 
+class PoolScalingStatus(_Status):
+    """The pool's size as the operator decided it last (only when replicas.max > min)."""
+
+    desired_pods: int | None = None
+    """Runtime pods the models' copies call for now, within replicas.min..max."""
+    current_pods: int | None = None
+    """The StatefulSet's replicas (it shrinks only once the pods past desiredPods are drained)."""
+    ready_pods: int | None = None
+    """Runtime pods answering, not counting those being drained."""
+    needed_pods: int | None = None
+    """The fewest pods that hold every copy the models want (absent: more than max)."""
+    reason: str | None = None
+    """ScaledUp, ScaledDown, Steady, WaitingForScaleDown, ScaleBlocked or Clamped."""
+    detail: str | None = None
+    """The decision with its figures, for people."""
+    draining: tuple[str, ...] | None = None
+    """Pods being drained before the pool shrinks: their copies move to the others."""
+    last_scale_time: datetime | None = None
+    """When the StatefulSet's replicas last changed (the scale-down delay counts from it)."""
+    low_since: datetime | None = None
+    """Since when the copies have fit on fewer pods (absent while they do not)."""
+
+
 class PoolStatus(_Status):
     """What the operator observed; written once per convergence pass."""
 
@@ -275,3 +351,5 @@ class PoolStatus(_Status):
     """Each runtime pod and the versions it hosts."""
     conditions: tuple[PoolCondition, ...] | None = Field(default=None, json_schema_extra=_BY_TYPE)
     """Ready, Placed, Degraded and Progressing, each with a reason and a message."""
+    scaling: PoolScalingStatus | None = None
+    """The pool's size: desired, current and ready pods, and why."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -11,6 +12,27 @@ from torch import nn
 def mlp(in_features: int = 16, hidden: int = 64, out_features: int = 4) -> nn.Module:
     """A tiny MLP: input ``input`` FP32 [-1, 16] -> output ``output`` FP32 [-1, 4]."""
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
+
+
+class SlowMLP(nn.Sequential):
+    """``mlp`` (the same weights files load, the same answers) sleeping ``delay_ms`` in
+    every forward pass: a slower build of the same model, such as a canary analysis
+    should catch on its latency."""
+
+    def __init__(self, delay_ms: float) -> None:
+        super().__init__(*mlp().children())
+        self.delay_s = delay_ms / 1000.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay_s)
+        for layer in self:
+            x = layer(x)
+        return x
+
+
+def slow_mlp() -> nn.Module:
+    """``mlp`` that sleeps 15 ms in every forward pass (``SlowMLP``)."""
+    return SlowMLP(15.0)
 
 
 class SmallCNN(nn.Module):
