@@ -112,7 +112,8 @@ def test_a_model_is_placed_with_events_and_answers_through_the_gateway(fleet: Fl
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conditions == {"Ready": ("True", "AllReplicasReady"), "Placed": ("True", "Placed"),
                           "Degraded": ("False", "AsExpected"), "Progressing": ("False", "Converged"),
-                          "RolloutBlocked": ("False", "NotBlocked")}  # fmt: skip
+                          "RolloutBlocked": ("False", "NotBlocked"),
+                          "MemoryOverDeclared": ("False", "NotMeasured")}  # fmt: skip
     assert sorted(status["versions"][0]["pods"]) == sorted(fleet.runtimes)
     assert status["observedGeneration"] == 1
     events = fleet.json("get", "events", "--field-selector", "involvedObject.name=alpha")["items"]
