@@ -214,14 +214,21 @@ class DeviceWorker(Dispatch):
             if work is None:
                 return
             with self._between:
-                if isinstance(work, Job):
-                    self._run_job(work.fn, work.future)
-                    continue
-                model, batch, expired, picked_at = work
-                if expired:
-                    self._call_soon(model.fail_expired_all, expired)
-                if batch:
-                    self._execute(model, batch, picked_at)
+                self._do(work)
+            # Nothing of the work may outlive it here: a warm-up job holds its module,
+            # which an unload while this thread waits must be able to free.
+            del work
+
+    def _do(self, work: Any) -> None:
+        """One job or one batch (with the requests that expired meanwhile)."""
+        if isinstance(work, Job):
+            self._run_job(work.fn, work.future)
+            return
+        model, batch, expired, picked_at = work
+        if expired:
+            self._call_soon(model.fail_expired_all, expired)
+        if batch:
+            self._execute(model, batch, picked_at)
 
     def _next(self) -> Any:
         """Under the lock: waits for a job or a dispatchable batch; None to stop."""
