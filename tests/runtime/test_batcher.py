@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelfleet.runtime.batcher import EXPIRED, QUEUED, RUNNING, ModelQueue, Pending
 from modelfleet.runtime.config import Batching
@@ -127,3 +131,37 @@ def test_oldest_is_found_across_levels() -> None:
     assert q.ready_at(2.0) == pytest.approx(1.010)
     assert q.head() is not None and q.head().level == 1  # type: ignore[union-attr]
     assert q.oldest() is not None and q.oldest().state == QUEUED  # type: ignore[union-attr]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["push", "take", "expire"]), st.integers(1, 6), st.integers(1, 3)
+        ),
+        max_size=40,
+    )
+)
+def test_would_refuse_says_exactly_whether_a_push_of_that_level_would_be_refused(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """``would_refuse`` (asked before a body is read, from the rows kept per level)
+    agrees with ``push`` itself at every level, whatever came and went before."""
+    q = make_queue(max_batch=3, max_size=5)
+    queued: list[Pending] = []
+    for op, level, rows in steps:
+        if op == "push" and not q.would_refuse(level):
+            queued.append(item(0, level=level, rows=rows))
+            q.push(queued[-1])
+        elif op == "take":
+            q.take_batch(0)
+        elif op == "expire" and queued:
+            q.expire(queued[level % len(queued)])
+        for probe in range(1, 7):
+            trial = copy.deepcopy(q)
+            try:
+                trial.push(item(0, level=probe))
+                refused = False
+            except Unavailable:
+                refused = True
+            assert q.would_refuse(probe) is refused, (probe, len(q))

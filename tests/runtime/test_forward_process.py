@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -311,3 +313,41 @@ def minor_faults(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     return int(stat[stat.rindex(")") + 2 :].split()[7])
+
+
+def _nice(pid: int, tid: int) -> int:
+    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[16])  # field 19 of proc(5): nice
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_the_forward_pass_runs_below_the_event_loop_by_forward_nice(
+    serve: Any, executor: str
+) -> None:
+    """``forward_nice`` (default 10): the thread or process that runs forward passes
+    has that much lower a CPU priority than the event loop, so that on a shared CPU
+    the loop reads and refuses a surge first; 0 leaves them equal."""
+    for nice in (None, 0):
+        extra = {} if nice is None else {"forward_nice": nice}
+        server = serve([mlp_config()], executor=executor, torch_threads=1, **extra)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}/v2/models/mlp/infer",
+            data=json.dumps(infer_body("input", [0.5] * 16, [1, 16])).encode(),
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:  # a forward pass has run
+            assert answer.status == 200
+        pid = server.proc.pid
+        assert _nice(pid, pid) == 0, "the event loop keeps the process's priority"
+        if executor == "thread":
+            tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+            nices = [_nice(pid, t) for t in tasks]
+        else:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            child = next(int(c) for c in children
+                         if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())  # fmt: skip
+            nices = [_nice(child, child)]
+        if nice is None:
+            assert 10 in nices, f"no forward thread at nice 10: {nices}"
+        else:
+            assert set(nices) == {0}, nices
+        assert server.stop() == 0

@@ -279,6 +279,18 @@ class ServerConfig(_Strict):
     0 leaves glibc's own thresholds: worth trying with ``optimize: inference``,
     whose oneDNN kernels took no faults either way and ran about 7% slower on
     heap memory in the one model measured (docs/benchmarks.md)."""
+    forward_nice: int = Field(default=10, ge=0, le=19)
+    """How much lower the forward pass's CPU priority is than the event loop's (Linux
+    ``nice``, per thread; the forward process with ``executor: process``). Where the
+    two share a CPU, the event loop, which admits, refuses and answers requests, then
+    runs first and the forward pass takes the CPU time the loop leaves: a surge of
+    low-priority connections is read and refused at once instead of waiting in the
+    socket in front of everything, high-priority requests included. In a pod it
+    arbitrates only between the runtime's own threads (its container's CPU share is
+    the cgroup's); with CPU to spare it changes nothing. 0 leaves both equal: with
+    the example fleet on one CPU under a low-priority surge of 2x its capacity, the
+    high-priority p99 was 0.35-0.5 s at 0 and 17-180 ms at 10-19
+    (docs/benchmarks.md)."""
     executor: Literal["thread", "process"] = "thread"
     """Where forward passes run. ``thread``: a thread of this process, sharing its
     GIL with the event loop. ``process``: a child process that holds the modules

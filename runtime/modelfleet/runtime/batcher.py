@@ -88,8 +88,9 @@ class ModelQueue:
         body is even read, so that shedding costs little)."""
         if self._live < self.max_size:
             return False
-        lowest = self._lowest()
-        return lowest is None or lowest.level <= level
+        # The lowest level queued, from the rows kept per level: no scan of the queue,
+        # which is full (and long) exactly when this is asked most often.
+        return not self._level_rows or max(self._level_rows) <= level
 
     def push(self, item: Pending) -> Pending | None:
         """Enqueues. When full, a request of a higher priority level displaces the

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from modelfleet.runtime.affinity import pin_this_thread
+from modelfleet.runtime.affinity import lower_this_thread, pin_this_thread
 from modelfleet.runtime.batcher import Pending
 from modelfleet.runtime.devicemem import DeviceMemory, Ledger, device_memory, is_out_of_memory
 from modelfleet.runtime.dispatch import Dispatch, padded_inputs
@@ -67,10 +67,14 @@ class DeviceWorker(Dispatch):
         cpus: set[int] | None = None,
         memory: DeviceMemory | None = None,
         split_on_oom: bool = True,
+        nice: int = 0,
     ) -> None:
         super().__init__(device, metrics, aging_ms=aging_ms, clock=clock)
         self.cpus = cpus
         """CPUs the device thread confines itself to (``None``: wherever the OS puts it)."""
+        self.nice = nice
+        """How much lower the device thread's CPU priority is than the event loop's
+        (``server.forward_nice``)."""
         self.ledger = Ledger(memory or device_memory(device))
         """The device's allocator statistics and what the runtime measured with them."""
         self.split_on_oom = split_on_oom
@@ -208,6 +212,7 @@ class DeviceWorker(Dispatch):
     def _run(self) -> None:
         if self.cpus:
             pin_this_thread(self.cpus)
+        lower_this_thread(self.nice)
         while True:
             with self.cond:
                 work = self._next()

@@ -18,7 +18,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from modelfleet.runtime.affinity import pin_this_thread
+from modelfleet.runtime.affinity import lower_this_thread, pin_this_thread
 from modelfleet.runtime.config import ModelConfig
 from modelfleet.runtime.control import Done, Failed, Load, Loaded, Reply, Unload, Warm
 from modelfleet.runtime.errors import ModelLoadError, out_of_memory_error
@@ -41,12 +41,14 @@ def child_main(
     torch_threads: int | None,
     cpus: set[int] | None,
     retain_mb: int = 0,
+    nice: int = 0,
 ) -> None:
     """Entry point of the forward process: forward passes on the main thread,
     loads and unloads on a second one."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     retain_freed_memory(retain_mb)  # before torch allocates anything
+    lower_this_thread(nice)  # before torch starts threads: they inherit it
     others: set[int] | None = None
     if cpus:
         others = os.sched_getaffinity(0) - cpus or None

@@ -87,6 +87,7 @@ class ForwardProcess:
         cpus: set[int] | None,
         loop: asyncio.AbstractEventLoop,
         retain_mb: int = 0,
+        nice: int = 0,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._run_sock, run_child = socket.socketpair()
@@ -95,7 +96,7 @@ class ForwardProcess:
         self._handles = itertools.count(1)
         self._process = ctx.Process(
             target=child_main,
-            args=(run_child, control_child, device, torch_threads, cpus, retain_mb),
+            args=(run_child, control_child, device, torch_threads, cpus, retain_mb, nice),
             name="modelfleet-forward",
             daemon=True,
         )

@@ -102,10 +102,11 @@ def build_executor(
         gpus = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 0
         if gpus > 1:  # several GPUs visible to the pod: a device worker for each
             return DeviceWorkers([
-                DeviceWorker(torch.device("cuda", i), metrics, aging_ms=aging_ms, cpus=cpus)
+                DeviceWorker(torch.device("cuda", i), metrics, aging_ms=aging_ms, cpus=cpus,
+                             nice=config.forward_nice)
                 for i in range(gpus)
             ])  # fmt: skip
-        return DeviceWorker(device, metrics, aging_ms=aging_ms, cpus=cpus)
+        return DeviceWorker(device, metrics, aging_ms=aging_ms, cpus=cpus, nice=config.forward_nice)
 
     def spawn(loop: asyncio.AbstractEventLoop) -> ForwardProcess:
         return ForwardProcess(
@@ -113,6 +114,7 @@ def build_executor(
             torch_threads=config.torch_threads,
             cpus=cpus,
             retain_mb=config.retain_freed_memory_mb,
+            nice=config.forward_nice,
             loop=loop,
         )
 

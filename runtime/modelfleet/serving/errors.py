@@ -64,9 +64,13 @@ class Unavailable(ServingError):
 
     status = 503
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, reason: str = "unavailable"
+    ) -> None:
         headers = {"Retry-After": str(max(1, int(retry_after_s)))} if retry_after_s else None
         super().__init__(message, headers=headers)
+        self.reason = reason
+        """Why, for the shed metrics' ``reason`` label (queue_full, deadline, holdback...)."""
 
 
 class DeadlineExceeded(Unavailable):
