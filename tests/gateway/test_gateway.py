@@ -311,3 +311,70 @@ async def test_the_gateway_holds_back_what_no_runtime_could_start_before_its_dea
         await asyncio.sleep(0.6)  # the report is stale and the queue empty: sent again
         status, _ = await infer(session, gw.url, headers=hurried, body=SLOW_BODY)
         assert status == 200
+
+
+async def test_a_lower_priority_model_is_held_back_to_keep_headroom_on_a_shared_runtime(
+    procs: Any,
+) -> None:
+    """Two models share a runtime: ``low`` (priority 0, 20 ms a request) and ``mlp``
+    (priority 100). Once the runtime reports more than ``holdback_wait_ms`` of queue
+    wait for ``low``, the gateway refuses further ``low`` requests itself (503,
+    reason ``holdback``, in milliseconds, never sent), while every ``mlp`` request is
+    answered and none is held back; ``low`` is sent again once its backlog is gone."""
+    low = {**SLOW, "name": "low", "priority": 0, "queue": {"max_size": 400, "timeout_ms": 30000}}
+    runtime = procs.runtime([low, mlp("1", priority=100)])
+    gw = procs.gateway(
+        {"low": route(("1", 100, [runtime.url]), priority=0, max_concurrency=400,
+                      max_waiting=400),
+         "mlp": route(("1", 100, [runtime.url]), priority=100)},
+        holdback_wait_ms=200, wait_report_s=0.5,
+    )  # fmt: skip
+    low_url = f"{gw.url}/v2/models/low/infer"
+
+    async def call(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, str]:
+        async with session.post(url, data=body) as resp:
+            return resp.status, await resp.text()
+
+    async def runtime_seen(session: aiohttp.ClientSession) -> float:
+        async with session.get(f"{runtime.url}/metrics") as resp:
+            text = await resp.text()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("modelfleet_admitted_total{") and 'model="low"' in line)  # fmt: skip
+
+    async def gateway_shed(session: aiohttp.ClientSession) -> dict[str, float]:
+        async with session.get(f"{gw.url}/metrics") as resp:
+            text = await resp.text()
+        shed: dict[str, float] = collections.defaultdict(float)
+        for line in text.splitlines():
+            if line.startswith("modelfleet_gateway_shed_total{"):
+                labels = dict(p.split("=") for p in line[line.index("{") + 1 : line.index("}")]
+                              .replace('"', "").split(","))  # fmt: skip
+                shed[f"{labels['model']}/{labels['reason']}"] += float(line.rsplit(" ", 1)[1])
+        return shed
+
+    async with aiohttp.ClientSession() as session:
+        backlog = [asyncio.ensure_future(call(session, low_url, SLOW_BODY)) for _ in range(60)]
+        for _ in range(60):  # ~1.2 s of work: until an answer brings the report back
+            status, text = await call(session, low_url, SLOW_BODY)
+            if status == 503 and "held back" in text:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the gateway never held 'low' back; last: {status} {text}")
+        seen_before = await runtime_seen(session)
+        for _ in range(5):
+            t0 = time.perf_counter()
+            status, text = await call(session, low_url, SLOW_BODY)
+            assert status == 503 and "headroom" in text, text
+            assert (time.perf_counter() - t0) * 1000 < 50
+        high = await asyncio.gather(
+            *(call(session, f"{gw.url}/v2/models/mlp/infer", BODY) for _ in range(20))
+        )
+        assert [s for s, _ in high] == [200] * 20, high
+        assert await runtime_seen(session) == seen_before, "a held-back request reached it"
+        shed = await gateway_shed(session)
+        assert shed["low/holdback"] >= 5 and shed["mlp/holdback"] == 0, dict(shed)
+        assert {s for s, _ in await asyncio.gather(*backlog)} <= {200, 503}
+        await asyncio.sleep(0.6)  # the backlog is gone and the report stale: sent again
+        status, _ = await call(session, low_url, SLOW_BODY)
+        assert status == 200

@@ -30,11 +30,13 @@ class Admission:
         self._seq = itertools.count()
 
     def _shed_error(self) -> Unavailable:
-        return Unavailable(
+        error = Unavailable(
             f"model '{self.model}' is overloaded at the gateway ({self.limit} in flight, "
             f"{self.max_waiting} waiting); lower-priority requests are shed first",
             retry_after_s=1,
+            reason="queue_full",
         )
+        return error
 
     async def acquire(self, level: int, timeout_s: float) -> None:
         """Returns once the request holds a slot (then call :meth:`release` exactly once);
@@ -60,11 +62,13 @@ class Admission:
             else:
                 future.cancel()
             if isinstance(exc, TimeoutError):
-                raise Unavailable(
+                error = Unavailable(
                     f"model '{self.model}': waited {timeout_s * 1000:.0f} ms for a slot "
                     "at the gateway",
                     retry_after_s=1,
-                ) from None
+                    reason="timeout",
+                )
+                raise error from None
             raise
 
     def release(self) -> None:

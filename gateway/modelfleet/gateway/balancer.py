@@ -1,11 +1,12 @@
 """Endpoint choice: power of two random choices on outstanding requests plus the
-queue depth each runtime reports; failing endpoints are ejected for a while."""
+queue depth each runtime reports; failing endpoints are ejected for a while. And
+what each runtime last reported of the queue wait, per model: the hold-back's input."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -17,14 +18,19 @@ class Endpoint:
     """The runtime's last reported queue depth (X-ModelFleet-Queue-Depth)."""
     ejected_until: float = 0.0
     failures: int = 0
-    expected_wait_s: float = 0.0
-    """The runtime's last reported expected queue wait (X-ModelFleet-Expected-Wait-Ms)."""
-    reported_at: float = -1e9
-    """When it was reported (monotonic seconds)."""
+    waits: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Per model: the runtime's last reported expected queue wait of a request for it
+    (X-ModelFleet-Expected-Wait-Ms on the model's answers), and when it came
+    (monotonic seconds). Per model, because one runtime's models wait differently: a
+    high-priority model's requests go before a low-priority backlog."""
 
-    def wait_at(self, now: float, fresh_s: float) -> float:
-        """The reported expected wait while it is fresh, else 0 (unknown: try it)."""
-        return self.expected_wait_s if now - self.reported_at <= fresh_s else 0.0
+    def report(self, model: str, wait_s: float, now: float) -> None:
+        self.waits[model] = (wait_s, now)
+
+    def wait_at(self, model: str, now: float, fresh_s: float) -> float:
+        """The model's reported expected wait while it is fresh, else 0 (unknown: try it)."""
+        wait, at = self.waits.get(model, (0.0, -1e9))
+        return wait if now - at <= fresh_s else 0.0
 
     @property
     def load(self) -> int:
@@ -58,8 +64,28 @@ def pick(
     return a if a.load <= b.load else b
 
 
-def least_wait(endpoints: Sequence[Endpoint], now: float, fresh_s: float) -> float:
-    """The smallest expected wait among the healthy endpoints (0 when one has no
-    fresh report): what the best of them can promise a request now."""
+def least_wait(endpoints: Sequence[Endpoint], model: str, now: float, fresh_s: float) -> float:
+    """The smallest expected wait for ``model`` among the healthy endpoints (0 when
+    one has no fresh report): what the best of them can promise a request now."""
     healthy = [e for e in endpoints if e.ejected_until <= now] or list(endpoints)
-    return min((e.wait_at(now, fresh_s) for e in healthy), default=0.0)
+    return min((e.wait_at(model, now, fresh_s) for e in healthy), default=0.0)
+
+
+def open_to(
+    endpoints: Sequence[Endpoint],
+    model: str,
+    now: float,
+    fresh_s: float,
+    left_s: float,
+    headroom_s: Mapping[str, float],
+) -> list[Endpoint]:
+    """The healthy endpoints (all, when every one is ejected) that may take a request
+    for ``model`` with ``left_s`` to its deadline: those that expect to start it
+    within that time and, where ``headroom_s`` names the endpoint (it serves a model
+    of higher priority), within that headroom."""
+    healthy = [e for e in endpoints if e.ejected_until <= now] or list(endpoints)
+    return [
+        e
+        for e in healthy
+        if e.wait_at(model, now, fresh_s) <= min(left_s, headroom_s.get(e.url, left_s))
+    ]

@@ -430,7 +430,7 @@ class GrpcProxy:
                     continue
                 trailing = passed_metadata(exc.trailing_metadata())
                 endpoint.succeeded()
-                note_report(endpoint, {k: v for k, v in trailing if isinstance(v, str)})
+                note_report(endpoint, model, {k: v for k, v in trailing if isinstance(v, str)})
                 code, details = exc.code(), exc.details() or ""
                 if code is grpc.StatusCode.DEADLINE_EXCEEDED and not trailing:
                     raise GatewayTimeout(
@@ -450,7 +450,7 @@ class GrpcProxy:
             finally:
                 endpoint.outstanding -= 1
             endpoint.succeeded()
-            note_report(endpoint, {k: v for k, v in trailing if isinstance(v, str)})
+            note_report(endpoint, model, {k: v for k, v in trailing if isinstance(v, str)})
             return endpoint.url, response, trailing
         if time.monotonic() >= deadline:
             raise GatewayTimeout(f"model '{model}' did not answer within its deadline")

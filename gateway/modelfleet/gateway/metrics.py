@@ -36,8 +36,12 @@ class GatewayMetrics:
         )
         self.shed = Counter(
             "modelfleet_gateway_shed_total",
-            "Requests refused by the gateway's admission, by model and priority level.",
-            ("model", "level"),
+            "Requests refused by the gateway's admission, by model, priority level and "
+            "reason: queue_full (no slot and no room to wait), timeout (waited too long for "
+            "a slot), deadline (no runtime could start it before its deadline), holdback "
+            "(kept off runtimes whose backlog for it exceeds the headroom kept for "
+            "higher-priority models).",
+            ("model", "level", "reason"),
             registry=self.registry,
         )
         self.retries = Counter(

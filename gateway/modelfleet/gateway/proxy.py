@@ -7,14 +7,14 @@ import logging
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelfleet.api import headers as contract
 from modelfleet.gateway.admission import Admission
-from modelfleet.gateway.balancer import Endpoint, least_wait, pick
+from modelfleet.gateway.balancer import Endpoint, least_wait, open_to, pick
 from modelfleet.gateway.cold import ColdStart
 from modelfleet.gateway.metrics import GatewayMetrics
 from modelfleet.gateway.routes import ModelRoute, RoutesDocument, VersionRoute
@@ -56,6 +56,9 @@ class Table:
     document: RoutesDocument
     endpoints: dict[str, Endpoint]
     admission: dict[str, Admission]
+    top: dict[str, int] = field(default_factory=dict)
+    """Per endpoint: the highest priority among the models routed to it (the
+    hold-back keeps headroom there for it)."""
 
 
 class Gateway:
@@ -90,7 +93,12 @@ class Gateway:
             else:
                 gate.resize(route.max_concurrency, route.max_waiting)
             admission[name] = gate
-        self.table = Table(document, endpoints, admission)
+        top: dict[str, int] = {}
+        for route in document.models.values():
+            for version in route.versions:
+                for url in version.endpoints:
+                    top[url] = max(top.get(url, route.priority), route.priority)
+        self.table = Table(document, endpoints, admission, top)
         self.cold.routes_changed(document)
         self.spreads = {m: s for m, s in self.spreads.items() if m in document.models}
         for url in old.endpoints.keys() - endpoints.keys():
@@ -236,32 +244,49 @@ class Gateway:
         """Lets a request in, or sheds it (``Unavailable``, counted): the hold-back,
         then the model's admission gate (``gate``; None for metadata and readiness,
         which take no slot). The caller releases the gate once the request is done."""
-        self.hold_back(model, version, level, deadline)
+        self.hold_back(model, route, version, level, deadline)
         if gate is not None:
             try:
                 await gate.acquire(level, route.timeout_ms / 1000)
-            except Unavailable:
-                self.metrics.shed.labels(model, str(level)).inc()
+            except Unavailable as exc:
+                self.metrics.shed.labels(model, str(level), exc.reason).inc()
                 raise
 
-    def hold_back(self, model: str, version: VersionRoute, level: int, deadline: float) -> None:
-        """Refuses at once a request that no endpoint of the version could start
-        within its ``deadline`` (the earlier of the gateway's and the client's), by
-        what the runtimes last reported: the pool keeps its headroom, and the client
-        is told now rather than after a round trip."""
+    def hold_back(
+        self, model: str, route: ModelRoute, version: VersionRoute, level: int, deadline: float
+    ) -> None:
+        """Refuses at once, by what the runtimes last reported, a request that no
+        endpoint of the version could start within its ``deadline`` (the earlier of
+        the gateway's and the client's), or that only endpoints whose backlog for the
+        model exceeds the headroom kept for their higher-priority models could take
+        (``holdback_wait_ms``): the client is told now rather than after a round trip,
+        and the runtimes keep their CPU and connections for what they can serve."""
         now = time.monotonic()
-        endpoints = [
-            self.table.endpoints[u] for u in version.endpoints if u in self.table.endpoints
-        ]
-        wait = least_wait(endpoints, now, self.config.wait_report_s)
-        if endpoints and wait > deadline - now:
-            self.metrics.shed.labels(model, str(level)).inc()
-            raise Unavailable(
-                f"model '{model}' version '{version.version}': every endpoint expects "
-                f"{wait * 1000:.0f} ms of queue wait, more than the "
-                f"{max(0.0, deadline - now) * 1000:.0f} ms left to this request's deadline",
-                retry_after_s=max(1.0, wait),
+        table = self.table
+        endpoints = [table.endpoints[u] for u in version.endpoints if u in table.endpoints]
+        if not endpoints:
+            return
+        fresh, left = self.config.wait_report_s, deadline - now
+        holdback_ms = self.config.holdback_wait_ms
+        headroom = {e.url: holdback_ms / 1000 for e in endpoints if holdback_ms is not None
+                    and table.top.get(e.url, route.priority) > route.priority}  # fmt: skip
+        for reason, limits in (("deadline", {}), ("holdback", headroom)):
+            if reason == "holdback" and not headroom:
+                return
+            if open_to(endpoints, model, now, fresh, left, limits):
+                continue
+            wait = least_wait(endpoints, model, now, fresh)
+            why = (
+                f"version '{version.version}': every endpoint expects {wait * 1000:.0f} ms "
+                f"of queue wait, more than the {max(0.0, left) * 1000:.0f} ms left to this "
+                "request's deadline"
+                if reason == "deadline"
+                else f"(priority {route.priority}) is held back: its runtimes expect "
+                f"{wait * 1000:.0f} ms of queue wait for it, more than the "
+                f"{holdback_ms:g} ms of headroom kept there for higher-priority models"
             )
+            self.metrics.shed.labels(model, str(level), reason).inc()
+            raise Unavailable(f"model '{model}' {why}", retry_after_s=max(1.0, wait), reason=reason)
 
     async def _attempts(
         self,
@@ -308,7 +333,7 @@ class Gateway:
             finally:
                 endpoint.outstanding -= 1
             endpoint.succeeded()
-            note_report(endpoint, answer.headers)
+            note_report(endpoint, model, answer.headers)
             if answer.status == 503 and not busy_retried and len(tried) < len(endpoints):
                 busy_retried = True  # full or draining there: another pod may have room
                 self.metrics.retries.labels(model, endpoint.url, "busy").inc()
@@ -393,22 +418,20 @@ def _client_response(answer: UpstreamResponse) -> web.Response:
     return web.Response(body=answer.body, status=answer.status, headers=returned)
 
 
-def note_report(endpoint: Endpoint, headers: dict[str, str]) -> None:
-    """Records the queue depth and expected wait that the runtime reported."""
+def note_report(endpoint: Endpoint, model: str, headers: dict[str, str]) -> None:
+    """Records the queue depth and the expected wait for ``model`` that the runtime
+    reported on an answer for it."""
     depth = headers.get(QUEUE_DEPTH_HEADER)
     if depth is not None and depth.isdigit():
         endpoint.queue_depth = int(depth)
-    _note_wait(endpoint, headers.get(EXPECTED_WAIT_HEADER))
-
-
-def _note_wait(endpoint: Endpoint, reported: str | None) -> None:
+    reported = headers.get(EXPECTED_WAIT_HEADER)
     if reported is None:
         return
     try:
-        endpoint.expected_wait_s = float(reported) / 1000
+        wait_s = float(reported) / 1000
     except ValueError:
         return
-    endpoint.reported_at = time.monotonic()
+    endpoint.report(model, wait_s, time.monotonic())
 
 
 def _level(request: web.Request, body: bytes | None) -> int:

@@ -118,6 +118,15 @@ class GatewayServer(_Strict):
     left to its deadline, the gateway refuses it at once (503, reason ``holdback``)
     instead of sending it; an older report counts as no wait, so the endpoint is
     asked again."""
+    holdback_wait_ms: float | None = Field(default=250.0, gt=0)
+    """Headroom for higher priority (None: off). A model that shares a runtime with
+    a model of higher priority gets no more requests sent there while that runtime
+    reports more than this much expected queue wait for it: the lower-priority
+    request is refused at the gateway at once (503, reason ``holdback``) instead of
+    adding to a backlog that the runtime must read, queue and refuse, on the CPU and
+    the connections that its higher-priority models need. Models of equal priority
+    are held back alike, each by its own backlog; the highest-priority model on a
+    runtime is never held back by this (only by its deadline)."""
 
 
 class RoutesDocument(_Strict):
