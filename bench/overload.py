@@ -43,9 +43,12 @@ class Seen:
     errors: int = 0
     timeouts: int = 0
     done_at: list[float] = field(default_factory=list)
+    """When each answer (200) arrived, to count the goodput inside the window: the
+    answers to requests sent during the warm-up too (those to requests of the window
+    that arrive after it are outside it), so that a class whose answers take a large
+    part of the window is not undercounted."""
     window: tuple[float, float] = (0.0, 1.0)
     """The measurement window (perf_counter seconds)."""
-    """When each answer (200) arrived, to count the goodput inside the window."""
 
     @staticmethod
     def _pct(values: list[float], q: float) -> float:
@@ -108,12 +111,13 @@ async def _one(
                 idle.append(conn)
             else:
                 conn[1].close()
+    if status == 200:  # goodput counts every answer inside the window, whenever sent
+        seen.done_at.append(time.perf_counter())
     if not record:
         return
     ms = (time.perf_counter() - t0) * 1000
     if status == 200:
         seen.ok_ms.append(ms)
-        seen.done_at.append(time.perf_counter())
     elif status in (429, 503):
         seen.shed_ms.append(ms)
     else:
