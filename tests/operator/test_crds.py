@@ -219,11 +219,13 @@ def test_the_schema_uses_only_known_keywords(name: str) -> None:
 
 
 def test_the_pool_schema_takes_the_runtime_settings_and_names_a_bad_executor() -> None:
-    good = pool_obj(runtime={"executor": "process", "torchThreads": 2})
+    good = pool_obj(runtime={"executor": "process", "torchThreads": 2, "forwardNice": 19})
     assert errors("inferencepool.yaml", good) == []
-    bad = errors("inferencepool.yaml", pool_obj(runtime={"executor": "gpu", "torchThreads": 0}))
+    bad = errors("inferencepool.yaml", pool_obj(runtime={"executor": "gpu", "torchThreads": 0,
+                                                          "forwardNice": 20}))  # fmt: skip
     assert any(e.startswith("spec.runtime.executor") for e in bad), bad
     assert any(e.startswith("spec.runtime.torchThreads") for e in bad), bad
+    assert any(e.startswith("spec.runtime.forwardNice") for e in bad), bad
 
 
 def test_the_schema_takes_bytes_tensors_and_a_pad_spec_which_the_operator_reads() -> None:

@@ -131,7 +131,8 @@ class Plan:
 def server_section(pool_spec: PoolSpec) -> ServerConfig:
     """The ``server`` part of a runtime pod's document: the pool's budget is the
     runtime's budget, so placement and the runtime agree on what fits. Only the
-    fields set here are written (``torch_threads`` only when the pool sets it)."""
+    fields set here are written (``torch_threads`` and ``forward_nice`` only when the
+    pool sets them)."""
     return ServerConfig(
         host="0.0.0.0",
         port=DATA_PORT,
@@ -142,7 +143,10 @@ def server_section(pool_spec: PoolSpec) -> ServerConfig:
         drain_grace_s=DRAIN_GRACE_S,
         model_store="/models",
         executor=pool_spec.runtime.executor,
-        **given(torch_threads=pool_spec.runtime.torch_threads),
+        **given(
+            torch_threads=pool_spec.runtime.torch_threads,
+            forward_nice=pool_spec.runtime.forward_nice,
+        ),
     )
 
 
