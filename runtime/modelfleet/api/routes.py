@@ -118,15 +118,18 @@ class GatewayServer(_Strict):
     left to its deadline, the gateway refuses it at once (503, reason ``holdback``)
     instead of sending it; an older report counts as no wait, so the endpoint is
     asked again."""
-    holdback_wait_ms: float | None = Field(default=250.0, gt=0)
-    """Headroom for higher priority (None: off). A model that shares a runtime with
+    holdback_wait_ms: float | None = Field(default=None, gt=0)
+    """Headroom for higher priority (None, the default: off). A model that shares a runtime with
     a model of higher priority gets no more requests sent there while that runtime
     reports more than this much expected queue wait for it: the lower-priority
     request is refused at the gateway at once (503, reason ``holdback``) instead of
     adding to a backlog that the runtime must read, queue and refuse, on the CPU and
     the connections that its higher-priority models need. Models of equal priority
     are held back alike, each by its own backlog; the highest-priority model on a
-    runtime is never held back by this (only by its deadline)."""
+    runtime is never held back by this (only by its deadline). Off by default: on
+    the overload bench (one runtime) 250 ms made no difference beyond the noise, and
+    what the gateway refuses does not reach the runtimes' counts behind the models'
+    ``status.versions[].shedRate`` (the gateway's own shed metric has it)."""
 
 
 class RoutesDocument(_Strict):
