@@ -314,7 +314,7 @@ async def test_the_gateway_holds_back_what_no_runtime_could_start_before_its_dea
 
 
 async def test_a_lower_priority_model_is_held_back_to_keep_headroom_on_a_shared_runtime(
-    procs: Any,
+    procs: Any, tmp_path: Path
 ) -> None:
     """Two models share a runtime: ``low`` (priority 0, 20 ms a request) and ``mlp``
     (priority 100). Once the runtime reports more than ``holdback_wait_ms`` of queue
@@ -327,7 +327,8 @@ async def test_a_lower_priority_model_is_held_back_to_keep_headroom_on_a_shared_
         {"low": route(("1", 100, [runtime.url]), priority=0, max_concurrency=400,
                       max_waiting=400),
          "mlp": route(("1", 100, [runtime.url]), priority=100)},
-        holdback_wait_ms=200, wait_report_s=0.5,
+        holdback_wait_ms=200, wait_report_s=0.5, admin_port=_port(),
+        admin_token_file=token_file(tmp_path),
     )  # fmt: skip
     low_url = f"{gw.url}/v2/models/low/infer"
 
@@ -374,6 +375,10 @@ async def test_a_lower_priority_model_is_held_back_to_keep_headroom_on_a_shared_
         assert await runtime_seen(session) == seen_before, "a held-back request reached it"
         shed = await gateway_shed(session)
         assert shed["low/holdback"] >= 5 and shed["mlp/holdback"] == 0, dict(shed)
+        async with session.get(f"{gw.admin_url}/admin/shed", headers=AUTH) as resp:
+            counts = await resp.json()  # what the operator adds to the models' shed rate
+        assert counts["low"]["1"] == sum(v for k, v in shed.items() if k.startswith("low/"))
+        assert "mlp" not in counts, counts
         assert {s for s, _ in await asyncio.gather(*backlog)} <= {200, 503}
         await asyncio.sleep(0.6)  # the backlog is gone and the report stale: sent again
         status, _ = await call(session, low_url, SLOW_BODY)

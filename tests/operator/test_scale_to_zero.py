@@ -151,3 +151,36 @@ async def test_scaling_to_zero_reports_an_event_and_the_status_reason() -> None:
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ScaledToZero")
     assert [e[0] for e in kube.events] == ["ScaledToZero"]
+
+
+class ShedAPI:
+    def __init__(self, answers: dict[str, dict[str, dict[str, int]] | None]) -> None:
+        self.answers = answers
+
+    async def gateway_shed(self, ip: str) -> dict[str, dict[str, int]] | None:
+        return self.answers.get(ip)
+
+
+async def test_requests_refused_at_the_gateways_count_in_the_models_shed_rate() -> None:
+    """What the gateways refused never reached a runtime: the operator sums their
+    counts over the pool's gateways and adds them to the version's failed and shed
+    requests, so ``shedRate`` is the share refused anywhere (a gateway that does not
+    answer counts nothing)."""
+    kube = FakeKube()
+    reconciler = Reconciler(kube, None)  # type: ignore[arg-type]
+    api = ShedAPI({"10.0.0.1": {"mlp": {"1": 30}, "other": {"2": 4}},
+                   "10.0.0.2": {"mlp": {"1": 10}}, "10.0.0.3": None})  # fmt: skip
+    ips = gateways("10.0.0.1", "10.0.0.2", "10.0.0.3")
+    sheds = await reconciler._gateway_sheds(api, ips)  # type: ignore[arg-type]
+    assert sheds == {"mlp": {"1": 40}, "other": {"2": 4}}
+    objs, specs = await reconciler._models("gpu", [model_obj(replicas=1)])
+    served = [busy_pod("gpu-0", "127.1.0.2", {("mlp", "1"): ("ready", 0, 0.0)})]  # 10 served
+    result = plan(pool(), specs, served)
+    await reconciler._model_status(objs[0], result, "2026-01-01T00:00:00Z")
+    window = reconciler.rates[("uid-mlp", "1")]
+    window._samples[0] = (time.monotonic() - 10, 0, 0, 0)  # ten seconds ago: nothing yet
+    reconciler.statuses.clear()  # as if the live figures were due for a refresh
+    await reconciler._model_status(objs[0], result, "2026-01-01T00:00:10Z",
+                                   gateway_shed=sheds["mlp"])  # fmt: skip
+    [version] = kube.statuses["mlp"]["versions"]
+    assert version["shedRate"] == 0.8 and version["errorRate"] == 0.8  # 40 of 50

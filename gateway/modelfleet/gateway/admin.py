@@ -56,6 +56,15 @@ async def get_demand(request: web.Request) -> web.Response:
     return web.json_response(request.app[GATEWAY].cold.summary())
 
 
+async def get_shed(request: web.Request) -> web.Response:
+    """Infer requests this gateway refused since it started, per model and version
+    (the operator adds them to the shed rate in each model's status)."""
+    out: dict[str, dict[str, int]] = {}
+    for (model, version), count in request.app[GATEWAY].shed_counts.items():
+        out.setdefault(model, {})[version] = count
+    return web.json_response(out)
+
+
 def build_admin_app(gateway: Gateway, token: str) -> web.Application:
     app = web.Application(
         middlewares=[errors_as_json(gateway.config.max_body_bytes, log), bearer_auth(token)]
@@ -65,4 +74,5 @@ def build_admin_app(gateway: Gateway, token: str) -> web.Application:
     app.router.add_put("/admin/routes", put_routes)
     app.router.add_get("/admin/shadow", get_shadow)
     app.router.add_get("/admin/demand", get_demand)
+    app.router.add_get("/admin/shed", get_shed)
     return app

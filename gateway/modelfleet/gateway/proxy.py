@@ -72,6 +72,9 @@ class Gateway:
         self.channels = GrpcChannels(self.config.connect_timeout_s)
         self.shadows = Shadows(self.metrics)
         self.cold = ColdStart(self.metrics)
+        self.shed_counts: dict[tuple[str, str], int] = {}
+        """Infer requests this gateway refused, per (model, version) since it started
+        (``GET /admin/shed``: the operator adds them to the models' shed rate)."""
         self.replace(document)
         self.draining = False
 
@@ -249,8 +252,13 @@ class Gateway:
             try:
                 await gate.acquire(level, route.timeout_ms / 1000)
             except Unavailable as exc:
-                self.metrics.shed.labels(model, str(level), exc.reason).inc()
+                self.count_shed(model, version.version, level, exc.reason)
                 raise
+
+    def count_shed(self, model: str, version: str, level: int, reason: str) -> None:
+        self.metrics.shed.labels(model, str(level), reason).inc()
+        key = (model, version)
+        self.shed_counts[key] = self.shed_counts.get(key, 0) + 1
 
     def hold_back(
         self, model: str, route: ModelRoute, version: VersionRoute, level: int, deadline: float
@@ -285,7 +293,7 @@ class Gateway:
                 f"{wait * 1000:.0f} ms of queue wait for it, more than the "
                 f"{holdback_ms:g} ms of headroom kept there for higher-priority models"
             )
-            self.metrics.shed.labels(model, str(level), reason).inc()
+            self.count_shed(model, version.version, level, reason)
             raise Unavailable(f"model '{model}' {why}", retry_after_s=max(1.0, wait), reason=reason)
 
     async def _attempts(

@@ -85,6 +85,18 @@ class PodAPI:
             return None
         return {str(k): v for k, v in data.items() if isinstance(v, dict)}
 
+    async def gateway_shed(self, ip: str) -> dict[str, dict[str, int]] | None:
+        """Infer requests a gateway refused since it started: model -> version -> count
+        (``GET /admin/shed``)."""
+        data = await self._get(f"http://{ip}:{ADMIN_PORT}/admin/shed")
+        if not isinstance(data, dict):
+            return None
+        return {
+            str(model): {str(v): n for v, n in versions.items() if isinstance(n, int)}
+            for model, versions in data.items()
+            if isinstance(versions, dict)
+        }
+
     async def put_gateway_routes(self, ip: str, models: Mapping[str, ModelRoute]) -> bool:
         body = {"models": routes_entries(models)}
         return await self._put(f"http://{ip}:{ADMIN_PORT}/admin/routes", body)

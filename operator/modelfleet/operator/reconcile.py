@@ -373,13 +373,14 @@ class Reconciler:
         # shows no traffic for it (possibly after an operator restart).
         await self._push_routes(api, gateways, pool_name, result)
         shadows = await self._shadows(api, gateways, models)
+        sheds = await self._gateway_sheds(api, gateways)
         await self._write_config(owner, pool_spec, previous_data, routes_data, result)
         await self._events(namespace, model_objs, result, in_force)
         now = now_iso()
         for obj in model_objs:
             name = obj["metadata"]["name"]
             await self._model_status(obj, result, now, scaling.get(name), analyses.get(name),
-                                     shadows.get(name))  # fmt: skip
+                                     shadows.get(name), sheds.get(name))  # fmt: skip
         pool_new = pool_status(pods, unreachable, result.reports, self.status_of(pool_obj),
                                pool_obj["metadata"].get("generation", 0), now)  # fmt: skip
         if sizing is not None:
@@ -442,8 +443,7 @@ class Reconciler:
                 cold.add(name)
         if not cold:
             return {}
-        ips = [ip for gw in gateways if (ip := gw.get("status", {}).get("podIP"))
-               and not gw["metadata"].get("deletionTimestamp")]  # fmt: skip
+        ips = _gateway_ips(gateways)
         answers = await asyncio.gather(*(api.gateway_demand(ip) for ip in ips))
         out: dict[str, tuple[int, float | None]] = {name: (0, None) for name in cold}
         for answer in answers:
@@ -597,14 +597,27 @@ class Reconciler:
                   if spec.shadow is not None or _shadow_stage(spec) is not None}  # fmt: skip
         if not wanted:
             return {}
-        ips = [ip for gw in gateways if (ip := gw.get("status", {}).get("podIP"))
-               and not gw["metadata"].get("deletionTimestamp")]  # fmt: skip
+        ips = _gateway_ips(gateways)
         answers = await asyncio.gather(*(api.gateway_shadow(ip) for ip in ips))
         out: dict[str, list[dict[str, Any]]] = {name: [] for name in wanted}
         for answer in answers:
             if answer is not None:
                 for name in wanted:
                     out[name].append(answer.get(name) or {})
+        return out
+
+    async def _gateway_sheds(
+        self, api: PodAPI, gateways: list[dict[str, Any]]
+    ) -> dict[str, dict[str, int]]:
+        """model -> version -> infer requests the pool's gateways refused (summed): they
+        never reached a runtime, whose counts alone would leave them out of the shed rate."""
+        answers = await asyncio.gather(*(api.gateway_shed(ip) for ip in _gateway_ips(gateways)))
+        out: dict[str, dict[str, int]] = {}
+        for answer in answers:
+            for model, versions in (answer or {}).items():
+                for version, count in versions.items():
+                    mine = out.setdefault(model, {})
+                    mine[version] = mine.get(version, 0) + count
         return out
 
     async def _events(
@@ -658,6 +671,7 @@ class Reconciler:
     async def _model_status(
         self, obj: dict[str, Any], result: Plan, now: str, scaling: Scaling | None = None,
         analysis: Outcome | None = None, shadows: list[dict[str, Any]] | None = None,
+        gateway_shed: Mapping[str, int] | None = None,
     ) -> None:  # fmt: skip
         meta = obj["metadata"]
         report = result.reports[meta["name"]]
@@ -666,7 +680,10 @@ class Reconciler:
         attainment: dict[str, float] = {}
         for v in report.versions:
             window = self.rates.setdefault((meta["uid"], v.version), RateWindow())
-            if (measured := window.add(clock, v.requests, v.errors, v.shed)) is not None:
+            # Refused at a gateway: failed and shed, as a runtime's refusal counts.
+            at_gateway = (gateway_shed or {}).get(v.version, 0)
+            failed, shed = v.errors + at_gateway, v.shed + at_gateway
+            if (measured := window.add(clock, v.requests, failed, shed)) is not None:
                 rates[v.version] = measured
             # Only the runtimes of a model with a latency objective count these.
             objective = self.objectives.setdefault((meta["uid"], v.version), RateWindow())
@@ -870,3 +887,9 @@ def _merged(previous: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """A status after a JSON merge patch of ``patch`` (top-level keys replace, None deletes)."""
     out = {**previous, **patch}
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _gateway_ips(gateways: list[dict[str, Any]]) -> list[str]:
+    """The pod IPs of the pool's gateways that are up and not being deleted."""
+    return [ip for gw in gateways if (ip := gw.get("status", {}).get("podIP"))
+            and not gw["metadata"].get("deletionTimestamp")]  # fmt: skip

@@ -127,9 +127,7 @@ class GatewayServer(_Strict):
     the connections that its higher-priority models need. Models of equal priority
     are held back alike, each by its own backlog; the highest-priority model on a
     runtime is never held back by this (only by its deadline). Off by default: on
-    the overload bench (one runtime) 250 ms made no difference beyond the noise, and
-    what the gateway refuses does not reach the runtimes' counts behind the models'
-    ``status.versions[].shedRate`` (the gateway's own shed metric has it)."""
+    the overload bench (one runtime) 250 ms made no difference beyond the noise."""
 
 
 class RoutesDocument(_Strict):
