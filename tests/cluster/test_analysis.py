@@ -371,8 +371,14 @@ def test_a_canary_that_agrees_passes_its_shadow_stage_before_any_client_sees_it(
     then the steps run and the canary is promoted; no client got a canary answer while
     the status still showed the shadow stage."""
     ready(fleet, "agree", replicas=1, memoryMB=100)
+    # The canary's last-minute p99 includes the shadow stage's mirrors (100%, at low
+    # priority): on this busy 2-CPU host it went past the default 5 ms tolerance (10.5
+    # ms) in one clean-clone CI run, and in one of eight runs alone, rolling back an
+    # identical canary. Latency is not what this test judges (the slow canary test
+    # does, at the defaults).
     spec = {"shadow": {"minRequests": 1500, "minAgreement": 0.9, "percent": 100},
-            "steps": [{"weight": 50, "minRequests": 30, "maxSeconds": 120}]}  # fmt: skip
+            "steps": [{"weight": 50, "minRequests": 30, "maxSeconds": 120}],
+            "p99ToleranceMs": 25}  # fmt: skip
     shadowing: list[float] = []
 
     def over() -> dict[str, Any] | None:
