@@ -222,7 +222,8 @@ async def measure(args: argparse.Namespace, tmp: Path, executor: str) -> dict[st
     port = free_port()
     document = {
         "server": {"port": port, "admin_port": free_port(), "model_store": str(tmp),
-                   "torch_threads": 1, "executor": executor, **server_settings(args.server)},
+                   "torch_threads": 1, "executor": executor, "forward_nice": 10,
+                   **server_settings(args.server)},
         "models": MODELS,
     }  # fmt: skip
     proc, url = start("serve", "--config", document, tmp, 0)

@@ -127,10 +127,10 @@ def test_same_routes_compares_what_the_gateway_reports() -> None:
 
 def test_the_pools_runtime_settings_reach_every_pods_document() -> None:
     pods = [pod("cpu-0", "127.1.0.2")]
-    custom = pool(runtime={"executor": "process", "torchThreads": 1, "forwardNice": 0},
+    custom = pool(runtime={"executor": "process", "torchThreads": 1, "forwardNice": 10},
                   resources={"gpu": 0})  # fmt: skip
-    for spec, executor, threads, nice in ((pool(), "thread", None, 10),
-                                          (custom, "process", 1, 0)):  # fmt: skip
+    for spec, executor, threads, nice in ((pool(), "thread", None, 0),
+                                          (custom, "process", 1, 10)):  # fmt: skip
         result = plan(spec, {"mlp": model(replicas=1)}, pods)
         document = parse_document(yaml.safe_load(state_file(spec, result.documents["cpu-0"])))
         assert document.server.executor == executor

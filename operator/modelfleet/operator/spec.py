@@ -492,7 +492,7 @@ class RuntimeSettings(_Spec):
     """torch intra-op threads in each pod; torch's own default when absent."""
     forward_nice: int | None = Field(default=None, ge=0, le=19)
     """How much lower the forward pass's CPU priority is than the event loop's in each
-    pod (Linux nice; the runtime's default, 10, when absent). The loop then admits,
+    pod (Linux nice; 0, the runtime's default, when absent; 10 suits a CPU-bound pool). The loop then admits,
     refuses and answers requests first where both share a CPU; 0 makes them equal."""
 
 

@@ -279,7 +279,7 @@ class ServerConfig(_Strict):
     0 leaves glibc's own thresholds: worth trying with ``optimize: inference``,
     whose oneDNN kernels took no faults either way and ran about 7% slower on
     heap memory in the one model measured (docs/benchmarks.md)."""
-    forward_nice: int = Field(default=10, ge=0, le=19)
+    forward_nice: int = Field(default=0, ge=0, le=19)
     """How much lower the forward pass's CPU priority is than the event loop's (Linux
     ``nice``, per thread; the forward process with ``executor: process``). Where the
     two share a CPU, the event loop, which admits, refuses and answers requests, then
@@ -287,7 +287,10 @@ class ServerConfig(_Strict):
     low-priority connections is read and refused at once instead of waiting in the
     socket in front of everything, high-priority requests included. In a pod it
     arbitrates only between the runtime's own threads (its container's CPU share is
-    the cgroup's); with CPU to spare it changes nothing. 0 leaves both equal: with
+    the cgroup's); with CPU to spare it changes nothing. Off (0) by default: on a bare
+    host a niced forward pass also yields to every other process, and the cluster tests
+    (runtimes as bare processes beside kwok, etcd and the operator) turned flaky with
+    10. 0 leaves both equal: with
     the example fleet on one CPU under a low-priority surge of 2x its capacity, the
     high-priority p99 was 0.35-0.5 s at 0 and 17-180 ms at 10-19
     (docs/benchmarks.md)."""
