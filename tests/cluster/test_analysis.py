@@ -1,8 +1,9 @@
 """Automated canary analysis on the real control plane, with real runtime and gateway
 processes in the kwok pods (``fleet.py``): a good canary walks its steps to promoted
-under a steady stream without a failed request or a reload; a canary whose model
-always fails is rolled back by the operator at its first step, and so is one that
-answers right but slowly (p99); a quiet model holds instead of promoting, and says so
+(5, 25, 50%) under a steady stream without a failed request or a reload; a canary
+whose model fails on some inputs is rolled back by the operator at its first step,
+with at most the step's share of the requests affected, and so is one that answers
+right but slowly (p99); a quiet model holds instead of promoting, and says so
 in its Analysis condition; an operator killed mid-analysis resumes the same step; a
 shadow stage keeps a canary whose answers disagree away from every client.
 
@@ -13,7 +14,9 @@ with ``-s``)."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import re
 import shutil
 import time
@@ -24,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Cluster
+from tests.cluster.flaky_models import MESSAGE, body
 from tests.cluster.fleet import Fleet, Stream, model_yaml, running_fleet
 from tests.support.waiting import wait_for
 
@@ -31,10 +35,16 @@ pytestmark = pytest.mark.cluster
 NS, POOL = "mf-analysis", "analysis"
 V2 = {"path": "mlp-v2.safetensors", "architecture": "modelfleet.runtime.examples:mlp"}
 BROKEN = {"path": "empty.safetensors", "architecture": "tests.runtime.models:broken"}
+FLAKY = {"path": "mlp.safetensors", "architecture": "tests.cluster.flaky_models:flaky_mlp"}
 SLOW = {"path": "mlp.safetensors", "architecture": "modelfleet.runtime.examples:slow_mlp"}
 REVERSED = {"path": "mlp-reversed.safetensors", "architecture": "modelfleet.runtime.examples:mlp"}
-ANALYSIS = {"steps": [{"weight": 20, "minRequests": 20, "maxSeconds": 120},
-                      {"weight": 50, "minRequests": 20, "maxSeconds": 120}]}  # fmt: skip
+ANALYSIS = {"steps": [{"weight": 5, "minRequests": 20, "maxSeconds": 120},
+                      {"weight": 25, "minRequests": 40, "maxSeconds": 120},
+                      {"weight": 50, "minRequests": 40, "maxSeconds": 120}]}  # fmt: skip
+"""Issue 18's steps. Step 1 needs about 400 requests of the stream at 5% (half a second
+of the 2-thread stream here, some 750 requests/s: each step takes about one operator
+pass); the later steps 40 canary requests each, so that the canary's p99 is not the
+maximum of a handful of requests."""
 
 
 @pytest.fixture(scope="module")
@@ -125,18 +135,66 @@ def test_a_good_canary_walks_its_steps_to_promoted_without_a_failed_request_or_a
         (v2,) = [m for m in fleet.admin_state(pod)["models"]
                  if m["name"] == "good" and m["version"] == "2"]  # fmt: skip
         assert v2["loaded_at"] == when, "the promoted version was loaded again"
+    assert "1/3 5%" in steps, steps  # step 1 lasts a pass (1 s or more): the polls see it
     reasons = [r for r, _, _ in events(fleet, "good")]
-    assert reasons.count("AnalysisStep") == 2 and "AnalysisPromoted" in reasons, reasons
+    assert reasons.count("AnalysisStep") == 3 and "AnalysisPromoted" in reasons, reasons
     assert "AnalysisFailed" not in reasons
+    messages = " ".join(m for r, m, _ in events(fleet, "good") if r.startswith("Analysis"))
+    assert "step 2 at weight 25%" in messages and "step 3 at weight 50%" in messages, messages
+    assert "(step 3 of 3 at weight 50%, the last)" in messages, messages
     table = fleet.k.kubectl("get", "inferencemodels", "-n", NS).stdout
     assert "STEP" in table and "Promoted" in table, table
     delete(fleet, "good")
 
 
-def test_a_failing_canary_is_rolled_back_by_the_operator_at_its_first_step(fleet: Fleet) -> None:
-    ready(fleet, "bad", replicas=1, memoryMB=100, warmup={"enabled": False})
-    with Stream(fleet, "bad") as stream:
-        patch(fleet, "bad", {"canary": {"version": "2", "source": BROKEN, "replicas": 1,
+class Mixed(Stream):
+    """A ``Stream`` whose requests' first input value is negative or positive at random,
+    half and half (each thread's draws seeded): ``inputs`` holds (when, HTTP status,
+    the answering version or the error, negative) for each request."""
+
+    def __init__(self, fleet: Fleet, name: str, threads: int = 2) -> None:
+        super().__init__(fleet, name, threads)
+        self.inputs: list[tuple[float, int, str, bool]] = []
+        self.seeds = itertools.count(18)
+
+    def _run(self) -> None:
+        draws = random.Random(next(self.seeds))
+        while not self.stop.is_set():
+            negative = draws.random() < 0.5
+            try:
+                status, answer = self.fleet.call(self.name, body=body(-0.5 if negative else 0.5))
+            except OSError as exc:
+                status, answer = 0, repr(exc)
+            now = time.monotonic()
+            self.results.append((now, status, answer))
+            self.inputs.append((now, status, answer, negative))
+
+
+SPREAD_SLACK = 3
+"""Requests by which a version's count may stray from its weight's share over any run
+of the gateway's requests (its low-discrepancy ``Spread``, gateway split.py: "within a
+few requests of its share")."""
+
+
+def test_a_canary_failing_on_some_inputs_is_rolled_back_at_its_first_step(
+    fleet: Fleet,
+) -> None:
+    """The canary (``flaky_models.flaky_mlp``: the example MLP, failing on a negative
+    first input value) fails about half its requests, the stream's inputs being half
+    negative: rolled back at step 1 (5%), on its error rate against the stable version,
+    with at most the step-1 share of the requests affected.
+
+    The bound: from the canary's first request to its last, the gateway sends it the
+    step-1 weight of the requests; the operator's pass that sees the step's 20 requests,
+    judges them and pushes weight 0 adds requests at that same weight, so it adds
+    nothing to the share. Allowed on top, in requests: the spread's slack
+    (``SPREAD_SLACK``) and one request in flight a client thread at each end of the
+    window (the results are stamped when answered). ``batching.maxBatchSize: 1``: a
+    forward pass holds one request, so a negative input fails no other request."""
+    ready(fleet, "bad", replicas=1, memoryMB=100, warmup={"enabled": False},
+          batching={"maxBatchSize": 1})  # fmt: skip
+    with Mixed(fleet, "bad") as stream:
+        patch(fleet, "bad", {"canary": {"version": "2", "source": FLAKY, "replicas": 1,
                                         "analysis": ANALYSIS}})  # fmt: skip
         done = wait_for("rolled back", lambda: (a := analysis(fleet, "bad")).get("phase")
                         == "RolledBack" and a, 120, interval=0.2)  # fmt: skip
@@ -145,17 +203,36 @@ def test_a_failing_canary_is_rolled_back_by_the_operator_at_its_first_step(fleet
         settled = time.monotonic()
         time.sleep(3)
     failed = stream.failures()
-    first_failure = min(t for t, _, _ in failed)
-    during = [r for r in stream.results if first_failure <= r[0] <= rolled_back_at]
-    share = len(failed) / len(during)
-    print(f"\nthe failing canary answered {len(failed)} requests (all failed) before the "
-          f"rollback: {100 * share:.0f}% of {len(during)} requests in "
-          f"{rolled_back_at - first_failure:.1f} s; window: {done['canaryWindow']}")  # fmt: skip
+    at_canary = [t for t, status, answer, _ in stream.inputs if status != 200 or answer == "2"]
+    first, last = min(at_canary), max(at_canary)
+    window = [r for r in stream.results if first <= r[0] <= last]
+    weight = ANALYSIS["steps"][0]["weight"]
+    slack = SPREAD_SLACK + 2 * len(stream.threads)
+    bound = weight / 100 + slack / len(window)
+    share = len(failed) / len(window)
+    judged = done["canaryWindow"]
+    print(f"\nthe canary failing on negative inputs answered {len(at_canary)} requests, "
+          f"{len(failed)} failed, before the rollback at step 1 ({weight}%): {100 * share:.1f}% "
+          f"of the {len(window)} requests from its first to its last (bound "
+          f"{100 * bound:.1f}%) in {last - first:.1f} s, RolledBack seen "
+          f"{rolled_back_at - last:.1f} s after its last; {len(at_canary) - judged['requests']} "
+          f"canary requests after the judged window; {done['reason']}")  # fmt: skip
     assert done["step"] == 1 and done["weight"] == 0
-    assert done["reason"].startswith("AnalysisFailed: errorRate 100.0%"), done["reason"]
-    assert done["canaryWindow"]["requests"] >= 20
-    assert stream.failures(since=settled) == [], "the canary got requests after the rollback"
-    assert len(failed) >= 20 and share <= 0.35, (len(failed), share)  # the step-1 share, 20%
+    rate = re.match(r"AnalysisFailed: errorRate (\d+\.\d)% vs 0\.0% ", done["reason"])
+    assert rate is not None and 0 < float(rate[1]) < 100, done["reason"]
+    assert judged["requests"] >= 20 and 0 < judged["errors"] < judged["requests"], judged
+    # only negative inputs failed, all at the canary; the stable version answered them
+    assert failed and all(negative and MESSAGE in answer
+                          for _, status, answer, negative in stream.inputs if status != 200)  # fmt: skip
+    answered = {(version, negative) for _, status, version, negative in stream.inputs
+                if status == 200}  # fmt: skip
+    assert answered == {("1", True), ("1", False), ("2", False)}, answered
+    late = [t for t in at_canary if t >= settled]
+    assert late == [], "the canary got requests after the rollback"
+    assert share <= bound, (
+        f"{len(failed)} of {len(window)} requests failed ({100 * share:.1f}%): more than "
+        f"the step-1 share, {weight}%, plus {slack} requests ({SPREAD_SLACK} of the "
+        f"spread's slack, one in flight a client thread at each end)")  # fmt: skip
     versions = {v["version"]: v for v in fleet.status("bad")["versions"]}
     assert versions["2"]["weight"] == 0 and versions["1"]["weight"] == 100
     warnings = [(r, m) for r, m, kind in events(fleet, "bad")
@@ -164,7 +241,7 @@ def test_a_failing_canary_is_rolled_back_by_the_operator_at_its_first_step(fleet
     # it stays rolled back: the canary gets nothing while its spec is unchanged
     time.sleep(3)
     assert analysis(fleet, "bad")["phase"] == "RolledBack"
-    assert all(fleet.call("bad")[0] == 200 for _ in range(50))
+    assert all(fleet.call("bad", body=body(-0.5))[0] == 200 for _ in range(50))
     delete(fleet, "bad")
 
 
@@ -431,6 +508,11 @@ class Paced(Stream):
 
 RATES = {"50": (50.0, 4), "500": (500.0, 8), "max": (None, 8)}
 """Request rate (None: as fast as the threads go) and client threads."""
+KEPT = {"50": (0.8, 1.1)}
+"""The rates this 2-CPU host keeps, with the band (fractions of the target) the achieved
+rate must fall in: 4 threads calling every 80 ms each answer in a few ms here. 500 a
+second is not asserted: 8 Python client threads, the gateway and the runtimes share the
+2 CPUs, and the test prints what it achieved instead."""
 MEASURED = {"steps": [{"weight": 20, "minRequests": 100, "maxSeconds": 300},
                       {"weight": 50, "minRequests": 100, "maxSeconds": 300}]}  # fmt: skip
 
@@ -440,7 +522,9 @@ def test_time_to_promotion_and_requests_failed_before_rollback_at_several_rates(
     fleet: Fleet, rate: str
 ) -> None:
     """Issue 18's figures: the same two steps (20% then 50%, 100 canary requests each)
-    at about 50 and 500 requests/s, and as fast as 8 client threads go here."""
+    at about 50 and 500 requests/s, and as fast as 8 client threads go here; each case
+    prints its target and achieved rate, and a row of the figures' table (run with -s).
+    The achieved rate is asserted where the host can keep the target (``KEPT``)."""
     target, threads = RATES[rate]
     name = f"rate-{rate}"
     ready(fleet, name, replicas=1, memoryMB=100)
@@ -472,15 +556,25 @@ def test_time_to_promotion_and_requests_failed_before_rollback_at_several_rates(
     first_failure = min(t for t, _, _ in failed)
     during = [r for r in stream.results if first_failure <= r[0] <= rolled_back_at]
     bad_rate = len(during) / (rolled_back_at - first_failure)
+    wanted = f"{target:.0f}" if target else f"none (as fast as {threads} threads go)"
     print(f"\n[{rate}] first canary request to promotion: {took:.1f} s at {good_rate:.0f} "
           f"requests/s ({len(sent)} requests); the failing canary answered {len(failed)} "
           f"requests (all failed) before its rollback, in "
           f"{rolled_back_at - first_failure:.1f} s at {bad_rate:.0f} requests/s; "
-          f"window at the verdict: {done['canaryWindow']}")  # fmt: skip
+          f"window at the verdict: {done['canaryWindow']}\n"
+          f"[{rate}] target {wanted}, achieved {good_rate:.0f} requests/s to the promotion "
+          f"and {bad_rate:.0f} requests/s to the rollback\n"
+          f"| {rate} | {wanted} | {good_rate:.0f} | {took:.1f} s | {len(sent)} | {bad_rate:.0f} "
+          f"| {len(failed)} | {rolled_back_at - first_failure:.1f} s |")  # fmt: skip
     assert done["reason"].startswith("AnalysisFailed: errorRate 100.0%"), done["reason"]
     assert len(failed) >= 100  # the step's minRequests, judged on requests
     assert [r for r in failed if r[0] > rolled_back_at + 0.5] == []
     delete(fleet, bad)
+    if rate in KEPT and target:
+        low, high = (f * target for f in KEPT[rate])
+        assert low <= good_rate <= high and low <= bad_rate <= high, (
+            f"target {target:.0f} requests/s, achieved {good_rate:.0f} to the promotion and "
+            f"{bad_rate:.0f} to the rollback: outside {low:.0f}-{high:.0f}")  # fmt: skip
 
 
 def test_the_api_server_refuses_a_shadow_stage_next_to_spec_shadow(fleet: Fleet) -> None:

@@ -394,8 +394,9 @@ class ModelSpec(_Spec):
     """The built-in autoscaler: the stable version's copies follow its load between
     minReplicas and maxReplicas, and spec.replicas is then ignored. Leave it out to fix
     the copies with spec.replicas, or to let an HPA or KEDA drive the scale subresource
-    (scaleTargetRef kind InferenceModel, apiVersion modelfleet.io/v1alpha1). Only the
-    stable version scales: a canary keeps canary.replicas."""
+    (scaleTargetRef kind InferenceModel, apiVersion modelfleet.io/v1alpha1). A canary
+    scales on its own share: the same rule on its own load, from canary.replicas, between
+    one copy (while it exists) and maxReplicas."""
     batching: Batching = Batching()
     """Dynamic batching of requests into one forward pass."""
     queue: Queue = Queue()
