@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from tests.cluster.conftest import Cluster
+from tests.cluster.kubelet import Kubelet
 from tests.cluster.podman_pods import PodContainer, PodmanAgent, bind_to_pod_ip
 from tests.support.servers import ENV, Process
 from tests.support.waiting import wait_for
@@ -89,7 +90,7 @@ class Fleet:
 
     def __init__(
         self, cluster: Cluster, tmp: Path, store: Path, ns: str, pool: str,
-        mode: str = "", claim: str = CLAIM,
+        mode: str = "", claim: str = CLAIM, kubelet: bool = False,
     ) -> None:  # fmt: skip
         self.k, self.tmp, self.store, self.ns, self.pool = cluster, tmp, store, ns, pool
         self.operator: subprocess.Popen[bytes] | None = None
@@ -101,6 +102,9 @@ class Fleet:
         """``processes`` or ``containers`` (``MODELFLEET_CLUSTER_PODS`` unless given)."""
         self.agent = PodmanAgent(cluster.kubectl, tmp / "pods", claims={claim: store})
         """Runs the pods' containers in containers mode; ``claim`` is the store's claim."""
+        self.kubelet = Kubelet(cluster.kubectl) if kubelet and self.mode == "containers" else None
+        """With ``kubelet`` (containers mode): probes decide each pod's Ready condition and
+        crashed containers are restarted per the pod's restartPolicy (tests/cluster/kubelet.py)."""
 
     def start_operator(self, *extra: str) -> None:
         """``modelfleet operator --namespace NS`` with ``extra`` arguments (the same ones
@@ -140,7 +144,10 @@ class Fleet:
         self.store.chmod(0o755)
         for file in self.store.rglob("*"):
             file.chmod(0o755 if file.is_dir() else 0o644)
-        return self.agent.serve(pod, adjust=bind_to_pod_ip(pod))
+        served = self.agent.serve(pod, adjust=bind_to_pod_ip(pod))
+        if self.kubelet is not None:
+            self.kubelet.watch(pod, served)
+        return served
 
     def start_runtime(self, pod: dict[str, Any]) -> Served:
         """What the kubelet would run: `modelfleet serve --config state.yaml`, with the
@@ -231,7 +238,7 @@ to the pool's claim (the runtime pods are scheduled once it is bound)."""
 @contextlib.contextmanager
 def running_fleet(
     k: Cluster, tmp: Path, store: Path, ns: str, pool: str,
-    operator_args: tuple[str, ...] = (), **pool_spec: Any,
+    operator_args: tuple[str, ...] = (), mode: str = "", kubelet: bool = False, **pool_spec: Any,
 ) -> Iterator[Fleet]:  # fmt: skip
     """CRDs, a namespace, the operator (with ``operator_args``), a pool (2 pods unless
     ``replicas.min`` says otherwise) with its processes; all torn down after (the
@@ -243,9 +250,9 @@ def running_fleet(
             "wait", "--for=condition=Established", f"crd/{crd}.modelfleet.io", "--timeout=30s"
         )
     k.kubectl("create", "namespace", ns, check=False)
-    mode = pods_mode()
+    mode = mode or pods_mode()
     claim = str((pool_spec.get("modelStore") or {}).get("claimName") or CLAIM)
-    fleet = Fleet(k, tmp, store, ns, pool, mode=mode, claim=claim)
+    fleet = Fleet(k, tmp, store, ns, pool, mode=mode, claim=claim, kubelet=kubelet)
     if mode == "containers":
         built_images()
         k.kubectl("apply", "-f", "-", input=STORE_CLAIM.format(ns=ns, claim=claim, store=store))
@@ -267,6 +274,8 @@ def running_fleet(
         yield fleet
     finally:
         fleet.stop_operator()
+        if fleet.kubelet is not None:
+            fleet.kubelet.stop()  # before the containers stop: none is restarted
         for proc in [*fleet.runtimes.values(), *([fleet.gateway] if fleet.gateway else [])]:
             proc.stop()
         fleet.agent.remove_all()

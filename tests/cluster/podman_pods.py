@@ -101,6 +101,13 @@ class Objects:
     """Secret name -> its data, decoded."""
     claims: Mapping[str, Path] = field(default_factory=dict)
     """PersistentVolumeClaim name -> the host folder that plays its volume."""
+    tokens: Mapping[str, bytes] = field(default_factory=dict)
+    """Audience ("" for the API server's) -> a token of the pod's ServiceAccount, for
+    ``serviceAccountToken`` sources of projected volumes (``kubectl create token``)."""
+    api_server: tuple[str, int] | None = None
+    """Where the pod reaches the API server: ``KUBERNETES_SERVICE_HOST`` and ``_PORT``,
+    as a kubelet sets them for the ``kubernetes`` Service (here its own loopback
+    address: the test cluster has no Service proxy)."""
 
 
 Adjust = Callable[[str, str, str], str]
@@ -165,6 +172,10 @@ def translate(
     name = f"{meta.get('namespace', 'default')}.{meta['name']}.{chosen['name']}"
     run = PodRun(name=name, argv=[])
     env = _environment(pod, chosen, objects)
+    if objects.api_server is not None:  # the kubelet's, before the container's own
+        host, port = objects.api_server
+        env = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": str(port),
+               "KUBERNETES_SERVICE_PORT_HTTPS": str(port), **env}  # fmt: skip
     args = [*PODMAN_RUN, "--detach", "--pull=never", "--name", name, "--network=host",
             "--hostname", meta["name"], "--label", f"io.kubernetes.pod.uid={meta.get('uid', '')}"]  # fmt: skip
     args += _security(meta["name"], spec.get("securityContext") or {}, chosen)
@@ -173,7 +184,7 @@ def translate(
     owner = _owner(spec.get("securityContext") or {}, chosen)
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
     for mount in chosen.get("volumeMounts") or []:
-        args += _mount(run, mount, volumes, objects, folder / meta["name"], env, owner, adjust)
+        args += _mount(run, mount, volumes, objects, folder / meta["name"], env, owner, adjust, pod)
     command = [_expand(a, env) for a in chosen.get("command") or []]
     argv = [_expand(a, env) for a in chosen.get("args") or []]
     if command:
@@ -325,11 +336,14 @@ def _security(pod: str, pod_context: Mapping[str, Any], container: Mapping[str, 
 def _mount(
     run: PodRun, mount: Mapping[str, Any], volumes: Mapping[str, Any], objects: Objects,
     folder: Path, env: Mapping[str, str], owner: tuple[int, int], adjust: Adjust | None,
+    pod: Mapping[str, Any],
 ) -> list[str]:  # fmt: skip
     volume = volumes.get(mount["name"])
     if volume is None:
         raise Untranslatable(f"volumeMount {mount['name']!r} names no volume of the pod")
-    source, read_only = _volume_source(run, volume, objects, folder / mount["name"], owner, adjust)
+    source, read_only = _volume_source(
+        run, volume, objects, folder / mount["name"], owner, adjust, pod
+    )
     read_only = read_only or bool(mount.get("readOnly"))
     sub = mount.get("subPath") or _expand(mount.get("subPathExpr", ""), env)
     if sub:
@@ -339,9 +353,37 @@ def _mount(
     return ["--volume", f"{source}:{mount['mountPath']}:{'ro' if read_only else 'rw'}"]
 
 
+def _projected(
+    projected: Mapping[str, Any], objects: Objects, name: str, pod: Mapping[str, Any]
+) -> list[tuple[str, bytes]]:
+    """The files of a projected volume (the service-account token volume the API
+    server adds to a pod that mounts its ServiceAccount's token, for one)."""
+    files: list[tuple[str, bytes]] = []
+    for source in projected.get("sources") or []:
+        if "serviceAccountToken" in source:
+            audience = source["serviceAccountToken"].get("audience", "")
+            token = _lookup(objects.tokens, audience, "ServiceAccount token for audience", name)
+            files.append((source["serviceAccountToken"]["path"], token))
+        elif "configMap" in source:
+            data = _lookup(objects.configmaps, source["configMap"]["name"], "ConfigMap", name)
+            files += [(path, data[key].encode()) for key, path in _items(source["configMap"], data)]
+        elif "secret" in source:
+            secret = _lookup(objects.secrets, source["secret"]["name"], "Secret", name)
+            files += [(path, secret[key]) for key, path in _items(source["secret"], secret)]
+        elif "downwardAPI" in source:
+            for item in source["downwardAPI"].get("items") or []:
+                if "fieldRef" not in item:
+                    raise Untranslatable(f"volume {name!r}: downwardAPI {item} is not supported")
+                files.append((item["path"], _field(pod, item["fieldRef"]["fieldPath"]).encode()))
+        else:
+            kinds = sorted(source)
+            raise Untranslatable(f"volume {name!r}: projected {', '.join(kinds)} is not supported")
+    return files
+
+
 def _volume_source(
     run: PodRun, volume: Mapping[str, Any], objects: Objects, folder: Path,
-    owner: tuple[int, int], adjust: Adjust | None,
+    owner: tuple[int, int], adjust: Adjust | None, pod: Mapping[str, Any],
 ) -> tuple[Path, bool]:  # fmt: skip
     """The host folder that plays ``volume``, and whether it is read-only whatever the
     mount says (ConfigMaps and Secrets are, as in Kubernetes)."""
@@ -362,6 +404,11 @@ def _volume_source(
     if "emptyDir" in volume:
         run.folders[folder] = owner
         return folder, False
+    if "projected" in volume:
+        for path, content in _projected(volume["projected"], objects, name, pod):
+            run.files[folder / path] = content
+        run.folders.setdefault(folder, None)
+        return folder, True
     if "persistentVolumeClaim" in volume:
         claim = volume["persistentVolumeClaim"]
         path = _lookup(objects.claims, claim["claimName"], "PersistentVolumeClaim", name)
@@ -390,11 +437,16 @@ class PodmanAgent:
     reads the ConfigMaps and Secrets it refers to from the API and starts it; stopping
     waits out its preStop sleep, then SIGTERM, then SIGKILL after its grace period."""
 
-    def __init__(self, kubectl: Kubectl, folder: Path, claims: Mapping[str, Path]) -> None:
+    def __init__(
+        self, kubectl: Kubectl, folder: Path, claims: Mapping[str, Path],
+        api_server: tuple[str, int] | None = None,
+    ) -> None:  # fmt: skip
         self.kubectl = kubectl
         self.folder = folder
         self.claims = dict(claims)
         """PersistentVolumeClaim name -> the host folder that plays its volume."""
+        self.api_server = api_server
+        """The API server's address for pods (``Objects.api_server``); None: not set."""
         self.started: list[PodRun] = []
 
     def objects_for(self, pod: Mapping[str, Any]) -> Objects:
@@ -408,7 +460,29 @@ class PodmanAgent:
                 for n in secrets
             },
             claims=self.claims,
+            tokens=self._tokens(pod),
+            api_server=self.api_server,
         )  # fmt: skip
+
+    def _tokens(self, pod: Mapping[str, Any]) -> dict[str, bytes]:
+        """A token of the pod's ServiceAccount per audience its projected volumes ask
+        for, from the API server (``kubectl create token``, as the kubelet's TokenRequest)."""
+        namespace = pod["metadata"].get("namespace", "default")
+        account = pod["spec"].get("serviceAccountName") or "default"
+        wanted = {
+            (s["serviceAccountToken"].get("audience", ""),
+             int(s["serviceAccountToken"].get("expirationSeconds", 3607)))
+            for v in pod["spec"].get("volumes") or []
+            for s in (v.get("projected") or {}).get("sources") or []
+            if "serviceAccountToken" in s
+        }  # fmt: skip
+        tokens: dict[str, bytes] = {}
+        for audience, seconds in sorted(wanted):
+            args = ["create", "token", account, "-n", namespace, f"--duration={max(seconds, 600)}s"]
+            if audience:
+                args.append(f"--audience={audience}")
+            tokens[audience] = self.kubectl(*args).stdout.strip().encode()
+        return tokens
 
     def start(self, pod: Mapping[str, Any], adjust: Adjust | None = None) -> PodRun:
         """Starts the pod's (first) container, detached; a container left by an
@@ -484,6 +558,11 @@ def _referenced(pod: Mapping[str, Any]) -> tuple[set[str], set[str]]:
             configmaps.add(volume["configMap"]["name"])
         if "secret" in volume:
             secrets.add(volume["secret"]["secretName"])
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if "configMap" in source:
+                configmaps.add(source["configMap"]["name"])
+            if "secret" in source:
+                secrets.add(source["secret"]["name"])
     for container in pod["spec"]["containers"]:
         for source in container.get("envFrom") or []:
             if "configMapRef" in source:

@@ -186,13 +186,53 @@ def test_what_the_agent_cannot_run_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(Untranslatable, match="PersistentVolumeClaim 'models' was not given"):
         translate(pod, Objects(configmaps=objects(tmp_path).configmaps,
                                secrets=objects(tmp_path).secrets), tmp_path)  # fmt: skip
-    pod["spec"]["volumes"].append({"name": "extra", "projected": {"sources": []}})
+    pod["spec"]["volumes"].append({"name": "extra", "nfs": {"server": "n", "path": "/"}})
     pod["spec"]["containers"][0]["volumeMounts"].append({"name": "extra", "mountPath": "/x"})
-    with pytest.raises(Untranslatable, match="'extra': projected volumes are not supported"):
+    with pytest.raises(Untranslatable, match="'extra': nfs volumes are not supported"):
+        translate(pod, objects(tmp_path), tmp_path)
+    pod["spec"]["volumes"][-1] = {"name": "extra", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "audience": "vault"}}]}}  # fmt: skip
+    with pytest.raises(Untranslatable, match="ServiceAccount token for audience 'vault'"):
         translate(pod, objects(tmp_path), tmp_path)
     del pod["status"]["podIP"]
     with pytest.raises(Untranslatable, match="no IP yet"):
         translate(pod, objects(tmp_path), tmp_path)
+
+
+def test_the_service_account_volume_and_the_api_server_reach_the_container(
+    tmp_path: Path,
+) -> None:
+    """The projected volume the API server adds for a ServiceAccount token (token,
+    CA bundle, namespace) becomes read-only files; the kubelet's KUBERNETES_SERVICE_*
+    variables name the API server."""
+    pod = {
+        "metadata": {"name": "op", "namespace": "ns", "uid": "u"},
+        "spec": {
+            "serviceAccountName": "sa",
+            "containers": [{"name": "c", "image": "img", "env": [{"name": "A", "value": "1"}],
+                            "volumeMounts": [{"name": "kube-api-access-x", "readOnly": True,
+                                              "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}],
+            "volumes": [{"name": "kube-api-access-x", "projected": {"sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                                            "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            ]}}],
+        },
+        "status": {"podIP": "127.77.0.9"},
+    }  # fmt: skip
+    given = Objects(configmaps={"kube-root-ca.crt": {"ca.crt": "PEM"}}, tokens={"": b"jwt"},
+                    api_server=("127.0.0.1", 6443))  # fmt: skip
+    run = translate(pod, given, tmp_path)
+    run.materialise()
+    folder = tmp_path / "op" / "kube-api-access-x"
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == {
+        "token": b"jwt", "ca.crt": b"PEM", "namespace": b"ns"}  # fmt: skip
+    assert f"{folder}:/var/run/secrets/kubernetes.io/serviceaccount:ro" in run.argv
+    assert after(run.argv, "--env") == [
+        "KUBERNETES_SERVICE_HOST=127.0.0.1", "KUBERNETES_SERVICE_PORT=6443",
+        "KUBERNETES_SERVICE_PORT_HTTPS=6443", "A=1",
+    ]  # fmt: skip
 
 
 def test_the_readiness_probe_is_the_pods_named_port_and_path_at_its_ip() -> None:

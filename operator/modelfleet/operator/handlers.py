@@ -16,6 +16,7 @@ import aiohttp
 import kopf
 
 from modelfleet.operator.kube import Kube, KubeError
+from modelfleet.operator.login import connection
 from modelfleet.operator.manifests import (
     COMPONENT_LABEL,
     INSTANCE_LABEL,
@@ -26,6 +27,7 @@ from modelfleet.operator.manifests import (
     token_secret,
 )
 from modelfleet.operator.reconcile import Reconciler, Seen
+from modelfleet.operator.restarts import Restarts
 from modelfleet.operator.settings import SettingsError, admin_token
 from modelfleet.operator.spec import API_VERSION, GROUP, PoolSpec
 
@@ -66,10 +68,7 @@ def _seen(kwargs: dict[str, Any]) -> Seen:
 
 
 def _login() -> kopf.ConnectionInfo | None:
-    settings = kopf.OperatorSettings()
-    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
-    )
+    return connection()
 
 
 @kopf.on.startup()
@@ -112,7 +111,8 @@ def pods_by_pool(
     """(namespace, pool, component) -> the pool's pods, with what a pass reads of them."""
     key = (namespace or "", labels.get(INSTANCE_LABEL, ""), labels.get(COMPONENT_LABEL, ""))
     metadata = {"name": name, "deletionTimestamp": meta.get("deletionTimestamp")}
-    return {key: {"metadata": metadata, "status": {"podIP": status.get("podIP")}}}
+    seen = {"podIP": status.get("podIP"), "restarts": Restarts.of(status).as_index()}
+    return {key: {"metadata": metadata, "status": seen}}
 
 
 def _with_kind(kind: str, body: kopf.Body) -> dict[str, Any]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from modelfleet.api.admin import ActualState, AdminState, DesiredModels, Key, VersionState
 from modelfleet.api.runtime_document import ModelConfig
+from modelfleet.operator.restarts import Restarts
 
 __all__ = ["LIVE", "ActualState", "DesiredModels", "Key", "ObservedVersion", "PodView",
            "RuntimeState", "known", "model_entry"]  # fmt: skip
@@ -67,6 +68,8 @@ class PodView:
     remembered: tuple[ModelConfig, ...] = ()
     """Model entries of the pod's durable document (its ConfigMap entry): what it
     was last told to host, used as its placement while it does not answer."""
+    restarts: Restarts = field(default_factory=Restarts)
+    """What the kubelet reports of its runtime container's restarts."""
 
     @property
     def reachable(self) -> bool:

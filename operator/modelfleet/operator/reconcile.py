@@ -66,6 +66,7 @@ from modelfleet.operator.podapi import (
 from modelfleet.operator.poolscale import size_pool
 from modelfleet.operator.rates import RateWindow
 from modelfleet.operator.rates import attainment as attained
+from modelfleet.operator.restarts import Restarts, restart_messages
 from modelfleet.operator.spec import API_VERSION, ModelSpec, PoolSpec, ShadowStage, runtime_model
 from modelfleet.operator.stamps import epoch as _epoch
 from modelfleet.operator.stamps import iso as _iso
@@ -330,7 +331,8 @@ class Reconciler:
         pod_objs = seen.pods_of(namespace, pool_name, "runtime")
         pods = sorted(
             (PodView(p["metadata"]["name"], p["status"]["podIP"],
-                     remembered=remembered(previous_data, p["metadata"]["name"]))
+                     remembered=remembered(previous_data, p["metadata"]["name"]),
+                     restarts=Restarts.from_index(p["status"].get("restarts")))
              for p in pod_objs
              if p.get("status", {}).get("podIP") and not p["metadata"].get("deletionTimestamp")),
             key=lambda p: p.name,
@@ -381,8 +383,12 @@ class Reconciler:
             name = obj["metadata"]["name"]
             await self._model_status(obj, result, now, scaling.get(name), analyses.get(name),
                                      shadows.get(name), sheds.get(name))  # fmt: skip
-        pool_new = pool_status(pods, unreachable, result.reports, self.status_of(pool_obj),
+        pool_before = self.status_of(pool_obj)
+        pool_new = pool_status(pods, unreachable, result.reports, pool_before,
                                pool_obj["metadata"].get("generation", 0), now)  # fmt: skip
+        for message in restart_messages(pool_before.get("pods") or [],
+                                        {p.name: p.restarts for p in pods}):  # fmt: skip
+            await self.kube.event(pool_obj, "RuntimeRestarted", message, "Warning")
         if sizing is not None:
             pool_new["scaling"] = sizing.status(pods)
             metrics.record_pool(namespace, pool_name, sizing.decision.pods, sizing.replicas,

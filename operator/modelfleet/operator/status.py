@@ -305,7 +305,8 @@ def pool_status(
         "models": len(reports),
         "pods": [{"name": p.name, "ip": p.ip, "answering": p.reachable,
                   "models": [f"{n}:{v}" for n, v in sorted(p.hosting())],
-                  "memoryInUseMB": p.state.actual.memory_in_use_mb if p.state else 0}
+                  "memoryInUseMB": p.state.actual.memory_in_use_mb if p.state else 0,
+                  **p.restarts.status()}
                  for p in pods],
         "conditions": with_times(conditions, previous.get("conditions") or [], now, generation),
     }  # fmt: skip

@@ -300,6 +300,17 @@ class ModelStatus(_Status):
     """The most recent problem seen."""
 
 
+class Termination(_Status):
+    """How a container last ended, as the kubelet reports it."""
+
+    reason: str | None = None
+    """OOMKilled (out of memory), Error, Completed, or the kubelet's other reasons."""
+    exit_code: int | None = None
+    """The container's exit code (137: killed, for example for memory or a failed liveness probe)."""
+    finished_at: datetime | None = None
+    """When it ended."""
+
+
 class PodStatus(_Status):
     """One runtime pod."""
 
@@ -313,6 +324,10 @@ class PodStatus(_Status):
     """Versions placed on it, as model:version."""
     memory_in_use_mb: float | None = Field(default=None, alias="memoryInUseMB")
     """Device memory its models use, as it reports."""
+    restarts: int | None = None
+    """Restarts of its runtime container, as the kubelet counts them."""
+    last_termination: Termination | None = None
+    """How its runtime container last ended (absent until it has ended once)."""
 
 
 class PoolScalingStatus(_Status):
