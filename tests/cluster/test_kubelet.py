@@ -7,6 +7,7 @@ through the gateway container again afterwards."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -93,3 +94,40 @@ def test_a_crashed_runtime_is_restarted_not_ready_meanwhile_and_shown_in_the_poo
     assert fleet.kubelet.errors == [], fleet.kubelet.errors
     print(f"\n{pod}: killed, restarted and Ready again in {back_s:.1f} s; "
           f"event: {items[0]['message']}")  # fmt: skip
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 600)
+def test_a_hung_runtime_fails_its_probes_and_is_killed_by_its_liveness_probe(
+    fleet: Fleet,
+) -> None:
+    """The runtime's process is stopped (SIGSTOP: it holds its port, answers nothing).
+    Its readinessProbe (every 2 s, 2 failures) takes the pod out of Ready; its
+    livenessProbe (every 10 s, 3 failures) has the kubelet kill it, and it is restarted
+    after the back-off of a second crash (10 s); the operator reports the second restart."""
+    assert fleet.kubelet is not None
+    wait_for("mlp answering", lambda: fleet.infer("mlp") == 200, 60)
+    (pod,) = fleet.runtimes
+    watched = fleet.kubelet.watched[pod]
+    before = watched.restarts
+    pid = subprocess.run(["podman", "container", "inspect", "--format", "{{.State.Pid}}",
+                          watched.served.run.name], capture_output=True, text=True, check=True)  # fmt: skip
+    hung_at = time.monotonic()
+    os.kill(int(pid.stdout.strip()), signal.SIGSTOP)
+    wait_for(f"{pod} not Ready", lambda: pod_condition(fleet, pod, "Ready") == "False", 30)
+    not_ready_s = time.monotonic() - hung_at
+    wait_for(f"{pod} Ready after the liveness kill and the restart",
+             lambda: pod_condition(fleet, pod, "Ready") == "True", 150)  # fmt: skip
+    events = [(round(t - hung_at, 1), e) for t, e in watched.history if t >= hung_at]
+    names = [e for _, e in events]
+    assert names[:4] == ["not-ready", "liveness-kill", "exited 137", "restarted"], events
+    kill_s = next(t for t, e in events if e == "liveness-kill")
+    restart_s = next(t for t, e in events if e == "restarted")
+    # 3 failed liveness probes 10 s apart (the first up to 10 s after the stop) ...
+    assert 20 <= kill_s <= 45, events
+    # ... and the back-off of a second crash (10 s) before the restart.
+    assert restart_s - kill_s >= 9.5, events
+    assert runtime_status(fleet, pod)["restartCount"] == before + 1
+    wait_for("mlp answering again", lambda: fleet.infer("mlp") == 200, 120)
+    wait_for("the second restart in the pool's status",
+             lambda: pool_pod(fleet, pod).get("restarts") == before + 1, 60)  # fmt: skip
+    print(f"\n{pod}: not Ready {not_ready_s:.1f} s after it hung; events {events}")
