@@ -87,8 +87,11 @@ async def closed_loop(
     concurrency: int,
     duration_s: float,
     warmup_s: float = 0.5,
+    reconnect: bool = False,
 ) -> Point:
     """Runs ``concurrency`` connections for ``warmup_s + duration_s``; measures the last part.
+    With ``reconnect`` each request opens a connection of its own (and closes it), as
+    many independent clients would: the server's cost per connection counts too.
 
     ``body`` may be a list: each request then sends the next one of them in turn
     (across all connections), so that concurrent requests carry different data.
@@ -125,6 +128,9 @@ async def closed_loop(
                     writer.close()
                     reader, writer = await asyncio.open_connection(host, port)
                 t1 = time.perf_counter()
+                if reconnect:
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
                 if measure_from <= t0 and t1 <= stop_at:
                     if status == 200:
                         latencies.append((t1 - t0) * 1000)

@@ -128,6 +128,32 @@ async def test_the_load_generator_sends_each_body_in_turn(aiohttp_server: Any) -
     assert max(received.values()) - min(received.values()) <= 1
 
 
+async def test_with_reconnect_each_request_comes_on_a_connection_of_its_own(
+    aiohttp_server: Any,
+) -> None:
+    from aiohttp import web
+
+    from bench.loadgen import closed_loop
+
+    peers: list[Any] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("/"))
+    point = await closed_loop(url, b"x", {}, 2, 0.2, warmup_s=0.05, reconnect=True)
+    assert point.requests > 5 and point.errors == 0
+    assert len(set(peers)) == len(peers)  # every request a new client port
+    peers.clear()
+    await closed_loop(url, b"x", {}, 2, 0.2, warmup_s=0.05)
+    assert len(set(peers)) == 2  # kept alive: the two connections carry them all
+
+
 async def test_the_grpc_load_generator_sends_each_request_in_turn_and_decodes_answers() -> None:
     from collections import Counter
 
