@@ -3,9 +3,14 @@ due answer; aging only when asked for (fake time)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 from modelfleet.runtime.batcher import ModelQueue, Pending
 from modelfleet.runtime.config import Batching
+from modelfleet.runtime.dispatch import Dispatch
 from modelfleet.runtime.scheduler import pick
+from modelfleet.runtime.service import Arrivals
 
 AGING_S = 0.1
 
@@ -104,3 +109,45 @@ def test_rows_ahead_counts_higher_levels_and_the_own_level_when_asked() -> None:
     assert q.rows_ahead(1, inclusive=False) == 0
     batch, _ = q.take_batch(0.0)  # the level-1 request (3 rows) and the level-5 one do not fit
     assert [p.rows for p in batch] == [3] and q.rows_ahead(9, inclusive=True) == 9
+
+
+def test_max_rows_cuts_a_batch_but_never_splits_a_request() -> None:
+    q = queue("cnn")  # max_batch_size 4
+    for t in range(4):
+        add(q, float(t))
+    batch, _ = q.take_batch(10.0, max_rows=2)
+    assert [p.rows for p in batch] == [1, 1] and len(q) == 2
+    big = queue("big")
+    add(big, 0.0, rows=3)
+    add(big, 1.0, rows=1)
+    batch, _ = big.take_batch(10.0, max_rows=2)
+    assert [p.rows for p in batch] == [3]  # the first request whole, alone
+
+
+def yielding(models: list[Any], yield_ms: float | None = 2.5) -> Any:
+    """What ``Dispatch.batch_rows`` reads of its dispatcher."""
+    return SimpleNamespace(yield_batch_s=yield_ms / 1000 if yield_ms else None, models=models)
+
+
+def hosted(priority: int, per_row_s: float, arrivals: Arrivals | None = None) -> Any:
+    q = queue(f"m{priority}", priority=priority)
+    return SimpleNamespace(config=SimpleNamespace(priority=priority), queue=q,
+                           service=SimpleNamespace(seconds_per_row=per_row_s),
+                           arrivals=arrivals or Arrivals())  # fmt: skip
+
+
+def test_a_lower_batch_is_cut_to_the_yield_time_while_a_higher_model_is_active() -> None:
+    low, high = hosted(10, 0.0003), hosted(100, 0.0001)
+    dispatch = yielding([low, high])
+    # No higher-priority request arriving or queued: the batch keeps its size.
+    assert Dispatch.batch_rows(dispatch, low, 0.0) is None
+    high.arrivals.add(5, 50, 0.0)  # the MLP is arriving at 50 rows/s
+    assert Dispatch.batch_rows(dispatch, low, 0.1) == 8  # 2.5 ms / 0.3 ms a row
+    assert Dispatch.batch_rows(dispatch, high, 0.1) is None  # nothing above the MLP
+    assert Dispatch.batch_rows(dispatch, low, 30.0) is None  # its arrivals died away
+    add(high.queue, 30.0)  # ... but one is queued
+    assert Dispatch.batch_rows(dispatch, low, 30.0) == 8
+    # At least one request, whatever its time per row; off without the setting or a measurement.
+    assert Dispatch.batch_rows(yielding([hosted(10, 0.01), high]), hosted(10, 0.01), 30.0) == 1
+    assert Dispatch.batch_rows(yielding([low, high], None), low, 30.0) is None
+    assert Dispatch.batch_rows(dispatch, hosted(10, 0.0), 30.0) is None

@@ -495,6 +495,11 @@ class RuntimeSettings(_Spec):
     """How much lower the forward pass's CPU priority is than the event loop's in each
     pod (Linux nice; 0, the runtime's default, when absent; 10 suits a CPU-bound pool). The loop then admits,
     refuses and answers requests first where both share a CPU; 0 makes them equal."""
+    yield_batch_ms: float | None = Field(default=None, gt=0, le=10000)
+    """Bounds a higher-priority model's wait for a lower one's batch in progress:
+    while a model of higher priority on the pod has requests arriving or queued, a
+    lower model's batch is cut to the rows its measured time per row fits in this
+    many milliseconds (whole requests, at least one). Off when absent."""
 
 
 Toleration = Annotated[

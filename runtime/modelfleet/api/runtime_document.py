@@ -262,6 +262,13 @@ class ServerConfig(_Strict):
     overtake fresh higher-priority requests (a 100 ms aging once put the example
     MLP behind 1-2 s of CNN backlog); without it the order is strict and the
     lower class is refused at admission or expires at its deadline instead."""
+    yield_batch_ms: float | None = Field(default=None, gt=0)
+    """A higher-priority model's wait for a batch in progress, bounded: while a model
+    of higher priority on the same device has requests arriving (or queued), a lower
+    one's batch is cut to the rows its measured time per row fits in this many
+    milliseconds (at least one request; requests are never split). Batches keep their
+    size when no higher class is active. Off by default: smaller batches cost the
+    lower class throughput where the forward pass is more efficient at size."""
     torch_threads: int | None = Field(default=None, ge=1)
     """``torch.set_num_threads``; default leaves torch's choice."""
     gil_switch_interval_us: float = Field(default=100, gt=0)

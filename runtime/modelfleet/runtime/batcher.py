@@ -180,10 +180,13 @@ class ModelQueue:
             return now  # nothing more is on its way: waiting would only add latency
         return oldest.enqueued_at + self.batching.max_queue_delay_ms / 1000.0
 
-    def take_batch(self, now: float) -> tuple[list[Pending], list[Pending]]:
-        """Pops requests in order (level, then arrival) until the batch is full,
-        from the group of the request that goes first: requests of other shapes
-        keep their places and lead later batches.
+    def take_batch(
+        self, now: float, max_rows: int | None = None
+    ) -> tuple[list[Pending], list[Pending]]:
+        """Pops requests in order (level, then arrival) until the batch is full
+        (``max_batch_size`` rows, or ``max_rows`` when smaller; the first request is
+        taken whatever its rows), from the group of the request that goes first:
+        requests of other shapes keep their places and lead later batches.
 
         Returns the batch and the requests found past their deadline: those are
         marked expired and never executed.
@@ -192,6 +195,8 @@ class ModelQueue:
         expired: list[Pending] = []
         rows = 0
         limit = self.batching.max_batch_size
+        if max_rows is not None:
+            limit = min(limit, max_rows)
         while True:
             head = self.head()
             if head is not None and head.deadline <= now:

@@ -63,13 +63,16 @@ class DeviceWorker(Dispatch):
         metrics: RuntimeMetrics,
         *,
         aging_ms: float,
+        yield_batch_ms: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         cpus: set[int] | None = None,
         memory: DeviceMemory | None = None,
         split_on_oom: bool = True,
         nice: int = 0,
     ) -> None:
-        super().__init__(device, metrics, aging_ms=aging_ms, clock=clock)
+        super().__init__(
+            device, metrics, aging_ms=aging_ms, yield_batch_ms=yield_batch_ms, clock=clock
+        )
         self.cpus = cpus
         """CPUs the device thread confines itself to (``None``: wherever the OS puts it)."""
         self.nice = nice
@@ -247,7 +250,7 @@ class DeviceWorker(Dispatch):
             chosen, wake = pick(queues, now, self.aging_s) if queues else (None, None)
             if chosen is not None:
                 model = next(m for m in self.models if m.queue is chosen)
-                batch, expired = chosen.take_batch(now)
+                batch, expired = chosen.take_batch(now, self.batch_rows(model, now))
                 return model, batch, expired, now
             self.cond.wait(None if wake is None else max(0.0, wake - now))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -48,11 +49,13 @@ class Dispatch(ABC):
         metrics: RuntimeMetrics,
         *,
         aging_ms: float,
+        yield_batch_ms: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device = device
         self.metrics = metrics
         self.aging_s = aging_ms / 1000.0
+        self.yield_batch_s = yield_batch_ms / 1000.0 if yield_batch_ms else None
         self.clock = clock
         self.models: list[HostedModel] = []
         self.cond = threading.Condition()
@@ -102,6 +105,21 @@ class Dispatch(ABC):
                 higher = other is not model and other.queue.priority > model.queue.priority
                 share += per_row * other.arrivals.rate_ahead(level, now, inclusive=higher)
             return wait / (1.0 - min(share, MAX_SHARE))
+
+    def batch_rows(self, model: HostedModel, now: float) -> int | None:
+        """The most rows ``model``'s next batch may take (None: its own maximum): with
+        ``yield_batch_ms``, while a higher-priority model here has requests arriving
+        or queued, what ``model``'s measured time per row fits in it."""
+        per_row = model.service.seconds_per_row
+        if self.yield_batch_s is None or not per_row:
+            return None
+        priority = model.config.priority
+        active = any(
+            len(other.queue) or other.arrivals.rate_ahead(sys.maxsize, now, inclusive=True) >= 1.0
+            for other in self.models
+            if other.config.priority > priority
+        )
+        return max(1, int(self.yield_batch_s / per_row)) if active else None
 
     def expire(self, model: HostedModel, item: Pending) -> bool:
         with self.cond:

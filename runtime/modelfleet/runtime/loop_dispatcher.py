@@ -63,9 +63,12 @@ class LoopDispatcher(Dispatch):
         *,
         aging_ms: float,
         spawn: Spawn,
+        yield_batch_ms: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(device, metrics, aging_ms=aging_ms, clock=clock)
+        super().__init__(
+            device, metrics, aging_ms=aging_ms, yield_batch_ms=yield_batch_ms, clock=clock
+        )
         self._spawn = spawn
         self.process: ForwardProcess | None = None
         """The forward process, from ``start`` on."""
@@ -168,7 +171,7 @@ class LoopDispatcher(Dispatch):
                     self._wake_at(wake, now)
                     return
                 model = next(m for m in self.models if m.queue is chosen)
-                batch, expired = chosen.take_batch(now)
+                batch, expired = chosen.take_batch(now, self.batch_rows(model, now))
             if expired:
                 model.fail_expired_all(expired)
             if batch:

@@ -103,10 +103,11 @@ def build_executor(
         if gpus > 1:  # several GPUs visible to the pod: a device worker for each
             return DeviceWorkers([
                 DeviceWorker(torch.device("cuda", i), metrics, aging_ms=aging_ms, cpus=cpus,
-                             nice=config.forward_nice)
+                             nice=config.forward_nice, yield_batch_ms=config.yield_batch_ms)
                 for i in range(gpus)
             ])  # fmt: skip
-        return DeviceWorker(device, metrics, aging_ms=aging_ms, cpus=cpus, nice=config.forward_nice)
+        return DeviceWorker(device, metrics, aging_ms=aging_ms, cpus=cpus,
+                            nice=config.forward_nice, yield_batch_ms=config.yield_batch_ms)  # fmt: skip
 
     def spawn(loop: asyncio.AbstractEventLoop) -> ForwardProcess:
         return ForwardProcess(
@@ -118,4 +119,6 @@ def build_executor(
             loop=loop,
         )
 
-    return LoopDispatcher(device, metrics, aging_ms=aging_ms, spawn=spawn)
+    return LoopDispatcher(
+        device, metrics, aging_ms=aging_ms, spawn=spawn, yield_batch_ms=config.yield_batch_ms
+    )
