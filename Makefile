@@ -49,8 +49,10 @@ lint: venv
 unit: venv
 	@$(PYTHON) -m pytest tests -m "not cluster and not integration"
 
-test: venv lint cluster-build
-	@echo "==> pytest (unit, integration, cluster)"
+# The images first (cached: seconds when nothing changed): the container and cluster
+# tests run the pods' containers from them.
+test: venv lint cluster-build images
+	@echo "==> pytest (unit, integration, containers, cluster)"
 	@$(PYTHON) -m pytest tests
 
 # The CRDs, their copy in the chart and docs/reference.md are generated from the

@@ -1,9 +1,9 @@
 """Architectures the cluster tests' runtimes load (``tests.cluster.flaky_models:...``).
 
-The runtime processes of ``fleet.py`` run with the clone's root on PYTHONPATH
-(tests/support/servers.py ``ENV``), so a model's ``source.architecture`` can name a
-module of the tests, as ``tests.runtime.models:broken`` does; in containers mode the
-images hold only the components, and these architectures do not load there.
+A model's ``source.architecture`` can name a module of the tests, as
+``tests.runtime.models:broken`` does: the pools' containers run from the runtime image
+plus these modules (``models_image.py``), and processes (``MODELFLEET_CLUSTER_PODS=processes``)
+with the clone's root on PYTHONPATH (tests/support/servers.py ``ENV``).
 """
 
 from __future__ import annotations

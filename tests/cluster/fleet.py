@@ -1,16 +1,17 @@
-"""A pool on the test control plane with real processes in its kwok pods.
+"""A pool on the test control plane with what its kwok pods would run.
 
 kwok pods run no containers, so for each pod a test starts what the pod would run,
 bound to the pod's loopback IP; the operator runs unchanged (``python -m modelfleet
 operator``). ``MODELFLEET_CLUSTER_PODS`` says how:
 
-* ``processes`` (the default): a runtime (or gateway) process of the clone's sources,
-  from the ConfigMap content the pod would mount;
-* ``containers``: the pod's container, as the API server holds the pod (the operator's
-  StatefulSet and Deployment templates: image, command, env, mounts, user, read-only
-  root), run by podman (tests/cluster/podman_pods.py) from the images `make images`
-  builds; the pool's model store is a PersistentVolumeClaim bound to the test's folder,
-  and a start returns once the container's readinessProbe passes.
+* ``containers`` (the default): the pod's container, as the API server holds the pod
+  (the operator's StatefulSet and Deployment templates: image, command, env, mounts,
+  user, read-only root), run by podman (tests/cluster/podman_pods.py) from the images
+  `make images` builds, plus the suite's test architectures (tests/cluster/models_image.py);
+  the pool's model store is a PersistentVolumeClaim bound to the test's folder, and a
+  start returns once the container's readinessProbe passes;
+* ``processes``: a runtime (or gateway) process of the clone's sources, from the
+  ConfigMap content the pod would mount (quicker to debug: no image to rebuild).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ BODY = json.dumps(
 
 
 PODS_MODE = "MODELFLEET_CLUSTER_PODS"
-"""``processes`` (default) or ``containers``: what runs in the kwok pods."""
+"""``containers`` (default) or ``processes``: what runs in the kwok pods."""
 CLAIM = "models"
 """The model store's PersistentVolumeClaim in containers mode, unless the pool names one."""
 Served = Process | PodContainer
@@ -53,7 +54,7 @@ Served = Process | PodContainer
 
 
 def pods_mode() -> str:
-    mode = os.environ.get(PODS_MODE, "").strip() or "processes"
+    mode = os.environ.get(PODS_MODE, "").strip() or "containers"
     if mode not in ("processes", "containers"):
         raise AssertionError(f"{PODS_MODE}={mode!r}: expected 'processes' or 'containers'")
     return mode
@@ -65,6 +66,16 @@ def built_images() -> str:
     from tests.containers.conftest import build_images
 
     return build_images().runtime
+
+
+@functools.cache
+def suite_image() -> str:
+    """The runtime image with the suite's test architectures (tests/cluster/models_image.py),
+    built on :func:`built_images` once per test session: the image of the pools that
+    ``running_fleet`` starts in containers mode, unless the pool names one."""
+    from tests.cluster.models_image import build_test_models_image
+
+    return build_test_models_image(built_images())
 
 
 def model_yaml(name: str, ns: str, pool: str, **spec: Any) -> str:
@@ -100,6 +111,7 @@ class Fleet:
         self.operator_args: tuple[str, ...] = ()
         self.mode = mode or pods_mode()
         """``processes`` or ``containers`` (``MODELFLEET_CLUSTER_PODS`` unless given)."""
+        self.claim = claim
         self.agent = PodmanAgent(cluster.kubectl, tmp / "pods", claims={claim: store})
         """Runs the pods' containers in containers mode; ``claim`` is the store's claim."""
         self.kubelet = Kubelet(cluster.kubectl) if kubelet and self.mode == "containers" else None
@@ -126,17 +138,34 @@ class Fleet:
     def apply(self, manifest: str) -> None:
         self.k.kubectl("apply", "-f", "-", input=manifest)
 
+    def apply_pool(self, name: str, **spec: Any) -> None:
+        """Another pool in the namespace whose pods the test runs as this pool's (in
+        containers mode: the model store's claim and the suite's image)."""
+        if self.mode == "containers":
+            spec = {"modelStore": {"claimName": self.claim}, "image": suite_image(), **spec}
+        self.apply(pool_yaml(name, self.ns, **spec))
+
     def json(self, *args: str) -> Any:
         return json.loads(self.k.kubectl(*args, "-n", self.ns, "-o", "json").stdout)
 
-    def pods(self, component: str) -> list[dict[str, Any]]:
-        selector = f"app.kubernetes.io/instance={self.pool},app.kubernetes.io/component={component}"
+    def pods(self, component: str, pool: str = "") -> list[dict[str, Any]]:
+        """The pods of this pool (or of ``pool``) with ``component``, once they have IPs."""
+        selector = f"app.kubernetes.io/instance={pool or self.pool},app.kubernetes.io/component={component}"
         items = self.json("get", "pods", "-l", selector)["items"]
         return [p for p in items if p["status"].get("podIP")]
 
-    def config(self, suffix: str, key: str) -> dict[str, Any]:
-        data = self.json("get", "configmap", f"{self.pool}-{suffix}")["data"]
+    def config(self, suffix: str, key: str, pool: str = "") -> dict[str, Any]:
+        data = self.json("get", "configmap", f"{pool or self.pool}-{suffix}")["data"]
         return yaml.safe_load(data[key])  # type: ignore[no-any-return]
+
+    def pool_token(self, pool: str) -> Path:
+        """A file with ``pool``'s admin token (its Secret), as the pool's pods mount it."""
+        if pool == self.pool:
+            return self.token
+        path = self.tmp / f"{pool}-token"
+        secret = self.json("get", "secret", f"{pool}-admin-token")
+        path.write_bytes(base64.b64decode(secret["data"]["token"]))
+        return path
 
     def start_container(self, pod: dict[str, Any]) -> PodContainer:
         """The pod's container in podman, ready (its readinessProbe passed); the model
@@ -151,14 +180,16 @@ class Fleet:
 
     def start_runtime(self, pod: dict[str, Any]) -> Served:
         """What the kubelet would run: `modelfleet serve --config state.yaml`, with the
-        pod's own ConfigMap entry; the model store is where the test keeps the models."""
+        pod's own ConfigMap entry; the model store is where the test keeps the models.
+        The pod may be of another pool of the namespace (its own document and token)."""
         name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
         if self.mode == "containers":
             self.runtimes[name] = self.start_container(pod)
             return self.runtimes[name]
-        document = self.config("state", f"{name}.yaml")
+        pool = pod["metadata"]["labels"]["app.kubernetes.io/instance"]
+        document = self.config("state", f"{name}.yaml", pool)
         document["server"].update(
-            host=ip, model_store=str(self.store), admin_token_file=str(self.token)
+            host=ip, model_store=str(self.store), admin_token_file=str(self.pool_token(pool))
         )
         self.runtimes[name] = Process(self.tmp, "serve", "--config", document, ip)
         return self.runtimes[name]
@@ -254,9 +285,9 @@ def running_fleet(
     claim = str((pool_spec.get("modelStore") or {}).get("claimName") or CLAIM)
     fleet = Fleet(k, tmp, store, ns, pool, mode=mode, claim=claim, kubelet=kubelet)
     if mode == "containers":
-        built_images()
+        image = pool_spec.get("image") or suite_image()
         k.kubectl("apply", "-f", "-", input=STORE_CLAIM.format(ns=ns, claim=claim, store=store))
-        pool_spec = {**pool_spec, "modelStore": {"claimName": claim}}
+        pool_spec = {**pool_spec, "modelStore": {"claimName": claim}, "image": image}
     fleet.start_operator(*operator_args)
     count = int((pool_spec.get("replicas") or {}).get("min", 2))
     try:

@@ -1,5 +1,5 @@
-"""Automated canary analysis on the real control plane, with real runtime and gateway
-processes in the kwok pods (``fleet.py``): a good canary walks its steps to promoted
+"""Automated canary analysis on the real control plane, with the kwok pods' runtime and
+gateway containers running (``fleet.py``): a good canary walks its steps to promoted
 (5, 25, 50%) under a steady stream without a failed request or a reload; a canary
 whose model fails on some inputs is rolled back by the operator at its first step,
 with at most the step's share of the requests affected, and so is one that answers

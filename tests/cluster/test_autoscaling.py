@@ -1,5 +1,5 @@
-"""Copies that follow the load, on the real control plane with real runtime and
-gateway processes in the kwok pods (``fleet.py``): ``kubectl scale`` through the
+"""Copies that follow the load, on the real control plane with the kwok pods'
+runtime and gateway containers running (``fleet.py``): ``kubectl scale`` through the
 scale subresource, and the built-in autoscaler scaling a model up under a
 concurrent load and back down after its scale-down delay, failing no request."""
 

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from tests.cluster.conftest import Cluster
-from tests.support.servers import ENV, GatewayProcess, Process, RuntimeProcess
+from tests.cluster.fleet import CLAIM, STORE_CLAIM, Fleet, built_images, pods_mode
+from tests.support.servers import ENV
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -121,16 +122,21 @@ def release(
         k.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
                   "pod-security.kubernetes.io/enforce-version=v1.34")  # fmt: skip
     helm = Helm(k, tmp)
-    procs: list[Process] = []
+    fleets: list[Fleet] = []
+    """The pools' runtime and gateway pods the tests run (containers, or processes)."""
     operator = Operator(tmp / "operator.kubeconfig", tmp / "operator.log")
     try:
         notes = helm("install", RELEASE, str(CHART), "-n", NS, "--wait", "--timeout", "90s")
-        yield {"cluster": k, "helm": helm, "tmp": tmp, "procs": procs, "operator": operator,
+        yield {"cluster": k, "helm": helm, "tmp": tmp, "fleets": fleets, "operator": operator,
                "notes": notes}  # fmt: skip
     finally:
         operator.stop()
-        for proc in procs:
-            proc.stop()
+        for fleet in fleets:
+            for served in [*fleet.runtimes.values(), *([fleet.gateway] if fleet.gateway else [])]:
+                served.stop()
+            fleet.agent.remove_all()
+        if pods_mode() == "containers":
+            k.kubectl("delete", "pv", f"{NS}-{CLAIM}", "--wait=false", check=False)
         if operator.log.exists():
             print(operator.log.read_text(errors="replace")[-4000:])
         subprocess.run([str(k.bin_dir / "helm"), "uninstall", RELEASE, "-n", NS],
@@ -186,29 +192,29 @@ def test_the_operator_as_the_chart_service_account_reconciles_a_pool_and_a_model
     operator.settings = {"MODELFLEET_RUNTIME_IMAGE": env["MODELFLEET_RUNTIME_IMAGE"],
                          "MODELFLEET_ADMIN_TOKEN_FILE": str(tmp / "chart-token")}  # fmt: skip
     operator.start()
-    k.kubectl("apply", "-f", "-", input=yaml.safe_dump(POOL))
+    pool = POOL
+    if pods_mode() == "containers":  # the pods run from the chart's image, the store a claim
+        built_images()
+        k.kubectl(
+            "apply", "-f", "-", input=STORE_CLAIM.format(ns=NS, claim=CLAIM, store=model_store)
+        )
+        pool = {**POOL, "spec": {**POOL["spec"], "modelStore": {"claimName": CLAIM}}}
+    k.kubectl("apply", "-f", "-", input=yaml.safe_dump(pool))
     children = ("statefulset/gpu", "deployment/gpu-gateway", "service/gpu-pods",
                 "service/gpu-gateway", "configmap/gpu-state", "configmap/gpu-routes",
                 "secret/gpu-admin-token", "poddisruptionbudget/gpu")  # fmt: skip
     wait_for("the pool's children", lambda: all(exists(k, c, "-n", NS) for c in children))
-
-    def pod_ips(component: str) -> list[str]:
-        selector = f"app.kubernetes.io/instance=gpu,app.kubernetes.io/component={component}"
-        pods = get_json(k, "pods", "-l", selector)["items"]
-        return [p["status"]["podIP"] for p in pods if p["status"].get("podIP")]
 
     statefulset = get_json(k, "statefulset", "gpu")["spec"]["template"]["spec"]
     assert statefulset["containers"][0]["image"] == env["MODELFLEET_RUNTIME_IMAGE"]
     assert env["MODELFLEET_RUNTIME_IMAGE"].startswith("modelfleet/runtime:")
     pool_token = base64.b64decode(get_json(k, "secret", "gpu-admin-token")["data"]["token"])
     assert pool_token == chart_token  # one token, chosen at install, opens the pool's admin API
-    runtime_ip = wait_for("the runtime pod's IP", lambda: pod_ips("runtime"))[0]
-    gateway_ip = wait_for("the gateway pod's IP", lambda: pod_ips("gateway"))[0]
-    token = tmp / "pool-token"
-    token.write_bytes(base64.b64decode(get_json(k, "secret", "gpu-admin-token")["data"]["token"]))
-    server = {"port": 8080, "admin_port": 8081, "admin_token_file": str(token)}
-    release["procs"].append(RuntimeProcess(tmp, [], model_store, host=runtime_ip, **server))
-    release["procs"].append(GatewayProcess(tmp, {}, host=gateway_ip, **server))
+    fleet = Fleet(k, tmp, model_store, NS, "gpu")
+    release["fleets"].append(fleet)
+    fleet.token.write_bytes(pool_token)
+    fleet.start_runtime(wait_for("the runtime pod's IP", lambda: fleet.pods("runtime"))[0])
+    fleet.start_gateway(wait_for("the gateway pod's IP", lambda: fleet.pods("gateway"))[0])
     model = yaml.safe_load((ROOT / "samples" / "model.yaml").read_text())
     model["metadata"] = {"name": "alpha", "namespace": NS}
     model["spec"]["pool"] = "gpu"

@@ -1,12 +1,10 @@
-"""The operator against the real control plane, with real runtime and gateway
-processes standing in for the kwok pods (bound to each pod's loopback IP)."""
+"""The operator against the real control plane, with the kwok pods' runtime and gateway
+containers run from the images (tests/cluster/fleet.py: or host processes, with
+``MODELFLEET_CLUSTER_PODS=processes``), bound to each pod's loopback IP."""
 
 from __future__ import annotations
 
-import base64
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,11 +18,10 @@ import tritonclient.grpc as triton_grpc
 import yaml
 
 from tests.cluster.conftest import Cluster
-from tests.support.servers import ENV, GatewayProcess, Process, RuntimeProcess
+from tests.cluster.fleet import Fleet, running_fleet
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-ROOT = Path(__file__).resolve().parents[2]
 NS = "mf-test"
 BODY = json.dumps(
     {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
@@ -43,99 +40,25 @@ def model(name: str, priority: int = 0, replicas: int = 1, memory: int = 400, **
                            "metadata": {"name": name, "namespace": NS}, "spec": spec})  # fmt: skip
 
 
-POOL = yaml.safe_dump({
-    "apiVersion": "modelfleet.io/v1alpha1", "kind": "InferencePool",
-    "metadata": {"name": "gpu", "namespace": NS},
-    "spec": {"replicas": {"min": 2, "max": 2}, "memoryBudgetMB": 1000, "resources": {"gpu": 1}},
-})  # fmt: skip
-
-
-class Operator:
-    def __init__(self, cluster: Cluster, log: Path) -> None:
-        self.cluster, self.log = cluster, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**ENV, "KUBECONFIG": str(self.cluster.kubeconfig)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "modelfleet", "operator", "--namespace", NS],
-                                     env=env, stdout=self.log.open("a"), stderr=subprocess.STDOUT)  # fmt: skip
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def fleet(
     kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, model_store: Path
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[Fleet]:
+    """The "gpu" pool (2 runtime pods, one GPU each) with its runtime and gateway pods
+    running (their containers, or processes: tests/cluster/fleet.py), and the operator."""
     tmp = tmp_path_factory.mktemp("fleet")
-    k = kube_cluster
-    for crd in ("inferencepool.yaml", "inferencemodel.yaml"):
-        k.kubectl("apply", "-f", str(ROOT / "crds" / crd))
-    for crd in ("inferencepools", "inferencemodels"):
-        k.kubectl(
-            "wait", "--for=condition=Established", f"crd/{crd}.modelfleet.io", "--timeout=30s"
-        )
-    k.kubectl("create", "namespace", NS, check=False)
-    operator = Operator(k, tmp / "operator.log")
-    operator.start()
-    procs: list[Process] = []
-    try:
-        k.kubectl("apply", "-f", "-", input=POOL)
-
-        def pods(component: str) -> list[dict[str, Any]]:
-            return pool_pods(k, "gpu", component)
-
-        runtime_pods = wait_for(
-            "2 runtime pods with IPs",
-            lambda: pods("runtime") if len(pods("runtime")) == 2 else None,
-        )
-        gateway_pods = wait_for("a gateway pod with an IP", lambda: pods("gateway"))
-        secret = json.loads(
-            k.kubectl("get", "secret", "gpu-admin-token", "-n", NS, "-o", "json").stdout
-        )
-        token = tmp / "token"
-        token.write_bytes(base64.b64decode(secret["data"]["token"]))
-        for pod in runtime_pods:
-            procs.append(RuntimeProcess(tmp, [], model_store, host=pod["status"]["podIP"], port=8080,
-                                        admin_port=8081, grpc_port=8001,
-                                        admin_token_file=str(token)))  # fmt: skip
-        gw_ip = gateway_pods[0]["status"]["podIP"]
-        procs.append(
-            GatewayProcess(
-                tmp,
-                {},
-                host=gw_ip,
-                port=8080,
-                admin_port=8081,
-                grpc_port=8001,
-                admin_token_file=str(token),
-            )
-        )
-        yield {
-            "cluster": k,
-            "gateway": f"http://{gw_ip}:8080",
-            "gateway_grpc": f"{gw_ip}:8001",
-            "operator": operator,
-            "tmp": tmp,
-            "procs": procs,
-            "token": token,
-            "store": model_store,
-        }
-    finally:
-        operator.stop()
-        for proc in procs:
-            proc.stop()
-        k.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-        print((tmp / "operator.log").read_text()[-4000:])
+    with running_fleet(kube_cluster, tmp, model_store, NS, "gpu", resources={"gpu": 1}) as fleet:
+        yield fleet
 
 
-def pool_pods(k: Cluster, pool: str, component: str) -> list[dict[str, Any]]:
-    selector = f"app.kubernetes.io/instance={pool},app.kubernetes.io/component={component}"
-    out = k.kubectl("get", "pods", "-n", NS, "-l", selector, "-o", "json")
-    return [p for p in json.loads(out.stdout)["items"] if p["status"].get("podIP")]
+def gateway(fleet: Fleet) -> str:
+    assert fleet.gateway is not None
+    return fleet.gateway.url
+
+
+def gateway_grpc(fleet: Fleet) -> str:
+    assert fleet.gateway is not None and fleet.gateway.grpc_address, "the gateway has no gRPC port"
+    return fleet.gateway.grpc_address
 
 
 def status(k: Cluster, name: str) -> dict[str, Any]:
@@ -147,6 +70,15 @@ def condition(k: Cluster, name: str, kind: str) -> dict[str, Any]:
     return next(c for c in status(k, name).get("conditions", []) if c["type"] == kind)
 
 
+def ready(k: Cluster, name: str) -> bool:
+    """True once the model is Ready; until then fails with its conditions (so a timeout
+    says why, for example a model file the pod cannot see)."""
+    conditions = status(k, name).get("conditions", [])
+    ready = [c for c in conditions if c["type"] == "Ready" and c["status"] == "True"]
+    assert ready, [(c["type"], c["status"], c.get("message", "")) for c in conditions]
+    return True
+
+
 def infer(gateway: str, name: str) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(f"{gateway}/v2/models/{name}/infer", data=BODY)
     try:
@@ -156,12 +88,12 @@ def infer(gateway: str, name: str) -> tuple[int, dict[str, Any]]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def test_a_model_becomes_ready_and_answers_through_the_gateway(fleet: dict[str, Any]) -> None:
-    k = fleet["cluster"]
+def test_a_model_becomes_ready_and_answers_through_the_gateway(fleet: Fleet) -> None:
+    k = fleet.k
     k.kubectl("apply", "-f", "-", input=model("alpha"))
-    wait_for("alpha Ready", lambda: condition(k, "alpha", "Ready")["status"] == "True")
+    wait_for("alpha Ready", lambda: ready(k, "alpha"))
     _code, body = wait_for(
-        "an answer", lambda: (r := infer(fleet["gateway"], "alpha"))[0] == 200 and r
+        "an answer", lambda: (r := infer(gateway(fleet), "alpha"))[0] == 200 and r
     )
     assert body["model_name"] == "alpha" and len(body["outputs"][0]["data"]) == 4
     st = status(k, "alpha")
@@ -172,7 +104,7 @@ def test_a_model_becomes_ready_and_answers_through_the_gateway(fleet: dict[str, 
     # The Service's gRPC port reaches the gateway's, which routes to the runtimes' gRPC.
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
     assert ports == {"http": (80, 8080), "grpc": (8001, 8001)}
-    with triton_grpc.InferenceServerClient(fleet["gateway_grpc"]) as client:
+    with triton_grpc.InferenceServerClient(gateway_grpc(fleet)) as client:
         x = triton_grpc.InferInput("input", [1, 16], "FP32")
         x.set_data_from_numpy(np.full((1, 16), 0.5, np.float32))
         result = client.infer("alpha", [x])
@@ -189,9 +121,9 @@ def test_a_model_becomes_ready_and_answers_through_the_gateway(fleet: dict[str, 
 
 
 def test_a_high_priority_model_evicts_a_low_one_which_comes_back_after(
-    fleet: dict[str, Any],
+    fleet: Fleet,
 ) -> None:
-    k = fleet["cluster"]
+    k = fleet.k
     k.kubectl("apply", "-f", "-", input=model("low", priority=0, replicas=2, memory=500))
     wait_for("low on 2 pods", lambda: status(k, "low").get("readyReplicas") == 2)
     k.kubectl("apply", "-f", "-", input=model("high", priority=100, replicas=2, memory=500))
@@ -200,16 +132,16 @@ def test_a_high_priority_model_evicts_a_low_one_which_comes_back_after(
         "low Degraded", lambda: (c := condition(k, "low", "Degraded"))["status"] == "True" and c
     )
     assert "evicted by" in degraded["message"] and "high" in degraded["message"]
-    assert infer(fleet["gateway"], "high")[0] == 200
+    assert infer(gateway(fleet), "high")[0] == 200
     k.kubectl("delete", "inferencemodel", "high", "-n", NS)
     wait_for("low back on 2 pods", lambda: status(k, "low").get("readyReplicas") == 2, timeout=120)
-    assert infer(fleet["gateway"], "low")[0] == 200
+    assert infer(gateway(fleet), "low")[0] == 200
 
 
 def test_bad_resources_are_rejected_or_degraded_while_others_keep_serving(
-    fleet: dict[str, Any],
+    fleet: Fleet,
 ) -> None:
-    k = fleet["cluster"]
+    k = fleet.k
     bad = model("bad", canary={"version": "1", "weight": 10, "source": {"path": "x.safetensors"}})
     result = k.kubectl("apply", "-f", "-", input=bad, check=False)
     assert result.returncode != 0 and "canary.version must differ from version" in result.stderr
@@ -220,18 +152,18 @@ def test_bad_resources_are_rejected_or_degraded_while_others_keep_serving(
         lambda: (c := condition(k, "broken", "Degraded"))["status"] == "True" and c,
     )
     assert "missing.safetensors" in degraded["message"] and "not found" in degraded["message"]
-    assert infer(fleet["gateway"], "alpha")[0] == 200
+    assert infer(gateway(fleet), "alpha")[0] == 200
     k.kubectl("delete", "inferencemodel", "broken", "-n", NS)
 
 
-def test_an_operator_restart_keeps_placements_and_traffic(fleet: dict[str, Any]) -> None:
-    k = fleet["cluster"]
+def test_an_operator_restart_keeps_placements_and_traffic(fleet: Fleet) -> None:
+    k = fleet.k
     before = {v["version"]: v["pods"] for v in status(k, "alpha")["versions"]}
-    fleet["operator"].stop()
-    codes = [infer(fleet["gateway"], "alpha")[0] for _ in range(20)]
-    fleet["operator"].start()
+    fleet.stop_operator()
+    codes = [infer(gateway(fleet), "alpha")[0] for _ in range(20)]
+    fleet.start_operator()
     time.sleep(6)
-    codes += [infer(fleet["gateway"], "alpha")[0] for _ in range(20)]
+    codes += [infer(gateway(fleet), "alpha")[0] for _ in range(20)]
     after = {v["version"]: v["pods"] for v in status(k, "alpha")["versions"]}
     assert set(codes) == {200}
     assert before == after
@@ -244,20 +176,15 @@ def admin_models(ip: str, token: Path) -> list[str]:
         return [m["name"] for m in json.loads(resp.read())["actual"]["models"]]
 
 
-def test_two_pools_unknown_pool_deleting_a_model_and_a_pool(fleet: dict[str, Any]) -> None:
-    k, tmp = fleet["cluster"], fleet["tmp"]
-    small_pool = POOL.replace("name: gpu", "name: small").replace("max: 2", "max: 1").replace(
-        "min: 2", "min: 1").replace("memoryBudgetMB: 1000", "memoryBudgetMB: 300")  # fmt: skip
-    k.kubectl("apply", "-f", "-", input=small_pool)
-    pods = wait_for("the small pool's pod", lambda: pool_pods(k, "small", "runtime"))
-    secret = json.loads(
-        k.kubectl("get", "secret", "small-admin-token", "-n", NS, "-o", "json").stdout
+def test_two_pools_unknown_pool_deleting_a_model_and_a_pool(fleet: Fleet) -> None:
+    k = fleet.k
+    fleet.apply_pool(
+        "small", replicas={"min": 1, "max": 1}, memoryBudgetMB=300, resources={"gpu": 1}
     )
-    token = tmp / "small-token"
-    token.write_bytes(base64.b64decode(secret["data"]["token"]))
+    pods = wait_for("the small pool's pod", lambda: fleet.pods("runtime", "small"))
+    token = fleet.pool_token("small")
     ip = pods[0]["status"]["podIP"]
-    fleet["procs"].append(RuntimeProcess(tmp, [], fleet["store"], host=ip, port=8080, admin_port=8081,
-                                         admin_token_file=str(token)))  # fmt: skip
+    fleet.start_runtime(pods[0])
     k.kubectl(
         "apply",
         "-f",
@@ -284,7 +211,7 @@ def test_two_pools_unknown_pool_deleting_a_model_and_a_pool(fleet: dict[str, Any
     assert orphan["reason"] == "UnknownPool" and "nowhere" in orphan["message"]
     table = k.kubectl("get", "inferencemodels", "-n", NS).stdout
     assert all(name in table for name in ("tiny", "huge", "alpha", "small", "gpu"))
-    assert infer(fleet["gateway"], "alpha")[0] == 200  # the other pool keeps serving
+    assert infer(gateway(fleet), "alpha")[0] == 200  # the other pool keeps serving
     k.kubectl("delete", "inferencemodel", "tiny", "-n", NS)
     wait_for("tiny unloaded from the pod", lambda: "tiny" not in admin_models(ip, token))
     k.kubectl("delete", "inferencepool", "small", "-n", NS)
@@ -297,7 +224,7 @@ def test_two_pools_unknown_pool_deleting_a_model_and_a_pool(fleet: dict[str, Any
 
 
 def test_a_bert_style_model_with_padding_serves_variable_lengths_through_the_gateway(
-    fleet: dict[str, Any],
+    fleet: Fleet,
 ) -> None:
     """An InferenceModel declaring bucket padding (``batching.pad``) for token ids
     and mask: the runtime gets it from the operator, and mixed-length traffic
@@ -306,7 +233,7 @@ def test_a_bert_style_model_with_padding_serves_variable_lengths_through_the_gat
 
     import numpy as np
 
-    k = fleet["cluster"]
+    k = fleet.k
     k.kubectl("apply", "-f", "-", input=model(
         "encoder", memory=200,
         source={"path": "bert.safetensors", "architecture": "modelfleet.runtime.zoo:bert"},
@@ -326,7 +253,7 @@ def test_a_bert_style_model_with_padding_serves_variable_lengths_through_the_gat
             {"name": "ids", "shape": [1, length], "datatype": "INT64", "data": [3] * length},
             {"name": "mask", "shape": [1, length], "datatype": "INT64", "data": [1] * length},
         ]}).encode()  # fmt: skip
-        req = urllib.request.Request(f"{fleet['gateway']}/v2/models/encoder/infer", data=body)
+        req = urllib.request.Request(f"{gateway(fleet)}/v2/models/encoder/infer", data=body)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 doc = json.loads(resp.read())
@@ -345,14 +272,14 @@ def test_a_bert_style_model_with_padding_serves_variable_lengths_through_the_gat
 
 
 def test_under_a_low_priority_surge_the_high_model_keeps_its_latency_and_status_shows_shedding(
-    fleet: dict[str, Any],
+    fleet: Fleet,
 ) -> None:
     """Two models of one pool, 50 ms a request each (a sleeping test model): a surge
     on the low-priority one through the gateway neither slows the high-priority one
     beyond one low batch nor sheds it, and the status says which one shed."""
     import concurrent.futures
 
-    k, gateway = fleet["cluster"], fleet["gateway"]
+    k, url = fleet.k, gateway(fleet)
     body = json.dumps(
         {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
     ).encode()
@@ -368,7 +295,7 @@ def test_under_a_low_priority_surge_the_high_model_keeps_its_latency_and_status_
         )  # fmt: skip
 
     def call(name: str) -> tuple[int, float]:
-        req = urllib.request.Request(f"{gateway}/v2/models/{name}/infer", data=body)
+        req = urllib.request.Request(f"{url}/v2/models/{name}/infer", data=body)
         t0 = time.perf_counter()
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:

@@ -1,5 +1,5 @@
-"""Version changes on the real control plane, with real runtime and gateway
-processes in the kwok pods (``fleet.py``): rollouts under a steady request
+"""Version changes on the real control plane, with the kwok pods' runtime and
+gateway containers running (``fleet.py``): rollouts under a steady request
 stream, canary splits, rollback, promotion without a reload, a broken canary,
 operator kills mid-rollout, and rollouts when the pool has no spare memory."""
 

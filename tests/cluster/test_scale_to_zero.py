@@ -1,5 +1,5 @@
-"""Scale to zero and back, on the real control plane with real runtime and gateway
-processes in the kwok pods (``fleet.py``): a ``minReplicas: 0`` model without
+"""Scale to zero and back, on the real control plane with the kwok pods' runtime
+and gateway containers running (``fleet.py``): a ``minReplicas: 0`` model without
 traffic for its scale-down delay is unloaded (its memory freed on the pod), reports
 Ready=False/ScaledToZero and keeps its Service and its (cold) route; its next request
 is held by the gateway while the operator places and warms a copy, then answered.
