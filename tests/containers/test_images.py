@@ -192,3 +192,31 @@ def test_a_source_change_rebuilds_the_wheel_and_keeps_the_dependency_layer(
     project = next(s for s in steps if s.startswith("RUN pip install") and "dist/*.whl" in s)
     assert steps[dependencies], f"the dependency layer was rebuilt:\n{runtime_build[-4000:]}"
     assert not steps[project], f"the changed project was not installed:\n{runtime_build[-4000:]}"
+
+
+def test_the_cluster_tests_image_is_the_runtime_image_plus_the_test_architectures(
+    images: Images,
+) -> None:
+    """``localhost/modelfleet/runtime-tests`` (tests/cluster/models_image.py), which the
+    cluster tests' pools run from: the suite's architectures import in it, run read-only
+    as the runtime image's user, and it adds those modules and nothing else."""
+    from tests.cluster.models_image import MODULES, build_test_models_image
+
+    image = build_test_models_image(images.runtime)
+    script = (
+        "import os, tests.runtime.models, tests.cluster.flaky_models\n"
+        "root = '/opt/test-models'\n"
+        "files = sorted(os.path.relpath(os.path.join(d, f), root)\n"
+        "               for d, _, fs in os.walk(root) for f in fs)\n"
+        "print(os.getuid(), os.getgid(), *files)"
+    )
+    done = run_in(image, "-c", script, entrypoint="python")
+    assert done.returncode == 0, done.stderr[-2000:]
+    uid, gid, *files = done.stdout.split()
+    assert (uid, gid) == ("65532", "65532")
+    assert files == sorted(MODULES)
+    runtime_layers = podman(
+        "image", "inspect", "--format", "{{len .RootFS.Layers}}", images.runtime
+    )
+    layers = podman("image", "inspect", "--format", "{{len .RootFS.Layers}}", image)
+    assert int(layers) == int(runtime_layers) + 1  # one COPY layer over the runtime image
