@@ -128,15 +128,18 @@ def test_same_routes_compares_what_the_gateway_reports() -> None:
 def test_the_pools_runtime_settings_reach_every_pods_document() -> None:
     pods = [pod("cpu-0", "127.1.0.2")]
     custom = pool(runtime={"executor": "process", "torchThreads": 1, "forwardNice": 10,
-                           "yieldBatchMs": 2.5}, resources={"gpu": 0})  # fmt: skip
-    for spec, executor, threads, nice, yields in ((pool(), "thread", None, 0, None),
-                                                  (custom, "process", 1, 10, 2.5)):  # fmt: skip
+                           "yieldBatchMs": 2.5, "expressLane": False},
+                  resources={"gpu": 0})  # fmt: skip
+    for spec, executor, threads, nice, yields, express in (
+        (pool(), "thread", None, 0, None, True), (custom, "process", 1, 10, 2.5, False),
+    ):  # fmt: skip
         result = plan(spec, {"mlp": model(replicas=1)}, pods)
         document = parse_document(yaml.safe_load(state_file(spec, result.documents["cpu-0"])))
         assert document.server.executor == executor
         assert document.server.torch_threads == threads
         assert document.server.forward_nice == nice  # the runtime's default when not set
         assert document.server.yield_batch_ms == yields
+        assert document.server.express_lane is express  # the runtime's default when not set
 
 
 def test_a_models_optimize_setting_reaches_the_runtime_document() -> None:

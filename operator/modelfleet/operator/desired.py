@@ -131,8 +131,8 @@ class Plan:
 def server_section(pool_spec: PoolSpec) -> ServerConfig:
     """The ``server`` part of a runtime pod's document: the pool's budget is the
     runtime's budget, so placement and the runtime agree on what fits. Only the
-    fields set here are written (``torch_threads``, ``forward_nice`` and
-    ``yield_batch_ms`` only when the pool sets them)."""
+    fields set here are written (``torch_threads``, ``forward_nice``,
+    ``yield_batch_ms`` and ``express_lane`` only when the pool sets them)."""
     return ServerConfig(
         host="0.0.0.0",
         port=DATA_PORT,
@@ -147,6 +147,7 @@ def server_section(pool_spec: PoolSpec) -> ServerConfig:
             torch_threads=pool_spec.runtime.torch_threads,
             forward_nice=pool_spec.runtime.forward_nice,
             yield_batch_ms=pool_spec.runtime.yield_batch_ms,
+            express_lane=pool_spec.runtime.express_lane,
         ),
     )
 

@@ -500,6 +500,10 @@ class RuntimeSettings(_Spec):
     while a model of higher priority on the pod has requests arriving or queued, a
     lower model's batch is cut to the rows its measured time per row fits in this
     many milliseconds (whole requests, at least one). Off when absent."""
+    express_lane: bool | None = None
+    """With the thread executor on CPU pools: a higher-priority batch runs on a second
+    thread beside a lower one in progress instead of waiting for it to end (the
+    runtime's default: on). false serializes every batch. No effect on GPU pods."""
 
 
 Toleration = Annotated[

@@ -4,6 +4,14 @@ batches one at a time.
 Forward passes run on a single dedicated thread under ``torch.inference_mode``,
 off the event loop; while a batch runs, requests keep arriving and collecting
 into the next batches.
+
+With ``express`` (``server.express_lane``, CPU devices), a second thread, the
+express lane, runs a batch of a strictly higher class (request level, then model
+priority) while the device thread is busy with a lower one: a high-priority
+request then waits for no low-priority batch in progress, and the OS shares the
+CPU between the two forward passes (the device thread's ``nice`` puts the low one
+behind). Only one batch runs on the express lane at a time, and none while a job
+(warm-up, a memory reading, an unload) runs on the device thread.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from modelfleet.runtime.hosted import HostedModel
 from modelfleet.runtime.loader import load_module, module_bytes
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import Array
-from modelfleet.runtime.scheduler import pick
+from modelfleet.runtime.scheduler import pick, rank
 
 log = logging.getLogger("modelfleet.runtime")
 T = TypeVar("T")
@@ -69,6 +77,7 @@ class DeviceWorker(Dispatch):
         memory: DeviceMemory | None = None,
         split_on_oom: bool = True,
         nice: int = 0,
+        express: bool = False,
     ) -> None:
         super().__init__(
             device, metrics, aging_ms=aging_ms, yield_batch_ms=yield_batch_ms, clock=clock
@@ -87,6 +96,13 @@ class DeviceWorker(Dispatch):
         self._between = threading.Lock()
         """Held by the device thread while it runs a batch or a job."""
         self._thread: threading.Thread | None = None
+        self.express = express
+        """Whether a higher class's batch may run on the express lane beside a lower one."""
+        self._running: tuple[float, int] | None = None
+        """The class (level, -priority) of the batch running on the device thread."""
+        self._express_busy = threading.Lock()
+        """Held by the express lane while it runs a batch, and by a job on the device thread."""
+        self._express_thread: threading.Thread | None = None
 
     # -- the executor, called from the event loop -------------------------------------
 
@@ -94,13 +110,19 @@ class DeviceWorker(Dispatch):
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="modelfleet-device", daemon=True)
         self._thread.start()
+        if self.express:
+            self._express_thread = threading.Thread(
+                target=self._run_express, name="modelfleet-express", daemon=True
+            )
+            self._express_thread.start()
 
     async def stop(self) -> None:
         with self.cond:
             self._stopping = True
-            self.cond.notify()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self.cond.notify_all()
+        for thread in (self._thread, self._express_thread):
+            if thread is not None:
+                await asyncio.get_running_loop().run_in_executor(None, thread.join)
 
     async def load(self, model: HostedModel, store: str) -> int:
         """Loads the module on an executor thread (the device thread goes on serving).
@@ -167,11 +189,15 @@ class DeviceWorker(Dispatch):
         # else on the device thread between two batches.
         if self._between.acquire(blocking=False):
             try:
-                free_and_check()
+                if self._express_busy.acquire(blocking=False):
+                    try:
+                        free_and_check()
+                    finally:
+                        self._express_busy.release()
+                    return
             finally:
                 self._between.release()
-        else:
-            await self.run_on_device(free_and_check)
+        await self.run_on_device(free_and_check)
 
     def failure(self) -> str | None:
         return None  # the device thread lives as long as the runtime
@@ -189,7 +215,7 @@ class DeviceWorker(Dispatch):
         it displaced from a full queue (503 at once when it displaces none)."""
         with self.cond:
             displaced = model.queue.push(item)
-            self.cond.notify()
+            self.cond.notify_all()
         return displaced
 
     def arriving(self, model: HostedModel, delta: int) -> None:
@@ -197,7 +223,7 @@ class DeviceWorker(Dispatch):
         with self.cond:
             model.queue.arriving += delta
             if model.queue.arriving == 0:
-                self.cond.notify()
+                self.cond.notify_all()
 
     async def run_on_device(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` on the device thread between batches (warm-up, memory readings);
@@ -207,7 +233,7 @@ class DeviceWorker(Dispatch):
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self.cond:
             self._jobs.append((fn, future))
-            self.cond.notify()
+            self.cond.notify_all()
         return await future
 
     # -- the device thread ----------------------------------------------------------
@@ -223,6 +249,9 @@ class DeviceWorker(Dispatch):
                 return
             with self._between:
                 self._do(work)
+            if self._running is not None:
+                with self.cond:
+                    self._running = None
             # Nothing of the work may outlive it here: a warm-up job holds its module,
             # which an unload while this thread waits must be able to free.
             del work
@@ -230,7 +259,8 @@ class DeviceWorker(Dispatch):
     def _do(self, work: Any) -> None:
         """One job or one batch (with the requests that expired meanwhile)."""
         if isinstance(work, Job):
-            self._run_job(work.fn, work.future)
+            with self._express_busy:  # no express batch runs beside a job
+                self._run_job(work.fn, work.future)
             return
         model, batch, expired, picked_at = work
         if expired:
@@ -250,9 +280,52 @@ class DeviceWorker(Dispatch):
             chosen, wake = pick(queues, now, self.aging_s) if queues else (None, None)
             if chosen is not None:
                 model = next(m for m in self.models if m.queue is chosen)
+                if self.express:
+                    self._running = rank(chosen, now, self.aging_s)[:2]
+                    self.cond.notify_all()  # a higher class queued now may take the lane
                 batch, expired = chosen.take_batch(now, self.batch_rows(model, now))
                 return model, batch, expired, now
             self.cond.wait(None if wake is None else max(0.0, wake - now))
+
+    # -- the express lane -------------------------------------------------------------
+
+    def _run_express(self) -> None:
+        if self.cpus:
+            pin_this_thread(self.cpus)
+        self._lane.express = True
+        while True:
+            with self.cond:
+                work = self._next_express()
+            if work is None:
+                return
+            with self._express_busy:
+                model, batch, expired, picked_at = work
+                if expired:
+                    self._call_soon(model.fail_expired_all, expired)
+                if batch:
+                    self._execute(model, batch, picked_at)
+            del work, model, batch, expired
+
+    def _next_express(self) -> Any:
+        """Under the lock: waits until the device thread runs a batch and a queue of a
+        strictly higher class has a batch ready; None to stop."""
+        while True:
+            if self._stopping:
+                return None
+            running, wake = self._running, None
+            if running is not None:
+                now = self.clock()
+                queues = [
+                    m.queue
+                    for m in self.models
+                    if len(m.queue) and rank(m.queue, now, self.aging_s)[:2] < running
+                ]
+                chosen, wake = pick(queues, now, self.aging_s) if queues else (None, None)
+                if chosen is not None:
+                    model = next(m for m in self.models if m.queue is chosen)
+                    batch, expired = chosen.take_batch(now, None)
+                    return model, batch, expired, now
+            self.cond.wait(None if wake is None else max(0.0, wake - self.clock()))
 
     def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         assert self._loop is not None

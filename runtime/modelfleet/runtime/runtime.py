@@ -107,7 +107,8 @@ def build_executor(
                 for i in range(gpus)
             ])  # fmt: skip
         return DeviceWorker(device, metrics, aging_ms=aging_ms, cpus=cpus,
-                            nice=config.forward_nice, yield_batch_ms=config.yield_batch_ms)  # fmt: skip
+                            nice=config.forward_nice, yield_batch_ms=config.yield_batch_ms,
+                            express=config.express_lane and device.type == "cpu")  # fmt: skip
 
     def spawn(loop: asyncio.AbstractEventLoop) -> ForwardProcess:
         return ForwardProcess(
