@@ -93,3 +93,18 @@ class Reverse(nn.Module):
 
 def reverse() -> nn.Module:
     return Reverse()
+
+
+class Cyclic(nn.Module):
+    """Identity that holds a reference cycle (only the cyclic collector frees it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.itself = [self]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def cyclic() -> nn.Module:
+    return Cyclic()

@@ -10,6 +10,7 @@ from modelfleet.gateway.admin import build_admin_app
 from modelfleet.gateway.grpc_proxy import build_grpc_proxy
 from modelfleet.gateway.proxy import Gateway, build_gateway_app
 from modelfleet.gateway.routes import RoutesDocument, RoutesError, load_routes
+from modelfleet.serving import heap
 from modelfleet.serving.auth import read_token
 from modelfleet.serving.eventloop import run
 from modelfleet.serving.flags import with_flags
@@ -33,6 +34,7 @@ async def serve(document: RoutesDocument) -> int:
             if token:
                 admin = build_admin_app(gateway, token)
                 await sites.listen(admin, config.admin_port, "gateway admin API")
+            heap.settle()  # the imported libraries out of the full collections' walk
             await sites.stop.wait()
             log.info("shutdown requested: finishing in-flight requests")
             gateway.draining = True

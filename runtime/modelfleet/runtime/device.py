@@ -103,6 +103,10 @@ class DeviceWorker(Dispatch):
         self._express_busy = threading.Lock()
         """Held by the express lane while it runs a batch, and by a job on the device thread."""
         self._express_thread: threading.Thread | None = None
+        self._lane_wake = threading.Condition(self.cond_lock)
+        """What the express lane waits on (the device thread waits on ``self.cond``, under
+        the same lock): it is woken only when it may have a batch to run, so that a
+        request of the class in progress costs no wake-up of a thread that ignores it."""
 
     # -- the executor, called from the event loop -------------------------------------
 
@@ -119,7 +123,8 @@ class DeviceWorker(Dispatch):
     async def stop(self) -> None:
         with self.cond:
             self._stopping = True
-            self.cond.notify_all()
+            self.cond.notify()
+            self._lane_wake.notify()
         for thread in (self._thread, self._express_thread):
             if thread is not None:
                 await asyncio.get_running_loop().run_in_executor(None, thread.join)
@@ -215,7 +220,7 @@ class DeviceWorker(Dispatch):
         it displaced from a full queue (503 at once when it displaces none)."""
         with self.cond:
             displaced = model.queue.push(item)
-            self.cond.notify_all()
+            self._wake(model)
         return displaced
 
     def arriving(self, model: HostedModel, delta: int) -> None:
@@ -223,7 +228,7 @@ class DeviceWorker(Dispatch):
         with self.cond:
             model.queue.arriving += delta
             if model.queue.arriving == 0:
-                self.cond.notify_all()
+                self._wake(model)
 
     async def run_on_device(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` on the device thread between batches (warm-up, memory readings);
@@ -233,8 +238,21 @@ class DeviceWorker(Dispatch):
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self.cond:
             self._jobs.append((fn, future))
-            self.cond.notify_all()
+            self.cond.notify()
         return await future
+
+    def _wake(self, model: HostedModel) -> None:
+        """Under the lock: wakes the device thread, and the express lane when a batch
+        runs and ``model``'s queue now has a strictly higher class than it."""
+        self.cond.notify()
+        running = self._running
+        queue = model.queue
+        if (
+            running is not None
+            and len(queue)
+            and rank(queue, self.clock(), self.aging_s)[:2] < running
+        ):
+            self._lane_wake.notify()
 
     # -- the device thread ----------------------------------------------------------
 
@@ -282,7 +300,7 @@ class DeviceWorker(Dispatch):
                 model = next(m for m in self.models if m.queue is chosen)
                 if self.express:
                     self._running = rank(chosen, now, self.aging_s)[:2]
-                    self.cond.notify_all()  # a higher class queued now may take the lane
+                    self._lane_wake.notify()  # a higher class queued now may take the lane
                 batch, expired = chosen.take_batch(now, self.batch_rows(model, now))
                 return model, batch, expired, now
             self.cond.wait(None if wake is None else max(0.0, wake - now))
@@ -325,7 +343,7 @@ class DeviceWorker(Dispatch):
                     model = next(m for m in self.models if m.queue is chosen)
                     batch, expired = chosen.take_batch(now, None)
                     return model, batch, expired, now
-            self.cond.wait(None if wake is None else max(0.0, wake - self.clock()))
+            self._lane_wake.wait(None if wake is None else max(0.0, wake - self.clock()))
 
     def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         assert self._loop is not None

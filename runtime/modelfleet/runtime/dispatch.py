@@ -58,7 +58,8 @@ class Dispatch(ABC):
         self.yield_batch_s = yield_batch_ms / 1000.0 if yield_batch_ms else None
         self.clock = clock
         self.models: list[HostedModel] = []
-        self.cond = threading.Condition()
+        self.cond_lock = threading.RLock()
+        self.cond = threading.Condition(self.cond_lock)
         self._busy_s = 0.0
         """Expected forward seconds of the batches handed out and not finished."""
         self._busy_batches = 0

@@ -12,6 +12,9 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+LAG_PERIOD_S = 0.02
+"""How often the loop-lag probe sets its timer."""
 PROTOCOLS = ("rest", "grpc")
 
 if TYPE_CHECKING:
@@ -146,6 +149,14 @@ class RuntimeMetrics:
             "modelfleet_unload_leaks_total",
             "Unloads after which a model version's memory was not returned.",
             labels,
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "modelfleet_event_loop_lag_seconds",
+            "How late the event loop ran a timer it set every 20 ms: the time a request "
+            "that arrives now waits for the loop before anything of it is read (a busy "
+            "loop delays every priority alike).",
+            buckets=LAG_BUCKETS,
             registry=self.registry,
         )
 

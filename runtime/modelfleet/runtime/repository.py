@@ -21,6 +21,7 @@ from modelfleet.runtime.executor import Executor
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.loader import resolve_source
 from modelfleet.runtime.metrics import RuntimeMetrics
+from modelfleet.serving import heap
 from modelfleet.serving.errors import NotFound, Unavailable
 
 log = logging.getLogger("modelfleet.runtime")
@@ -190,6 +191,7 @@ class Repository:
             return model
         model.state = State.READY
         model.loaded_at = time.time()
+        heap.settle()  # the loaded module out of the full collections' walk
         self.metrics.model_ready.labels(name, version).set(1)
         self._update_memory()
         log.info(
@@ -221,6 +223,7 @@ class Repository:
         await model.idle.wait()
         self.worker.remove(model)
         self.draining.remove(model)
+        heap.release()  # its module may hold cycles: let the collector find them
         await self.worker.unload(model)
         model.memory_bytes = 0
         if not any(m.key == model.key for m in self.models.values()):

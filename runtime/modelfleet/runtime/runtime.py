@@ -17,9 +17,10 @@ from modelfleet.runtime.forward import pick_device
 from modelfleet.runtime.forward_process import ForwardProcess
 from modelfleet.runtime.loop_dispatcher import LoopDispatcher
 from modelfleet.runtime.malloc import retain_freed_memory
-from modelfleet.runtime.metrics import RuntimeMetrics
+from modelfleet.runtime.metrics import LAG_PERIOD_S, RuntimeMetrics
 from modelfleet.runtime.multidevice import DeviceWorkers
 from modelfleet.runtime.repository import Repository
+from modelfleet.serving import heap
 from modelfleet.version import VERSION
 
 log = logging.getLogger("modelfleet.runtime")
@@ -47,10 +48,12 @@ class Runtime:
         self.repository = Repository(self.config, self.worker, self.metrics)
         self.draining = False
         self.started = False
+        self._lag_probe: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Starts the executor and loads the initial models (warm-up included)."""
         self.worker.start()
+        self._lag_probe = asyncio.create_task(probe_loop_lag(self.metrics))
         log.info("runtime on %s; loading %d model(s)", self.worker.device, len(self.initial.models))
         await self.repository.apply(self.initial.models, wait=True)
         self.started = True
@@ -87,8 +90,20 @@ class Runtime:
         return True
 
     async def close(self) -> None:
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
         await self.repository.close()
         await self.worker.stop()
+        heap.release()  # what the runtime held may go
+
+
+async def probe_loop_lag(metrics: RuntimeMetrics) -> None:
+    """Sets a timer every ``LAG_PERIOD_S`` and records how late the loop ran it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + LAG_PERIOD_S
+        await asyncio.sleep(LAG_PERIOD_S)
+        metrics.loop_lag.observe(max(0.0, loop.time() - due))
 
 
 def build_executor(
