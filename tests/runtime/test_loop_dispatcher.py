@@ -41,6 +41,9 @@ class FakeProcess:
     def has_room(self) -> bool:
         return self.died is not None or len(self.sent) < self.depth
 
+    def busy(self) -> bool:
+        return self.died is None and bool(self.sent)
+
     def submit(self, handle: int, arrays: Sequence[Array], done: Done) -> None:
         if self.died is not None:
             done(None, ForwardProcessDied(self.died), 0.0)
@@ -158,6 +161,39 @@ async def test_a_freed_slot_goes_to_the_higher_priority_request(
     process.answer()
     handle, arrays, _ = process.sent[-1]
     assert handle == 2 and float(arrays[0][0, 0]) == 4.0  # high, although it came last
+
+
+async def test_the_second_slot_stays_free_while_a_higher_priority_model_is_active(
+    setup: tuple[LoopDispatcher, FakeProcess],
+) -> None:
+    """A low batch runs; the next low one waits in the queue, not in the pipe, while the
+    high model has requests arriving: the high request then goes in right behind the
+    running batch. Once the high model is quiet, both slots fill again."""
+    dispatcher, process = setup
+    low = make(dispatcher, process, name="low", priority=10, batching={"max_batch_size": 1})
+    high = make(dispatcher, process, name="high", priority=100)
+    now = time.monotonic()
+    for i in range(5):  # the high model's recent arrivals: several a second
+        high.arrivals.add(5, 1, now - i * 0.1)
+    request(dispatcher, low, 1.0)
+    request(dispatcher, low, 2.0)
+    assert [h for h, _, _ in process.sent] == [1] and len(low.queue) == 1
+    request(dispatcher, high, 3.0)
+    assert [h for h, _, _ in process.sent] == [1, 2]  # the high one, behind the running batch
+    process.answer()
+    process.answer()
+    assert [h for h, _, _ in process.sent] == [1]  # the waiting low batch, alone again
+    quiet = LoopDispatcher(
+        torch.device("cpu"), RuntimeMetrics(), aging_ms=100,
+        spawn=lambda loop: FakeProcess(),  # type: ignore[arg-type,return-value]
+    )  # fmt: skip
+    quiet.start()
+    assert isinstance(quiet.process, FakeProcess)
+    low2 = make(quiet, quiet.process, name="low", priority=10, batching={"max_batch_size": 1})
+    make(quiet, quiet.process, name="high", priority=100)
+    request(quiet, low2, 1.0)
+    request(quiet, low2, 2.0)
+    assert len(quiet.process.sent) == 2  # no higher model active: both slots
 
 
 async def test_a_request_past_its_deadline_in_the_queue_is_answered_503_and_never_run(

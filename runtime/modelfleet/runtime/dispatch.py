@@ -117,13 +117,17 @@ class Dispatch(ABC):
         per_row = model.service.seconds_per_row
         if self.yield_batch_s is None or not per_row:
             return None
+        return max(1, int(self.yield_batch_s / per_row)) if self.higher_active(model, now) else None
+
+    def higher_active(self, model: HostedModel, now: float) -> bool:
+        """Whether a model of higher priority here has requests queued, or arriving at
+        a second or more a second lately."""
         priority = model.config.priority
-        active = any(
+        return any(
             len(other.queue) or other.arrivals.rate_ahead(sys.maxsize, now, inclusive=True) >= 1.0
             for other in self.models
             if other.config.priority > priority
         )
-        return max(1, int(self.yield_batch_s / per_row)) if active else None
 
     def expire(self, model: HostedModel, item: Pending) -> bool:
         with self.cond:

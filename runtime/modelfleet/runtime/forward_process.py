@@ -179,6 +179,10 @@ class ForwardProcess:
         """Whether another batch may be submitted now (a dead child takes any: it fails them)."""
         return self.died is not None or len(self._inflight) < PIPELINE_DEPTH
 
+    def busy(self) -> bool:
+        """Whether a batch is in the child now (one running, perhaps one waiting)."""
+        return self.died is None and len(self._inflight) > 0
+
     def submit(self, handle: int, arrays: Sequence[Array], done: Done) -> None:
         """Sends one batch to the child; ``done`` is called on the event loop."""
         if self.died is not None:

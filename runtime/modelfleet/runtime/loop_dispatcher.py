@@ -16,6 +16,11 @@ Each time, it fills the free pipeline slots with the scheduler's choices
 (request priority, aging, model priority: the same ``pick`` as the device
 thread). At concurrency 1 a request goes from its handler straight into the
 pipe to the child: no thread in between.
+
+The second slot (a batch waiting in the pipe behind the running one) is left
+empty for a model while a model of higher priority here is active (requests
+queued, or arriving lately): a high-priority request then waits for one
+lower batch at most, the one running, not two.
 """
 
 from __future__ import annotations
@@ -171,6 +176,8 @@ class LoopDispatcher(Dispatch):
                     self._wake_at(wake, now)
                     return
                 model = next(m for m in self.models if m.queue is chosen)
+                if process.busy() and self.higher_active(model, now):
+                    return  # the slot stays free for the higher class (refilled at the answer)
                 batch, expired = chosen.take_batch(now, self.batch_rows(model, now))
             if expired:
                 model.fail_expired_all(expired)
