@@ -241,6 +241,12 @@ class DeviceWorker(Dispatch):
             self.cond.notify()
         return await future
 
+    def _higher_queued(self, running: tuple[float, int], now: float) -> bool:
+        """Under the lock: whether a queue holds a strictly higher class than ``running``."""
+        return any(
+            len(m.queue) and rank(m.queue, now, self.aging_s)[:2] < running for m in self.models
+        )
+
     def _wake(self, model: HostedModel) -> None:
         """Under the lock: wakes the device thread, and the express lane when a batch
         runs and ``model``'s queue now has a strictly higher class than it."""
@@ -299,9 +305,10 @@ class DeviceWorker(Dispatch):
             if chosen is not None:
                 model = next(m for m in self.models if m.queue is chosen)
                 if self.express:
-                    self._running = rank(chosen, now, self.aging_s)[:2]
-                    self._lane_wake.notify()  # a higher class queued now may take the lane
+                    self._running = running = rank(chosen, now, self.aging_s)[:2]
                 batch, expired = chosen.take_batch(now, self.batch_rows(model, now))
+                if self.express and self._higher_queued(running, now):
+                    self._lane_wake.notify()  # e.g. a batch still collecting its delay
                 return model, batch, expired, now
             self.cond.wait(None if wake is None else max(0.0, wake - now))
 
