@@ -3,6 +3,7 @@ due answer; aging only when asked for (fake time)."""
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 from typing import Any
 
@@ -126,7 +127,9 @@ def test_max_rows_cuts_a_batch_but_never_splits_a_request() -> None:
 
 def yielding(models: list[Any], yield_ms: float | None = 2.5) -> Any:
     """What ``Dispatch.batch_rows`` reads of its dispatcher."""
-    return SimpleNamespace(yield_batch_s=yield_ms / 1000 if yield_ms else None, models=models)
+    out = SimpleNamespace(yield_batch_s=yield_ms / 1000 if yield_ms else None, models=models)
+    out.higher_active = functools.partial(Dispatch.higher_active, out)
+    return out
 
 
 def hosted(priority: int, per_row_s: float, arrivals: Arrivals | None = None) -> Any:
