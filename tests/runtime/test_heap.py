@@ -12,6 +12,7 @@ import pytest
 
 from modelfleet.serving import heap
 from tests.runtime.conftest import StartRuntime, tiny_model
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +41,26 @@ async def test_a_loaded_model_is_frozen_and_an_unloaded_one_is_collected(
     gc.collect()
     assert frozen() is not None, "a loaded module was collected"
     await runtime.repository.unload_name("cyc")
+    assert gc.get_freeze_count() == 0  # given back to the collector ...
     gc.collect()
     assert frozen() is None, "the unloaded module's reference cycle outlived a collection"
+    # ... and frozen again by the runtime's periodic probe once a full collection ran.
+    await wait_until("the runtime to freeze again", lambda: gc.get_freeze_count() > 1000, 2.0)
+
+
+def test_refreeze_waits_for_a_full_collection_after_release() -> None:
+    heap.settle()
+    heap.release()
+    assert gc.get_freeze_count() == 0
+    assert not heap.refreeze(), "refrozen before a full collection freed what was dropped"
+    gc.collect(1)  # not a full one
+    assert not heap.refreeze()
+    gc.collect()
+    try:
+        assert heap.refreeze() and gc.get_freeze_count() > 1000
+        assert not heap.refreeze()  # once
+    finally:
+        heap.release()
 
 
 async def test_the_event_loop_lag_is_a_metric(start_runtime: StartRuntime) -> None:

@@ -223,8 +223,8 @@ class Repository:
         await model.idle.wait()
         self.worker.remove(model)
         self.draining.remove(model)
-        heap.release()  # its module may hold cycles: let the collector find them
         await self.worker.unload(model)
+        heap.release()  # its module may hold cycles: the collector may free them now
         model.memory_bytes = 0
         if not any(m.key == model.key for m in self.models.values()):
             self.metrics.forget(name, version)

@@ -98,12 +98,14 @@ class Runtime:
 
 
 async def probe_loop_lag(metrics: RuntimeMetrics) -> None:
-    """Sets a timer every ``LAG_PERIOD_S`` and records how late the loop ran it."""
+    """Sets a timer every ``LAG_PERIOD_S`` and records how late the loop ran it; at
+    each, freezes the long-lived objects again once an unload's garbage is collected."""
     loop = asyncio.get_running_loop()
     while True:
         due = loop.time() + LAG_PERIOD_S
         await asyncio.sleep(LAG_PERIOD_S)
         metrics.loop_lag.observe(max(0.0, loop.time() - due))
+        heap.refreeze()
 
 
 def build_executor(
