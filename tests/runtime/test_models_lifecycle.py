@@ -229,11 +229,17 @@ async def test_put_state_converges_while_other_models_keep_serving(admin: Any) -
     stop.set()
     await load
     resp = await admin_client.put("/admin/state", json={"models": changed}, headers=AUTH)
+    cnn = runtime.repository.models[("cnn", "1")]
+    # The MLP leaves the routes, then its module is freed (on the device thread when a
+    # batch is just ending), then the CNN's settings change: wait for the last step.
     await wait_until(
-        "the MLP gone",
-        lambda: ("mlp", "1") not in runtime.repository.models and not runtime.repository.draining,
+        "the MLP gone and the CNN's new batching applied",
+        lambda: (
+            ("mlp", "1") not in runtime.repository.models
+            and not runtime.repository.draining
+            and cnn.queue.batching.max_batch_size == 4
+        ),
     )
-    assert runtime.repository.models[("cnn", "1")].queue.batching.max_batch_size == 4
     assert set(statuses) == {200}, "traffic to the MLP failed while the CNN loaded"
     assert (await client.post("/v2/models/mlp/infer", json=GOOD)).status == 404
     state = await (await admin_client.get("/admin/state", headers=AUTH)).json()
