@@ -186,3 +186,29 @@ async def test_at_twice_its_capacity_low_keeps_its_goodput_and_high_its_latency(
     assert used >= 0.9 * capacity, (
         f"goodput {lo.goodput:.1f}/s low + {h.goodput:.1f}/s high (x{cost:g}) of {capacity:.1f}/s"
     )
+
+
+async def test_a_request_refused_once_its_body_is_read_does_not_wake_the_device_thread(
+    start_runtime: StartRuntime,
+) -> None:
+    """The arrivals count settling with nothing queued wakes no one: a refusal under
+    overload then costs the event loop no switch to the device thread and back. With
+    requests queued, the last arrival settling still wakes it (eager batching)."""
+    client, runtime = await start_runtime([slow("m", 0)])
+    worker: Any = runtime.worker
+    wakes: list[str] = []
+    real_wake = worker._wake
+
+    def counting_wake(model: Any) -> None:
+        wakes.append(model.config.name)
+        real_wake(model)
+
+    worker._wake = counting_wake
+    hurried = {**BODY, "parameters": {"timeout": 1}}  # 1 µs: refused once its body is read
+    for _ in range(3):
+        status, _, (doc, _) = await timed(client, "m", hurried)
+        assert status == 503, doc
+    assert wakes == [], "a refused request woke the device thread"
+    status, _, _ = await timed(client, "m")
+    assert status == 200
+    assert wakes, "a queued request did not wake the device thread"

@@ -224,10 +224,14 @@ class DeviceWorker(Dispatch):
         return displaced
 
     def arriving(self, model: HostedModel, delta: int) -> None:
-        """Counts requests being received for ``model`` (eager batching waits for them)."""
+        """Counts requests being received for ``model`` (eager batching waits for them).
+        The device thread is woken only when the last arrival settles with requests
+        queued: with none, nothing waits on the count (and a request refused once its
+        body is read would otherwise cost two thread switches)."""
         with self.cond:
-            model.queue.arriving += delta
-            if model.queue.arriving == 0:
+            queue = model.queue
+            queue.arriving += delta
+            if queue.arriving == 0 and len(queue):
                 self._wake(model)
 
     async def run_on_device(self, fn: Callable[[], T]) -> T:
