@@ -43,6 +43,7 @@ import yaml
 from bench.loadgen import closed_loop, table
 from bench.overload import Seen, Traffic, run_classes
 from bench.sources import pythonpath
+from bench.traffic import encode
 from modelfleet.runtime.examples import write_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,12 +69,24 @@ MODELS = [
 
 
 def body(name: str, rows: int, seed: int) -> bytes:
+    return requests(name, rows, "json", count=1, seed=seed)[0][0]
+
+
+def requests(
+    name: str, rows: int, encoding: str, count: int = 16, seed: int = 0
+) -> tuple[list[bytes], dict[str, str]]:
+    """``count`` distinct requests of ``rows`` rows for ``name`` (values rounded to 4
+    decimals, as a JSON client would print them), and the headers they share:
+    ``json`` tensors, or Triton's binary extension (``tritonclient.http``'s default)."""
     spec = next(m for m in MODELS if m["name"] == name)["inputs"][0]
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal([rows, *spec["shape"][1:]]).astype(np.float32)
-    entry = {"name": spec["name"], "shape": list(x.shape), "datatype": "FP32",
-             "data": np.round(x, 4).reshape(-1).tolist()}  # fmt: skip
-    return json.dumps({"inputs": [entry]}).encode()
+    bodies: list[bytes] = []
+    headers: dict[str, str] = {}
+    for i in range(count):
+        rng = np.random.default_rng(seed + i)
+        x = np.round(rng.standard_normal([rows, *spec["shape"][1:]]), 4).astype(np.float32)
+        encoded, headers = encode([spec], [x], encoding)
+        bodies.append(encoded)
+    return bodies, headers
 
 
 def on_cpu(cpu: int) -> Any:
@@ -176,28 +189,33 @@ HEADER = ["low load", "class", "sent", "ok", "shed", "timeouts", "errors", "p50 
           "shed p99 ms", "goodput/sat", "holds"]  # fmt: skip
 
 
-def _high_class(url: str, rate: float, duration: float, keepalive: bool) -> Seen:
+def _high_class(url: str, rate: float, duration: float, keepalive: bool, encoding: str) -> Seen:
     """The high-priority client, in a process of its own (``scenario``)."""
-    high = [body("mlp", 1, i) for i in range(16)]
-    traffic = Traffic("high", rate, high, {}, f"{url}/v2/models/mlp/infer")
+    high, headers = requests("mlp", 1, encoding)
+    traffic = Traffic("high", rate, high, headers, f"{url}/v2/models/mlp/infer")
     return asyncio.run(run_classes([traffic], duration, keepalive=keepalive))["high"]
 
 
 async def both_classes(
-    url: str, args: argparse.Namespace, low_rate: float, low: list[bytes]
+    url: str,
+    args: argparse.Namespace,
+    low_rate: float,
+    low: tuple[list[bytes], dict[str, str]],
 ) -> dict[str, Seen]:
     """The two classes at once. The high class runs in a client process of its own
     (unless ``--shared-client``): its latency is then what a separate client sees, not
     the lag of the load generator's event loop, busy with the low class's hundreds of
     connections a second (both processes share CPU 1)."""
-    low_traffic = Traffic("low", low_rate, low, {}, f"{url}/v2/models/cnn/infer")
+    low_traffic = Traffic("low", low_rate, *low, f"{url}/v2/models/cnn/infer")
     if args.shared_client:
-        high = [body("mlp", 1, i) for i in range(16)]
-        high_traffic = Traffic("high", args.high_rate, high, {}, f"{url}/v2/models/mlp/infer")
+        high, headers = requests("mlp", 1, args.encoding)
+        high_traffic = Traffic("high", args.high_rate, high, headers,
+                               f"{url}/v2/models/mlp/infer")  # fmt: skip
         return await run_classes([high_traffic, low_traffic], args.duration,
                                  keepalive=args.keepalive)  # fmt: skip
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-        job = pool.submit(_high_class, url, args.high_rate, args.duration, args.keepalive)
+        job = pool.submit(_high_class, url, args.high_rate, args.duration, args.keepalive,
+                          args.encoding)  # fmt: skip
         seen = await run_classes([low_traffic], args.duration, keepalive=args.keepalive)
         seen["high"] = await asyncio.wrap_future(job)
     return seen
@@ -206,13 +224,13 @@ async def both_classes(
 async def scenario(
     url: str, capacity: float, args: argparse.Namespace, label: str
 ) -> tuple[list[list[Any]], dict[str, Any]]:
-    high = [body("mlp", 1, i) for i in range(16)]
-    low = [body("cnn", 8, i) for i in range(16)]
+    high = requests("mlp", 1, args.encoding)
+    low = requests("cnn", 8, args.encoding)
     rows: list[list[Any]] = []
     raw: dict[str, Any] = {}
     # What the low class achieves alone at saturation with the load's own kind of client
     # (a connection a request unless --keepalive): its goodput is judged against that.
-    point = await closed_loop(f"{url}/v2/models/cnn/infer", low, {}, 16, 3.0,
+    point = await closed_loop(f"{url}/v2/models/cnn/infer", *low, 16, 3.0,
                               reconnect=not args.keepalive)  # fmt: skip
     saturation = point.throughput
     raw["saturation"] = saturation
@@ -220,7 +238,7 @@ async def scenario(
           f"{'kept-alive connections' if args.keepalive else 'a connection a request'}: "
           f"{saturation:.0f} requests/s", flush=True)  # fmt: skip
     alone = await run_classes(
-        [Traffic("high", args.high_rate, high, {}, f"{url}/v2/models/mlp/infer")],
+        [Traffic("high", args.high_rate, *high, f"{url}/v2/models/mlp/infer")],
         args.duration,
         keepalive=args.keepalive,
     )
@@ -266,8 +284,8 @@ async def measure(args: argparse.Namespace, tmp: Path, executor: str) -> dict[st
     }  # fmt: skip
     proc, url = start("serve", "--config", document, tmp, 0)
     try:
-        low = [body("cnn", 8, i) for i in range(16)]
-        point = await closed_loop(f"{url}/v2/models/cnn/infer", low, {}, 16, 3.0)
+        low = requests("cnn", 8, args.encoding)
+        point = await closed_loop(f"{url}/v2/models/cnn/infer", *low, 16, 3.0)
         capacity = point.throughput
         print(f"  [{executor}] cnn capacity (8 images a request, closed loop c=16): "
               f"{capacity:.0f} requests/s", flush=True)  # fmt: skip
@@ -336,6 +354,9 @@ def main() -> int:
         action="store_true",
         help="clients reuse connections (default: one connection a request)",
     )
+    parser.add_argument("--encoding", choices=["json", "binary"], default="json",
+                        help="how both classes send their tensors: JSON (default) or "
+                             "Triton's binary extension, tritonclient.http's default")  # fmt: skip
     parser.add_argument("--shared-client", action="store_true",
                         help="the high class shares the load generator's event loop "
                              "(before 2026-12-03: its latency then includes that loop's lag)")  # fmt: skip
