@@ -351,3 +351,29 @@ def test_the_forward_pass_runs_below_the_event_loop_by_forward_nice(
         else:
             assert set(nices) == {0}, nices
         assert server.stop() == 0
+
+
+async def test_the_forward_process_keeps_its_models_out_of_the_collectors_full_walks(
+    start_runtime: StartRuntime,
+) -> None:
+    """The child holds torch and the modules: a full collection there walked them all
+    and stopped every forward pass for it (76 ms at 2x CNN overload). It freezes them
+    once a model is loaded, gives them back after an unload (the dropped module's
+    cycles may then be freed), and freezes again after the batch that follows a full
+    collection. The probe model answers the child's frozen count."""
+    client, runtime = await start_runtime(
+        [tiny_model("probe", "freeze_probe"), tiny_model("other", "identity")],
+        executor="process",
+    )
+
+    async def frozen(collect: bool = False) -> float:
+        x = [1.0 if collect else 0.0] * 4
+        resp = await client.post("/v2/models/probe/infer", json=infer_body("x", x, [1, 4]))
+        assert resp.status == 200, await resp.text()
+        return float((await resp.json())["outputs"][0]["data"][0])
+
+    assert await frozen() > 1000  # torch's and the modules' objects, in the child
+    await runtime.repository.unload_name("other")
+    assert await frozen() == 0, "still frozen after an unload: its cycles could not be freed"
+    assert await frozen(collect=True) == 0  # the full collection runs in this batch ...
+    assert await frozen() > 1000  # ... and the child froze again after it

@@ -25,6 +25,7 @@ from modelfleet.runtime.errors import ModelLoadError, out_of_memory_error
 from modelfleet.runtime.malloc import retain_freed_memory
 from modelfleet.runtime.pipe import FrameReceiver, send_frame
 from modelfleet.runtime.wire import answer_parts, decode_batch, encode_failure
+from modelfleet.serving import heap
 from modelfleet.serving.errors import ServingError
 
 SPIN_S = 0.002
@@ -100,6 +101,7 @@ def child_main(
             send_frame(run, reply)
         except (EOFError, OSError):
             return
+        heap.refreeze()
 
 
 def _serve_control(
@@ -133,6 +135,7 @@ def _serve_control(
                     used = torch.cuda.memory_allocated(device) - before if cuda else 0
                     with lock:
                         modules[handle] = (module, config)
+                    heap.settle()  # torch and the module out of the full collections' walk
                     reply = Loaded(max(int(used), module_bytes(module)))
                 case Warm(handle=handle, arrays=arrays):
                     with lock:
@@ -142,6 +145,7 @@ def _serve_control(
                 case Unload(handle=handle):
                     with lock:
                         modules.pop(handle, None)
+                    heap.release()  # its cycles may be freed; the main thread refreezes
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     reply = Done()
