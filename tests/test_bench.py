@@ -572,3 +572,25 @@ def test_benchmark_processes_get_every_source_folder_the_layout_has() -> None:
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
                           text=True, timeout=60, cwd="/")  # fmt: skip
     assert done.returncode == 0, done.stderr[-1000:]
+
+
+def test_the_overload_requests_decode_in_the_runtime_alike_in_either_encoding() -> None:
+    """``bench.overload_bench --encoding``: the same seeded tensors, JSON or binary,
+    each one the runtime's decoder accepts for the bench's models."""
+    from bench.overload_bench import MODELS, requests
+    from modelfleet.runtime.config import ModelConfig
+    from modelfleet.runtime.protocol import HEADER_LENGTH, decode_request
+
+    for name, rows in (("cnn", 8), ("mlp", 1)):
+        spec = ModelConfig.model_validate(next(m for m in MODELS if m["name"] == name))
+        decoded = {}
+        for encoding in ("json", "binary"):
+            bodies, headers = requests(name, rows, encoding, count=3)
+            assert len(set(bodies)) == 3, "the requests should differ"
+            decoded[encoding] = [
+                decode_request(b, spec.inputs, header_length=headers.get(HEADER_LENGTH))
+                for b in bodies
+            ]
+            assert all(r.rows == rows for r in decoded[encoding])
+        for a, b in zip(decoded["json"], decoded["binary"], strict=True):
+            np.testing.assert_array_equal(a.arrays[0], b.arrays[0])
