@@ -50,36 +50,51 @@ async def during_a_long_batch(
     return ms, runtime
 
 
+EXECUTORS = pytest.mark.parametrize("executor", ["thread", "process"])
+"""The lane is a second device thread (thread), or a second thread of the forward
+process fed by a pipe of its own (process)."""
+
+
+@EXECUTORS
 async def test_a_higher_priority_model_runs_beside_a_lower_batch_in_progress(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, executor: str
 ) -> None:
     models = [slow("long", 10, LONG_MS), slow("high", 100, 5)]
-    ms, runtime = await during_a_long_batch(start_runtime, models, "high")
+    ms, runtime = await during_a_long_batch(start_runtime, models, "high", executor=executor)
     assert ms < LONG_MS / 2, f"the high request waited {ms:.0f} ms for the low batch"
     assert runtime.worker.express  # type: ignore[attr-defined]
 
 
+@EXECUTORS
 async def test_without_the_lane_the_higher_model_waits_for_the_batch_in_progress(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, executor: str
 ) -> None:
     models = [slow("long", 10, LONG_MS), slow("high", 100, 5)]
-    ms, runtime = await during_a_long_batch(start_runtime, models, "high", express_lane=False)
+    ms, runtime = await during_a_long_batch(
+        start_runtime, models, "high", express_lane=False, executor=executor
+    )
     assert ms > LONG_MS / 2, f"the high request took only {ms:.0f} ms without the lane"
     assert not runtime.worker.express  # type: ignore[attr-defined]
 
 
+@EXECUTORS
 async def test_a_request_priority_of_the_same_model_takes_the_lane(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, executor: str
 ) -> None:
     """Its own batch takes ``LONG_MS`` too: without the lane it would take twice that."""
     urgent = {**BODY, "parameters": {"priority": 1}}
-    ms, _ = await during_a_long_batch(start_runtime, [slow("long", 0, LONG_MS)], "long", urgent)
+    ms, _ = await during_a_long_batch(
+        start_runtime, [slow("long", 0, LONG_MS)], "long", urgent, executor=executor
+    )
     assert ms < 1.5 * LONG_MS, f"the urgent request waited {ms:.0f} ms for the batch in progress"
 
 
-async def test_an_equal_class_does_not_take_the_lane(start_runtime: StartRuntime) -> None:
+@EXECUTORS
+async def test_an_equal_class_does_not_take_the_lane(
+    start_runtime: StartRuntime, executor: str
+) -> None:
     models = [slow("long", 10, LONG_MS), slow("peer", 10, 5)]
-    ms, _ = await during_a_long_batch(start_runtime, models, "peer")
+    ms, _ = await during_a_long_batch(start_runtime, models, "peer", executor=executor)
     assert ms > LONG_MS / 2, (
         f"a model of equal priority overtook the batch in progress ({ms:.0f} ms)"
     )

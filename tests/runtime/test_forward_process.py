@@ -224,7 +224,7 @@ async def test_at_most_two_batches_are_handed_to_the_forward_process_at_once(
 
     async def watch() -> None:
         while True:
-            seen.append(len(process._inflight))
+            seen.append(len(process._run.inflight))
             await asyncio.sleep(0.005)
 
     watcher = asyncio.create_task(watch())

@@ -35,6 +35,8 @@ class FakeProcess:
     def __init__(self, depth: int = 2) -> None:
         self.depth = depth
         self.sent: list[tuple[int, list[Array], Done]] = []
+        self.express: list[tuple[int, list[Array], Done]] = []
+        """Batches sent down the express lane (one at a time)."""
         self.died: str | None = None
         self.arrived = asyncio.Event()
 
@@ -44,15 +46,21 @@ class FakeProcess:
     def busy(self) -> bool:
         return self.died is None and bool(self.sent)
 
-    def submit(self, handle: int, arrays: Sequence[Array], done: Done) -> None:
+    def express_free(self) -> bool:
+        return self.died is None and not self.express
+
+    def submit(
+        self, handle: int, arrays: Sequence[Array], done: Done, *, express: bool = False
+    ) -> None:
         if self.died is not None:
             done(None, ForwardProcessDied(self.died), 0.0)
             return
-        self.sent.append((handle, list(arrays), done))
+        assert not (express and self.express), "a second express batch in flight"
+        (self.express if express else self.sent).append((handle, list(arrays), done))
         self.arrived.set()
 
-    def answer(self) -> None:
-        _, arrays, done = self.sent.pop(0)
+    def answer(self, express: bool = False) -> None:
+        _, arrays, done = (self.express if express else self.sent).pop(0)
         done([arrays[0][:, :4] * 2], None, 0.001)
 
 
@@ -222,3 +230,45 @@ async def test_a_dead_forward_process_fails_every_queued_request_with_500(
         with pytest.raises(ForwardProcessDied, match="killed by signal 9"):
             await item.future
     assert len(model.queue) == 0
+
+
+async def test_a_strictly_higher_class_takes_the_express_lane_beside_the_running_batch() -> None:
+    """With ``express``: a high batch goes down the express lane at once, even with both
+    main slots taken; one at a time; an equal class waits its turn on the main lane."""
+    process = FakeProcess()
+    dispatcher = LoopDispatcher(
+        torch.device("cpu"), RuntimeMetrics(), aging_ms=0, express=True,
+        spawn=lambda loop: process,  # type: ignore[arg-type,return-value]
+    )  # fmt: skip
+    dispatcher.start()
+    low = make(dispatcher, process, name="low", priority=10, batching={"max_batch_size": 1})
+    peer = make(dispatcher, process, name="peer", priority=10, batching={"max_batch_size": 1})
+    high = make(dispatcher, process, name="high", priority=100, batching={"max_batch_size": 1})
+    lows = [request(dispatcher, low, v) for v in (1.0, 2.0)]
+    assert [h for h, _, _ in process.sent] == [1, 1] and not process.express
+    request(dispatcher, peer, 3.0)
+    assert not process.express and len(peer.queue) == 1  # equal class: it waits
+    first = request(dispatcher, high, 4.0)
+    assert [h for h, _, _ in process.express] == [3]  # beside the running low batch
+    second = request(dispatcher, high, 5.0)
+    assert len(process.express) == 1 and len(high.queue) == 1  # one express batch at a time
+    process.answer(express=True)
+    np.testing.assert_array_equal((await first.future)[0], np.full((1, 4), 8.0, np.float32))
+    assert [float(a[0][0, 0]) for _, a, _ in process.express] == [5.0]  # the next one
+    process.answer(express=True)
+    await second.future
+    process.answer()  # the running low batch ends: the main lane moves on
+    assert (await lows[0].future)[0][0, 0] == 2.0
+    assert [h for h, _, _ in process.sent] == [1, 2]  # the second low, then the peer
+    assert not process.express
+
+
+async def test_without_the_express_lane_a_high_batch_waits_on_the_main_lane(
+    setup: tuple[LoopDispatcher, FakeProcess],
+) -> None:
+    dispatcher, process = setup  # express off (the constructor's default)
+    low = make(dispatcher, process, name="low", priority=10, batching={"max_batch_size": 1})
+    high = make(dispatcher, process, name="high", priority=100)
+    request(dispatcher, low, 1.0)
+    request(dispatcher, high, 2.0)
+    assert not process.express and [h for h, _, _ in process.sent] == [1, 2]

@@ -501,9 +501,10 @@ class RuntimeSettings(_Spec):
     lower model's batch is cut to the rows its measured time per row fits in this
     many milliseconds (whole requests, at least one). Off when absent."""
     express_lane: bool | None = None
-    """With the thread executor on CPU pools: a higher-priority batch runs on a second
-    thread beside a lower one in progress instead of waiting for it to end (the
-    runtime's default: on). false serializes every batch. No effect on GPU pods."""
+    """On CPU pools: a higher-priority batch runs on a second thread (with the process
+    executor, of the forward process) beside a lower one in progress instead of
+    waiting for it to end (the runtime's default: on). false serializes every batch.
+    No effect on GPU pods."""
 
 
 Toleration = Annotated[

@@ -270,11 +270,12 @@ class ServerConfig(_Strict):
     size when no higher class is active. Off by default: smaller batches cost the
     lower class throughput where the forward pass is more efficient at size."""
     express_lane: bool = True
-    """``executor: thread`` on a CPU device: a batch of a strictly higher class (request
-    priority level, then model priority) runs on a second thread beside a lower one in
-    progress, instead of waiting for it to end; the OS shares the CPU between the two
-    (with ``forward_nice``, the device thread's lower batch goes behind). On a GPU the
-    setting changes nothing (batches run one at a time)."""
+    """On a CPU device: a batch of a strictly higher class (request priority level,
+    then model priority) runs on a second thread beside a lower one in progress,
+    instead of waiting for it to end; the OS shares the CPU between the two (with
+    ``forward_nice``, the device thread's lower batch goes behind). With ``executor:
+    process`` the second thread is in the forward process, fed by a pipe of its own.
+    On a GPU the setting changes nothing (batches run one at a time)."""
     torch_threads: int | None = Field(default=None, ge=1)
     """``torch.set_num_threads``; default leaves torch's choice."""
     gil_switch_interval_us: float = Field(default=100, gt=0)

@@ -3,7 +3,9 @@
 Forward passes run on its main thread, one batch after the other as they come
 through the run pipe; loads, warm-ups and unloads (``control``) on a second
 thread, so that they do not stop the forward passes of the models already
-serving. torch is imported only once the child has set its CPUs and its
+serving. A third thread serves the express pipe: the serving process sends a
+batch there when it outranks the batch in progress, which it then runs beside
+instead of after. torch is imported only once the child has set its CPUs and its
 allocator (before torch allocates anything).
 """
 
@@ -43,9 +45,10 @@ def child_main(
     cpus: set[int] | None,
     retain_mb: int = 0,
     nice: int = 0,
+    express: socket.socket | None = None,
 ) -> None:
     """Entry point of the forward process: forward passes on the main thread,
-    loads and unloads on a second one."""
+    loads and unloads on a second one, express batches on a third."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     retain_freed_memory(retain_mb)  # before torch allocates anything
@@ -56,8 +59,6 @@ def child_main(
         os.sched_setaffinity(0, cpus)
     import torch
 
-    from modelfleet.runtime.forward import forward
-
     if torch_threads:
         torch.set_num_threads(torch_threads)
     device = torch.device(device_name)
@@ -66,6 +67,10 @@ def child_main(
     threading.Thread(  # loads and warm-ups off the device's CPUs: serving goes on there
         target=_serve_control, args=(control, device, modules, lock, others), daemon=True
     ).start()
+    if express is not None:
+        threading.Thread(
+            target=_serve_express, args=(express, device, modules, lock), daemon=True
+        ).start()
     spin_s = SPIN_S if cpus else 0.0
     poller = select.poll()
     poller.register(run.fileno(), select.POLLIN)
@@ -79,29 +84,50 @@ def child_main(
             frame = receiver.receive()
         except (EOFError, OSError):
             return
-        started = time.perf_counter()
         try:
-            handle, arrays = decode_batch(frame)
-            with lock:
-                entry = modules.get(handle)
-            if entry is None:
-                raise LookupError(f"no module {handle} is loaded in the forward process")
-            module, config = entry
-            try:
-                outputs = forward(module, arrays, config.outputs, device)
-            except torch.cuda.OutOfMemoryError as exc:  # that batch fails (503), nothing else
-                torch.cuda.empty_cache()
-                rows = len(arrays[0]) if arrays else 0
-                raise out_of_memory_error(config.key, rows) from exc
-            reply = answer_parts(outputs, time.perf_counter() - started)
-        except Exception as exc:
-            served = isinstance(exc, ServingError)
-            reply = [encode_failure(served, _describe(exc), time.perf_counter() - started)]
-        try:
-            send_frame(run, reply)
+            send_frame(run, _run_batch(frame, device, modules, lock))
         except (EOFError, OSError):
             return
         heap.refreeze()
+
+
+def _run_batch(frame: Any, device: Any, modules: dict[int, Any], lock: threading.Lock) -> list[Any]:
+    """One batch frame's forward pass: the answer's parts (a failure's, if it failed)."""
+    import torch
+
+    from modelfleet.runtime.forward import forward
+
+    started = time.perf_counter()
+    try:
+        handle, arrays = decode_batch(frame)
+        with lock:
+            entry = modules.get(handle)
+        if entry is None:
+            raise LookupError(f"no module {handle} is loaded in the forward process")
+        module, config = entry
+        try:
+            outputs = forward(module, arrays, config.outputs, device)
+        except torch.cuda.OutOfMemoryError as exc:  # that batch fails (503), nothing else
+            torch.cuda.empty_cache()
+            rows = len(arrays[0]) if arrays else 0
+            raise out_of_memory_error(config.key, rows) from exc
+        return answer_parts(outputs, time.perf_counter() - started)
+    except Exception as exc:
+        served = isinstance(exc, ServingError)
+        return [encode_failure(served, _describe(exc), time.perf_counter() - started)]
+
+
+def _serve_express(
+    express: socket.socket, device: Any, modules: dict[int, Any], lock: threading.Lock
+) -> None:
+    """The express thread: each batch of the express pipe, beside the main thread's."""
+    receiver = FrameReceiver(express)  # a buffer of its own: the main thread's is in use
+    while True:
+        try:
+            frame = receiver.receive()
+            send_frame(express, _run_batch(frame, device, modules, lock))
+        except (EOFError, OSError):
+            return
 
 
 def _serve_control(

@@ -68,12 +68,54 @@ PIPELINE_DEPTH = 2
 next waits in the pipe, so the child never waits for this process's GIL."""
 
 
+class _Lane:
+    """One run pipe to the child and the batches sent on it: the child answers them
+    in order, on the same pipe."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        on_closed: Callable[[BaseException], None],
+    ) -> None:
+        self.inflight: deque[Done] = deque()
+        self._lock = threading.Lock()
+        self.pipe = LoopPipe(sock, loop, self._on_answer, on_closed)
+
+    def send(self, handle: int, arrays: Sequence[Array], done: Done) -> None:
+        """Never blocks: what the socket does not take now, the event loop writes later
+        (``OSError`` when the child is gone)."""
+        with self._lock:
+            self.inflight.append(done)
+        self.pipe.send(batch_parts(handle, arrays))
+
+    def _on_answer(self, frame: bytearray) -> None:
+        """On the event loop: one answer from the child, for the oldest batch."""
+        outputs, failure, seconds = decode_answer(frame)
+        with self._lock:
+            done = self.inflight.popleft()
+        if failure is None:
+            done(outputs, None, seconds)
+        else:
+            served, message = failure
+            done(None, remote_failure(message) if served else RemoteError(message), seconds)
+
+    def take_all(self) -> list[Done]:
+        with self._lock:
+            waiting = list(self.inflight)
+            self.inflight.clear()
+        return waiting
+
+
 class ForwardProcess:
     """The serving process's side of the child.
 
     ``submit`` (on the event loop) sends a batch without waiting; the event
     loop reads the answers as they arrive (the pipe is one of its readers, so
     an answer wakes it directly) and calls each batch's ``done`` in order.
+    ``submit(..., express=True)`` sends one on a second pipe, which a second
+    thread of the child serves beside the batch in progress (the express lane:
+    one batch at a time).
     ``load``/``unload``/``warm`` block (call them from an executor); the child
     does them on a thread of its own, so they do not stop the forward passes
     of the models already serving.
@@ -90,27 +132,37 @@ class ForwardProcess:
         nice: int = 0,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._run_sock, run_child = socket.socketpair()
+        run_sock, run_child = socket.socketpair()
+        express_sock, express_child = socket.socketpair()
         self._control, control_child = ctx.Pipe()
         self._control_lock = threading.Lock()
         self._handles = itertools.count(1)
         self._process = ctx.Process(
             target=child_main,
-            args=(run_child, control_child, device, torch_threads, cpus, retain_mb, nice),
+            args=(
+                run_child,
+                control_child,
+                device,
+                torch_threads,
+                cpus,
+                retain_mb,
+                nice,
+                express_child,
+            ),
             name="modelfleet-forward",
             daemon=True,
         )
         self._process.start()
         run_child.close()
+        express_child.close()
         control_child.close()
         self.died: str | None = None
         """Why the child is gone, once it is."""
         self._closing_for_good = False
         self._detached = False
-        self._inflight: deque[Done] = deque()
-        self._inflight_lock = threading.Lock()
         self._loop = loop
-        self._run = LoopPipe(self._run_sock, loop, self._on_answer, self._on_pipe_closed)
+        self._run = _Lane(run_sock, loop, self._on_pipe_closed)
+        self._express = _Lane(express_sock, loop, self._on_pipe_closed)
         log.info("forward process started (pid %d)", self._process.pid)
 
     @property
@@ -177,34 +229,28 @@ class ForwardProcess:
 
     def has_room(self) -> bool:
         """Whether another batch may be submitted now (a dead child takes any: it fails them)."""
-        return self.died is not None or len(self._inflight) < PIPELINE_DEPTH
+        return self.died is not None or len(self._run.inflight) < PIPELINE_DEPTH
 
     def busy(self) -> bool:
         """Whether a batch is in the child now (one running, perhaps one waiting)."""
-        return self.died is None and len(self._inflight) > 0
+        return self.died is None and len(self._run.inflight) > 0
 
-    def submit(self, handle: int, arrays: Sequence[Array], done: Done) -> None:
-        """Sends one batch to the child; ``done`` is called on the event loop."""
+    def express_free(self) -> bool:
+        """Whether the express lane can take a batch now (none of its own in the child)."""
+        return self.died is None and not self._express.inflight
+
+    def submit(
+        self, handle: int, arrays: Sequence[Array], done: Done, *, express: bool = False
+    ) -> None:
+        """Sends one batch to the child (``express``: on the express lane, run beside
+        the batch in progress); ``done`` is called on the event loop."""
         if self.died is not None:
             done(None, ForwardProcessDied(self.died), 0.0)
             return
-        with self._inflight_lock:
-            self._inflight.append(done)
-        try:  # never blocks: what the socket does not take now, the event loop writes later
-            self._run.send(batch_parts(handle, arrays))
+        try:
+            (self._express if express else self._run).send(handle, arrays, done)
         except OSError as exc:  # the child is gone (or we closed)
             self._fail_inflight(self._mark_dead(), exc)
-
-    def _on_answer(self, frame: bytearray) -> None:
-        """On the event loop: one answer from the child, for the oldest batch."""
-        outputs, failure, seconds = decode_answer(frame)
-        with self._inflight_lock:
-            done = self._inflight.popleft()
-        if failure is None:
-            done(outputs, None, seconds)
-        else:
-            served, message = failure
-            done(None, remote_failure(message) if served else RemoteError(message), seconds)
 
     def _on_pipe_closed(self, exc: BaseException) -> None:
         self._detached = True
@@ -212,9 +258,7 @@ class ForwardProcess:
             self._fail_inflight(self._mark_dead(), exc)
 
     def _fail_inflight(self, error: ForwardProcessDied, cause: BaseException) -> None:
-        with self._inflight_lock:
-            waiting = list(self._inflight)
-            self._inflight.clear()
+        waiting = self._run.take_all() + self._express.take_all()
         if waiting:
             log.error("%s: %d batch(es) lost (%s)", error.message, len(waiting), cause)
         for done in waiting:
@@ -224,13 +268,15 @@ class ForwardProcess:
         """Stops reading answers (on the event loop; before ``close``)."""
         if not self._detached:
             self._detached = True
-            self._run.detach()
+            self._run.pipe.detach()
+            self._express.pipe.detach()
 
     def close(self, timeout: float = 5.0) -> None:
         """Closes the pipes (the child exits on EOF) and waits; kills it if it lingers.
         Call ``detach`` on the event loop first."""
         self._closing_for_good = True
-        self._run.close()
+        self._run.pipe.close()
+        self._express.pipe.close()
         self._control.close()
         self._process.join(timeout)
         if self._process.is_alive():

@@ -20,7 +20,10 @@ pipe to the child: no thread in between.
 The second slot (a batch waiting in the pipe behind the running one) is left
 empty for a model while a model of higher priority here is active (requests
 queued, or arriving lately): a high-priority request then waits for one
-lower batch at most, the one running, not two.
+lower batch at most, the one running, not two. With the express lane (on by
+default on a CPU device) it does not wait even for that one: a batch of a
+strictly higher class than the one running goes down the child's express
+pipe, whose own thread runs it beside the lower batch (one at a time).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,7 +44,7 @@ from modelfleet.runtime.forward_process import ForwardProcess, RemoteModel
 from modelfleet.runtime.hosted import HostedModel
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import Array
-from modelfleet.runtime.scheduler import pick
+from modelfleet.runtime.scheduler import pick, rank
 
 Spawn = Callable[[asyncio.AbstractEventLoop], ForwardProcess]
 """Starts the forward process, its pipe read by the given event loop."""
@@ -69,12 +73,18 @@ class LoopDispatcher(Dispatch):
         aging_ms: float,
         spawn: Spawn,
         yield_batch_ms: float | None = None,
+        express: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(
             device, metrics, aging_ms=aging_ms, yield_batch_ms=yield_batch_ms, clock=clock
         )
         self._spawn = spawn
+        self.express = express
+        """Whether a strictly higher class's batch may take the child's express lane."""
+        self._classes: deque[tuple[float, int]] = deque()
+        """The classes (request level, -model priority) of the batches on the main
+        lane, in order: the first is the one running."""
         self.process: ForwardProcess | None = None
         """The forward process, from ``start`` on."""
 
@@ -167,7 +177,7 @@ class LoopDispatcher(Dispatch):
 
     def _fill(self) -> None:
         process = self.process
-        while not self._stopping and process is not None and process.has_room():
+        while not self._stopping and process is not None:
             now = self.clock()
             with self.cond:
                 queues = [m.queue for m in self.models if len(m.queue)]
@@ -176,13 +186,24 @@ class LoopDispatcher(Dispatch):
                     self._wake_at(wake, now)
                     return
                 model = next(m for m in self.models if m.queue is chosen)
-                if process.busy() and self.higher_active(model, now):
-                    return  # the slot stays free for the higher class (refilled at the answer)
+                klass = rank(chosen, now, self.aging_s)[:2]
+                express = (
+                    self.express
+                    and process.busy()
+                    and process.express_free()
+                    and bool(self._classes)
+                    and klass < self._classes[0]
+                )
+                if not express:
+                    if not process.has_room():
+                        return
+                    if process.busy() and self.higher_active(model, now):
+                        return  # the slot stays free for the higher class (refilled at the answer)
                 batch, expired = chosen.take_batch(now, self.batch_rows(model, now))
             if expired:
                 model.fail_expired_all(expired)
             if batch:
-                self._dispatch(model, batch, now)
+                self._dispatch(model, batch, now, klass, express=express)
 
     def _wake_at(self, wake: float | None, now: float) -> None:
         """Arms the timer for the earliest batch that is not ready yet."""
@@ -198,9 +219,18 @@ class LoopDispatcher(Dispatch):
         self._timer, self._timer_at = None, math.inf
         self._pump()
 
-    def _dispatch(self, model: HostedModel, batch: list[Pending], picked_at: float) -> None:
-        """Hands one batch to the forward process; ``done`` runs on the event loop
-        when its answer arrives, and refills the slot it frees."""
+    def _dispatch(
+        self,
+        model: HostedModel,
+        batch: list[Pending],
+        picked_at: float,
+        klass: tuple[float, int],
+        *,
+        express: bool = False,
+    ) -> None:
+        """Hands one batch to the forward process (``express``: down its express lane);
+        ``done`` runs on the event loop when its answer arrives, and refills the slot
+        it frees."""
         assert self.process is not None
         name, version = model.key
         module = model.module
@@ -213,7 +243,17 @@ class LoopDispatcher(Dispatch):
             return
 
         def done(outputs: list[Array] | None, error: Exception | None, seconds: float) -> None:
-            self._finish(model, batch, outputs, error, seconds)
+            if express:  # booked as a batch beside the others, not after them
+                self._lane.express = True
+                try:
+                    self._finish(model, batch, outputs, error, seconds)
+                finally:
+                    self._lane.express = False
+            else:
+                self._classes.popleft()
+                self._finish(model, batch, outputs, error, seconds)
             self._pump()
 
-        self.process.submit(module.handle, arrays, done)
+        if not express:
+            self._classes.append(klass)
+        self.process.submit(module.handle, arrays, done, express=express)

@@ -138,5 +138,6 @@ def build_executor(
         )
 
     return LoopDispatcher(
-        device, metrics, aging_ms=aging_ms, spawn=spawn, yield_batch_ms=config.yield_batch_ms
-    )
+        device, metrics, aging_ms=aging_ms, spawn=spawn, yield_batch_ms=config.yield_batch_ms,
+        express=config.express_lane and device.type == "cpu",
+    )  # fmt: skip
