@@ -10,10 +10,12 @@ Shared by the runtime and gateway benchmarks (and usable against any server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -80,6 +82,22 @@ async def exchange(
         parts.append(await reader.readexactly(size + 2))
 
 
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keeps the generator's own collector from pausing it while it measures: what
+    exists before (torch and the modules imported for the raw forward pass, earlier
+    runs' leftovers) leaves the cyclic collector's walks until the end. Without it, a
+    full collection of the bench process took 92-106 ms in the middle of a window
+    (2026-12-03): every request in flight looked that much slower, and the arrivals
+    due meanwhile went out at once, a burst that no Poisson client sends."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 async def closed_loop(
     url: str,
     body: bytes | Sequence[bytes],
@@ -107,9 +125,7 @@ async def closed_loop(
     built = [build_request(url, b, h) for b, h in zip(bodies, per_body, strict=True)]
     host, port, _ = built[0]
     raws = itertools.cycle([raw for _, _, raw in built])
-    start = time.perf_counter()
-    measure_from = start + warmup_s
-    stop_at = measure_from + duration_s
+    measure_from = stop_at = 0.0  # set once the heap is frozen, below
     latencies: list[float] = []
     errors = 0
 
@@ -139,7 +155,11 @@ async def closed_loop(
         finally:
             writer.close()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    with frozen_heap():
+        start = time.perf_counter()  # after gc.collect()
+        measure_from = start + warmup_s
+        stop_at = measure_from + duration_s
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
     return Point(concurrency, len(latencies), errors, duration_s, latencies)
 
 

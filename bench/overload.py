@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.loadgen import build_request, exchange
+from bench.loadgen import build_request, exchange, frozen_heap
 
 
 @dataclass
@@ -135,33 +135,36 @@ async def run_classes(
 ) -> dict[str, Seen]:
     """Sends every class at its rate for ``warmup_s + duration_s``; records the
     requests sent after the warm-up. Waits for the last answers (or timeouts)."""
-    rng = random.Random(seed)
-    seen = {c.name: Seen() for c in classes}
-    tasks: list[asyncio.Task[None]] = []
-    start = time.perf_counter()
-    measure_from, stop_at = start + warmup_s, start + warmup_s + duration_s
+    with frozen_heap():  # before the clock starts: gc.collect() takes a while
+        rng = random.Random(seed)
+        seen = {c.name: Seen() for c in classes}
+        tasks: list[asyncio.Task[None]] = []
+        start = time.perf_counter()
+        measure_from, stop_at = start + warmup_s, start + warmup_s + duration_s
 
-    async def arrivals(c: Traffic) -> None:
-        built = [build_request(c.url, b, c.headers) for b in c.bodies]
-        host, port = built[0][0], built[0][1]
-        idle: list[Conn] | None = [] if keepalive else None
-        at, i = time.perf_counter(), 0
-        while at < stop_at:
-            delay = at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            record = at >= measure_from
-            if record:
-                seen[c.name].sent += 1
-            raw = built[i % len(built)][2]
-            tasks.append(
-                asyncio.create_task(_one(raw, host, port, seen[c.name], timeout_s, record, idle))
-            )
-            i += 1
-            at += rng.expovariate(c.rate)
+        async def arrivals(c: Traffic) -> None:
+            built = [build_request(c.url, b, c.headers) for b in c.bodies]
+            host, port = built[0][0], built[0][1]
+            idle: list[Conn] | None = [] if keepalive else None
+            at, i = time.perf_counter(), 0
+            while at < stop_at:
+                delay = at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                record = at >= measure_from
+                if record:
+                    seen[c.name].sent += 1
+                raw = built[i % len(built)][2]
+                tasks.append(
+                    asyncio.create_task(
+                        _one(raw, host, port, seen[c.name], timeout_s, record, idle)
+                    )
+                )
+                i += 1
+                at += rng.expovariate(c.rate)
 
-    await asyncio.gather(*(arrivals(c) for c in classes if c.rate > 0))
-    await asyncio.gather(*tasks)
+        await asyncio.gather(*(arrivals(c) for c in classes if c.rate > 0))
+        await asyncio.gather(*tasks)
     for s in seen.values():
         s.window = (measure_from, stop_at)
     return seen

@@ -594,3 +594,38 @@ def test_the_overload_requests_decode_in_the_runtime_alike_in_either_encoding() 
             assert all(r.rows == rows for r in decoded[encoding])
         for a, b in zip(decoded["json"], decoded["binary"], strict=True):
             np.testing.assert_array_equal(a.arrays[0], b.arrays[0])
+
+
+async def test_both_load_generators_keep_their_heap_out_of_the_collector_while_they_measure(
+    aiohttp_server: Any,
+) -> None:
+    """A full collection of the bench process (torch imported) paused it for about 100 ms
+    inside a window: requests in flight looked that much slower, and the arrivals due
+    meanwhile went out at once. The handler runs in the generator's process here, so it
+    sees what the generator's collector sees; afterwards nothing stays frozen."""
+    import gc
+
+    from aiohttp import web
+
+    from bench.loadgen import closed_loop
+    from bench.overload import Traffic, run_classes
+
+    frozen: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        frozen.append(gc.get_freeze_count())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("/"))
+    kept = [object() for _ in range(1000)]  # what existed before: frozen while measuring
+    point = await closed_loop(url, b"x", {}, 2, 0.2, warmup_s=0.05)
+    assert point.requests > 0 and frozen and min(frozen) >= len(kept), frozen[:5]
+    assert gc.get_freeze_count() == 0
+    frozen.clear()
+    seen = await run_classes([Traffic("low", 50.0, [b"x"], {}, url)], 0.2, warmup_s=0.05)
+    assert seen["low"].ok > 0 and frozen and min(frozen) >= len(kept), frozen[:5]
+    assert gc.get_freeze_count() == 0
