@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 
@@ -124,3 +125,15 @@ class FreezeProbe(nn.Module):
 
 def freeze_probe() -> nn.Module:
     return FreezeProbe()
+
+
+class NiceProbe(nn.Module):
+    """Answers, in every element, the CPU priority (nice) of the thread that runs it
+    (Linux: ``getpriority`` of thread 0 is the calling thread's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, float(os.getpriority(os.PRIO_PROCESS, 0)))
+
+
+def nice_probe() -> nn.Module:
+    return NiceProbe()

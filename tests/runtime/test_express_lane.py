@@ -32,9 +32,9 @@ async def during_a_long_batch(
     model: str,
     body: dict[str, Any] = BODY,
     **server: Any,
-) -> tuple[float, Any]:
+) -> tuple[float, Any, dict[str, Any]]:
     """Starts a ``LONG_MS`` batch of the model ``long``, then times one request for
-    ``model`` sent while it runs: (milliseconds, the runtime)."""
+    ``model`` sent while it runs: (milliseconds, the runtime, its answer's outputs by name)."""
     client, runtime = await start_runtime(models, **server)
     worker: Any = runtime.worker
     long_model = runtime.repository.models[("long", "1")]
@@ -45,9 +45,10 @@ async def during_a_long_batch(
     resp = await client.post(f"/v2/models/{model}/infer", json=body)
     ms = (time.perf_counter() - started) * 1000
     assert resp.status == 200, await resp.text()
+    outputs = {o["name"]: o["data"] for o in (await resp.json())["outputs"]}
     assert (await long_one).status == 200
     assert long_model.served >= served_before + 1
-    return ms, runtime
+    return ms, runtime, outputs
 
 
 EXECUTORS = pytest.mark.parametrize("executor", ["thread", "process"])
@@ -60,7 +61,7 @@ async def test_a_higher_priority_model_runs_beside_a_lower_batch_in_progress(
     start_runtime: StartRuntime, executor: str
 ) -> None:
     models = [slow("long", 10, LONG_MS), slow("high", 100, 5)]
-    ms, runtime = await during_a_long_batch(start_runtime, models, "high", executor=executor)
+    ms, runtime, _ = await during_a_long_batch(start_runtime, models, "high", executor=executor)
     assert ms < LONG_MS / 2, f"the high request waited {ms:.0f} ms for the low batch"
     assert runtime.worker.express  # type: ignore[attr-defined]
 
@@ -70,7 +71,7 @@ async def test_without_the_lane_the_higher_model_waits_for_the_batch_in_progress
     start_runtime: StartRuntime, executor: str
 ) -> None:
     models = [slow("long", 10, LONG_MS), slow("high", 100, 5)]
-    ms, runtime = await during_a_long_batch(
+    ms, runtime, _ = await during_a_long_batch(
         start_runtime, models, "high", express_lane=False, executor=executor
     )
     assert ms > LONG_MS / 2, f"the high request took only {ms:.0f} ms without the lane"
@@ -83,10 +84,27 @@ async def test_a_request_priority_of_the_same_model_takes_the_lane(
 ) -> None:
     """Its own batch takes ``LONG_MS`` too: without the lane it would take twice that."""
     urgent = {**BODY, "parameters": {"priority": 1}}
-    ms, _ = await during_a_long_batch(
+    ms, _, _ = await during_a_long_batch(
         start_runtime, [slow("long", 0, LONG_MS)], "long", urgent, executor=executor
     )
     assert ms < 1.5 * LONG_MS, f"the urgent request waited {ms:.0f} ms for the batch in progress"
+
+
+@EXECUTORS
+@pytest.mark.parametrize("express", [True, False])
+async def test_the_lane_runs_at_the_event_loops_cpu_priority(
+    start_runtime: StartRuntime, executor: str, express: bool
+) -> None:
+    """With ``forward_nice``, forward passes run below the event loop, but not the express
+    lane's: its batches are of a higher class than the one running, and at nice 10 on
+    a CPU shared with a busy loop it gets a ninth of it. The probe answers the nice of
+    the thread that ran it: 0 on the lane, 10 behind the batch in progress without it."""
+    models = [slow("long", 10, LONG_MS), tiny_model("probe", "nice_probe", priority=100)]
+    _, _, outputs = await during_a_long_batch(
+        start_runtime, models, "probe", executor=executor, express_lane=express,
+        forward_nice=10, torch_threads=1,
+    )  # fmt: skip
+    assert outputs["y"] == ([0.0] * 4 if express else [10.0] * 4), outputs
 
 
 @EXECUTORS
@@ -94,7 +112,7 @@ async def test_an_equal_class_does_not_take_the_lane(
     start_runtime: StartRuntime, executor: str
 ) -> None:
     models = [slow("long", 10, LONG_MS), slow("peer", 10, 5)]
-    ms, _ = await during_a_long_batch(start_runtime, models, "peer", executor=executor)
+    ms, _, _ = await during_a_long_batch(start_runtime, models, "peer", executor=executor)
     assert ms > LONG_MS / 2, (
         f"a model of equal priority overtook the batch in progress ({ms:.0f} ms)"
     )

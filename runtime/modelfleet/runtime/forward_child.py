@@ -52,6 +52,12 @@ def child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     retain_freed_memory(retain_mb)  # before torch allocates anything
+    modules: dict[int, tuple[Any, ModelConfig]] = {}
+    lock = threading.Lock()
+    if express is not None:  # started before the nice below: it keeps the loop's priority
+        threading.Thread(
+            target=_serve_express, args=(express, device_name, modules, lock), daemon=True
+        ).start()
     lower_this_thread(nice)  # before torch starts threads: they inherit it
     others: set[int] | None = None
     if cpus:
@@ -62,15 +68,9 @@ def child_main(
     if torch_threads:
         torch.set_num_threads(torch_threads)
     device = torch.device(device_name)
-    modules: dict[int, tuple[torch.nn.Module, ModelConfig]] = {}
-    lock = threading.Lock()
     threading.Thread(  # loads and warm-ups off the device's CPUs: serving goes on there
         target=_serve_control, args=(control, device, modules, lock, others), daemon=True
     ).start()
-    if express is not None:
-        threading.Thread(
-            target=_serve_express, args=(express, device, modules, lock), daemon=True
-        ).start()
     spin_s = SPIN_S if cpus else 0.0
     poller = select.poll()
     poller.register(run.fileno(), select.POLLIN)
@@ -118,13 +118,22 @@ def _run_batch(frame: Any, device: Any, modules: dict[int, Any], lock: threading
 
 
 def _serve_express(
-    express: socket.socket, device: Any, modules: dict[int, Any], lock: threading.Lock
+    express: socket.socket, device_name: str, modules: dict[int, Any], lock: threading.Lock
 ) -> None:
-    """The express thread: each batch of the express pipe, beside the main thread's."""
+    """The express thread: each batch of the express pipe, beside the main thread's.
+    It runs at the event loop's CPU priority, not ``forward_nice`` below it: its batches
+    are of a higher class than the one running, and at nice 10 it got a ninth of the
+    CPU while the loop was busy refusing a surge, so the high class waited anyway. Its
+    first frame comes after a load, so torch is imported (by the main thread) by then."""
     receiver = FrameReceiver(express)  # a buffer of its own: the main thread's is in use
+    device: Any = None
     while True:
         try:
             frame = receiver.receive()
+            if device is None:
+                import torch
+
+                device = torch.device(device_name)
             send_frame(express, _run_batch(frame, device, modules, lock))
         except (EOFError, OSError):
             return
