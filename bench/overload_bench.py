@@ -4,7 +4,8 @@ low-priority load exceeds capacity.
 One runtime serves the example fleet: ``mlp`` (priority 100) and ``cnn``
 (priority 10), on CPU 0 (the forward process too, with ``executor: process``);
 the load generator, and the gateway when one is measured, run on CPU 1. The
-CNN's capacity is measured first, closed-loop with requests of 8 images. Then
+CNN's capacity is measured first, closed-loop with requests of 8 images
+(``--low-rows``). Then
 a steady high-priority MLP stream (``--high-rate``, default 50/s) runs alone,
 and beside low-priority CNN load at 0.5x, 1x, 2x and 10x of that capacity
 (open loop, Poisson arrivals, one connection per request). The high class's
@@ -225,7 +226,7 @@ async def scenario(
     url: str, capacity: float, args: argparse.Namespace, label: str
 ) -> tuple[list[list[Any]], dict[str, Any]]:
     high = requests("mlp", 1, args.encoding)
-    low = requests("cnn", 8, args.encoding)
+    low = requests("cnn", args.low_rows, args.encoding)
     rows: list[list[Any]] = []
     raw: dict[str, Any] = {}
     # What the low class achieves alone at saturation with the load's own kind of client
@@ -284,10 +285,10 @@ async def measure(args: argparse.Namespace, tmp: Path, executor: str) -> dict[st
     }  # fmt: skip
     proc, url = start("serve", "--config", document, tmp, 0)
     try:
-        low = requests("cnn", 8, args.encoding)
+        low = requests("cnn", args.low_rows, args.encoding)
         point = await closed_loop(f"{url}/v2/models/cnn/infer", *low, 16, 3.0)
         capacity = point.throughput
-        print(f"  [{executor}] cnn capacity (8 images a request, closed loop c=16): "
+        print(f"  [{executor}] cnn capacity ({args.low_rows} images a request, closed loop c=16): "
               f"{capacity:.0f} requests/s", flush=True)  # fmt: skip
         rows, raw = await scenario(url, capacity, args, executor)
         result: dict[str, Any] = {"capacity": capacity, "runtime": raw, "rows": rows}
@@ -357,6 +358,9 @@ def main() -> int:
     parser.add_argument("--encoding", choices=["json", "binary"], default="json",
                         help="how both classes send their tensors: JSON (default) or "
                              "Triton's binary extension, tritonclient.http's default")  # fmt: skip
+    parser.add_argument("--low-rows", type=int, default=8,
+                        help="images a CNN request (at most its max_batch_size, "
+                             f"{MODELS[1]['batching']['max_batch_size']})")  # fmt: skip
     parser.add_argument("--shared-client", action="store_true",
                         help="the high class shares the load generator's event loop "
                              "(before 2026-12-03: its latency then includes that loop's lag)")  # fmt: skip
@@ -364,6 +368,9 @@ def main() -> int:
     parser.add_argument("--gateway-setting", action="append", default=[],
                         help="KEY=VALUE gateway server setting (e.g. holdback_wait_ms=null)")  # fmt: skip
     args = parser.parse_args()
+    if not 1 <= args.low_rows <= MODELS[1]["batching"]["max_batch_size"]:
+        parser.error(f"--low-rows {args.low_rows}: from 1 to the CNN's max_batch_size, "
+                     f"{MODELS[1]['batching']['max_batch_size']}")  # fmt: skip
     on_cpu(1)()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -581,7 +582,7 @@ def test_the_overload_requests_decode_in_the_runtime_alike_in_either_encoding() 
     from modelfleet.runtime.config import ModelConfig
     from modelfleet.runtime.protocol import HEADER_LENGTH, decode_request
 
-    for name, rows in (("cnn", 8), ("mlp", 1)):
+    for name, rows in (("cnn", 8), ("cnn", 16), ("mlp", 1)):  # 16: --low-rows 16
         spec = ModelConfig.model_validate(next(m for m in MODELS if m["name"] == name))
         decoded = {}
         for encoding in ("json", "binary"):
@@ -629,3 +630,21 @@ async def test_both_load_generators_keep_their_heap_out_of_the_collector_while_t
     seen = await run_classes([Traffic("low", 50.0, [b"x"], {}, url)], 0.2, warmup_s=0.05)
     assert seen["low"].ok > 0 and frozen and min(frozen) >= len(kept), frozen[:5]
     assert gc.get_freeze_count() == 0
+
+
+def test_the_overload_bench_refuses_a_low_request_larger_than_a_batch() -> None:
+    """``--low-rows``: a CNN request of more rows than its ``max_batch_size`` (16) could
+    never be batched; the bench says so before it starts anything."""
+    import subprocess
+    import sys
+
+    from bench.sources import pythonpath
+
+    for rows in ("0", "17"):
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.overload_bench", "--low-rows", rows],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": pythonpath()},
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert f"--low-rows {rows}: from 1 to the CNN's max_batch_size, 16" in done.stderr
