@@ -74,7 +74,12 @@ def body(name: str, rows: int, seed: int) -> bytes:
 
 
 def requests(
-    name: str, rows: int, encoding: str, count: int = 16, seed: int = 0
+    name: str,
+    rows: int,
+    encoding: str,
+    count: int = 16,
+    seed: int = 0,
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[list[bytes], dict[str, str]]:
     """``count`` distinct requests of ``rows`` rows for ``name`` (values rounded to 4
     decimals, as a JSON client would print them), and the headers they share:
@@ -85,7 +90,7 @@ def requests(
     for i in range(count):
         rng = np.random.default_rng(seed + i)
         x = np.round(rng.standard_normal([rows, *spec["shape"][1:]]), 4).astype(np.float32)
-        encoded, headers = encode([spec], [x], encoding)
+        encoded, headers = encode([spec], [x], encoding, parameters)
         bodies.append(encoded)
     return bodies, headers
 
@@ -190,11 +195,24 @@ HEADER = ["low load", "class", "sent", "ok", "shed", "timeouts", "errors", "p50 
           "shed p99 ms", "goodput/sat", "holds"]  # fmt: skip
 
 
-def _high_class(url: str, rate: float, duration: float, keepalive: bool, encoding: str) -> Seen:
+URGENT = {"priority": 1}
+"""``--high cnn``: Triton's request priority, the highest level (the CNN's own requests
+go at its default level, 5)."""
+
+
+def high_traffic(url: str, args: argparse.Namespace) -> Traffic:
+    """The steady high class: one-row MLP requests (``--high mlp``), or one-image
+    requests of the CNN itself carrying Triton's ``priority: 1`` (``--high cnn``: two
+    request priorities of one model)."""
+    parameters = URGENT if args.high == "cnn" else None
+    bodies, headers = requests(args.high, 1, args.encoding, parameters=parameters)
+    return Traffic("high", args.high_rate, bodies, headers, f"{url}/v2/models/{args.high}/infer")
+
+
+def _high_class(url: str, args: argparse.Namespace) -> Seen:
     """The high-priority client, in a process of its own (``scenario``)."""
-    high, headers = requests("mlp", 1, encoding)
-    traffic = Traffic("high", rate, high, headers, f"{url}/v2/models/mlp/infer")
-    return asyncio.run(run_classes([traffic], duration, keepalive=keepalive))["high"]
+    traffic = high_traffic(url, args)
+    return asyncio.run(run_classes([traffic], args.duration, keepalive=args.keepalive))["high"]
 
 
 async def both_classes(
@@ -209,14 +227,10 @@ async def both_classes(
     connections a second (both processes share CPU 1)."""
     low_traffic = Traffic("low", low_rate, *low, f"{url}/v2/models/cnn/infer")
     if args.shared_client:
-        high, headers = requests("mlp", 1, args.encoding)
-        high_traffic = Traffic("high", args.high_rate, high, headers,
-                               f"{url}/v2/models/mlp/infer")  # fmt: skip
-        return await run_classes([high_traffic, low_traffic], args.duration,
+        return await run_classes([high_traffic(url, args), low_traffic], args.duration,
                                  keepalive=args.keepalive)  # fmt: skip
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-        job = pool.submit(_high_class, url, args.high_rate, args.duration, args.keepalive,
-                          args.encoding)  # fmt: skip
+        job = pool.submit(_high_class, url, args)
         seen = await run_classes([low_traffic], args.duration, keepalive=args.keepalive)
         seen["high"] = await asyncio.wrap_future(job)
     return seen
@@ -225,8 +239,8 @@ async def both_classes(
 async def scenario(
     url: str, capacity: float, args: argparse.Namespace, label: str
 ) -> tuple[list[list[Any]], dict[str, Any]]:
-    high = requests("mlp", 1, args.encoding)
     low = requests("cnn", args.low_rows, args.encoding)
+    high_name = f"high ({args.high}{', priority 1' if args.high == 'cnn' else ''})"
     rows: list[list[Any]] = []
     raw: dict[str, Any] = {}
     # What the low class achieves alone at saturation with the load's own kind of client
@@ -238,18 +252,14 @@ async def scenario(
     print(f"  [{label}] cnn alone at saturation, closed loop c=16, "
           f"{'kept-alive connections' if args.keepalive else 'a connection a request'}: "
           f"{saturation:.0f} requests/s", flush=True)  # fmt: skip
-    alone = await run_classes(
-        [Traffic("high", args.high_rate, *high, f"{url}/v2/models/mlp/infer")],
-        args.duration,
-        keepalive=args.keepalive,
-    )
-    rows.append(row("none", "high (mlp)", alone["high"], None))
+    alone = await run_classes([high_traffic(url, args)], args.duration, keepalive=args.keepalive)
+    rows.append(row("none", high_name, alone["high"], None))
     raw["none"] = {"high": vars_of(alone["high"])}
     bound = 2 * alone["high"].p(99) + args.batch_ms
     raw["bound_ms"] = bound
     for factor in args.factors:
         seen = await both_classes(url, args, factor * capacity, low)
-        rows.append(row(f"{factor:g}x", "high (mlp)", seen["high"], None, bound))
+        rows.append(row(f"{factor:g}x", high_name, seen["high"], None, bound))
         rows.append(row(f"{factor:g}x", "low (cnn)", seen["low"], saturation, None,
                         factor * capacity))  # fmt: skip
         raw[f"{factor:g}x"] = {k: vars_of(v) for k, v in seen.items()}
@@ -347,6 +357,10 @@ def main() -> int:
     parser.add_argument("--out", default="bench-results")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per load level")
     parser.add_argument("--high-rate", type=float, default=50.0)
+    parser.add_argument("--high", choices=["mlp", "cnn"], default="mlp",
+                        help="the high class: the MLP (priority 100; default), or the CNN's "
+                             "own requests with Triton's priority 1 (two request priorities "
+                             "of one model)")  # fmt: skip
     parser.add_argument("--factors", type=float, nargs="+", default=list(FACTORS))
     parser.add_argument("--executors", nargs="+", default=["thread", "process"])
     parser.add_argument("--no-gateway", dest="gateway", action="store_false")

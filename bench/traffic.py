@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from modelfleet.runtime.protocol import HEADER_LENGTH, NP_DTYPES
+from modelfleet.api.request_parameters import HEADER_LENGTH
+from modelfleet.runtime.protocol import NP_DTYPES
 
 Inputs = tuple[np.ndarray, ...]
 """One request's input arrays, in the model's declared input order."""
@@ -71,9 +72,13 @@ def dense(shape: Sequence[int], count: int, seed: int = 0) -> np.ndarray:
 
 
 def encode(
-    specs: Sequence[Mapping[str, Any]], arrays: Sequence[np.ndarray], encoding: str
+    specs: Sequence[Mapping[str, Any]],
+    arrays: Sequence[np.ndarray],
+    encoding: str,
+    parameters: Mapping[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """An OIP infer request carrying ``arrays`` as the inputs ``specs`` declare.
+    """An OIP infer request carrying ``arrays`` as the inputs ``specs`` declare, and
+    ``parameters`` as the request's (Triton's ``priority``, ``timeout``).
 
     ``json``: every tensor in ``data``. ``binary``: Triton's binary tensor
     extension both ways, as ``tritonclient.http`` sends it when no outputs are
@@ -96,8 +101,12 @@ def encode(
             blobs.append(raw)
         entries.append(entry)
     if encoding == "json":
-        return json.dumps({"inputs": entries}).encode(), {"Content-Type": "application/json"}
-    head = json.dumps({"inputs": entries, "parameters": {"binary_data_output": True}}).encode()
+        request: dict[str, Any] = {"inputs": entries}
+        if parameters:
+            request["parameters"] = dict(parameters)
+        return json.dumps(request).encode(), {"Content-Type": "application/json"}
+    request = {"inputs": entries, "parameters": {**(parameters or {}), "binary_data_output": True}}
+    head = json.dumps(request).encode()
     headers = {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"}
     return b"".join([head, *blobs]), headers
 

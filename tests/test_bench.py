@@ -231,8 +231,9 @@ def test_bert_requests_are_one_sentence_each_of_the_listed_lengths() -> None:
 
 def test_bert_bodies_are_valid_oip_with_ids_and_mask_int64_binary_and_json() -> None:
     from bench.runtime_bench import make_traffic, model_config
+    from modelfleet.api.request_parameters import HEADER_LENGTH
     from modelfleet.runtime.config import ModelConfig
-    from modelfleet.runtime.protocol import HEADER_LENGTH, decode_request
+    from modelfleet.runtime.protocol import decode_request
 
     config = ModelConfig.model_validate(model_config("bert"))
     load = make_traffic("bert", 12)
@@ -579,8 +580,9 @@ def test_the_overload_requests_decode_in_the_runtime_alike_in_either_encoding() 
     """``bench.overload_bench --encoding``: the same seeded tensors, JSON or binary,
     each one the runtime's decoder accepts for the bench's models."""
     from bench.overload_bench import MODELS, requests
+    from modelfleet.api.request_parameters import HEADER_LENGTH
     from modelfleet.runtime.config import ModelConfig
-    from modelfleet.runtime.protocol import HEADER_LENGTH, decode_request
+    from modelfleet.runtime.protocol import decode_request
 
     for name, rows in (("cnn", 8), ("cnn", 16), ("mlp", 1)):  # 16: --low-rows 16
         spec = ModelConfig.model_validate(next(m for m in MODELS if m["name"] == name))
@@ -630,6 +632,28 @@ async def test_both_load_generators_keep_their_heap_out_of_the_collector_while_t
     seen = await run_classes([Traffic("low", 50.0, [b"x"], {}, url)], 0.2, warmup_s=0.05)
     assert seen["low"].ok > 0 and frozen and min(frozen) >= len(kept), frozen[:5]
     assert gc.get_freeze_count() == 0
+
+
+def test_the_overload_benchs_urgent_cnn_requests_carry_tritons_priority_1_in_either_encoding() -> (
+    None
+):
+    """``--high cnn``: the high class is the CNN's own requests at request priority 1,
+    which the runtime finds in the raw body before it decodes it (JSON or binary)."""
+    import argparse
+
+    from bench.overload_bench import high_traffic
+    from modelfleet.api.request_parameters import HEADER_LENGTH, peek_parameters
+
+    for encoding in ("json", "binary"):
+        args = argparse.Namespace(high="cnn", encoding=encoding, high_rate=50.0)
+        traffic = high_traffic("http://h:1", args)
+        assert traffic.url == "http://h:1/v2/models/cnn/infer" and traffic.rate == 50.0
+        for body in traffic.bodies:
+            assert peek_parameters(body, traffic.headers.get(HEADER_LENGTH)) == (1, None)
+        args.high = "mlp"
+        mlp = high_traffic("http://h:1", args)
+        assert mlp.url.endswith("/v2/models/mlp/infer")
+        assert peek_parameters(mlp.bodies[0], mlp.headers.get(HEADER_LENGTH)) == (None, None)
 
 
 def test_the_overload_bench_refuses_a_low_request_larger_than_a_batch() -> None:

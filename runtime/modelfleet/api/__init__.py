@@ -9,6 +9,8 @@
   runtime pod and the runtime reads (``modelfleet.runtime.config`` re-exports it);
 * :mod:`modelfleet.api.routes` -- the gateway's routes document, which the operator
   builds with these models and the gateway reads.
+* :mod:`modelfleet.api.request_parameters` -- where Triton's ``priority`` and
+  ``timeout`` are found in a raw REST body, by the runtime and the gateway alike.
 
 Every component may import this package; it imports none of them.
 """
