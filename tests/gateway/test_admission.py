@@ -71,3 +71,32 @@ async def test_a_larger_limit_from_new_routes_lets_waiters_in_at_once() -> None:
     gate.release()
     await later
     assert gate.in_flight == 1
+
+
+def test_the_gateway_finds_tritons_priority_where_the_runtime_does() -> None:
+    """The header first, else the body's ``parameters.priority``: before the tensors or
+    after them (tritonclient.http writes them after; behind a JSON tensor's data that
+    is well past the first 4 KB), and only in the JSON head of a binary request."""
+    import json
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from modelfleet.gateway.proxy import DEFAULT_LEVEL, _level
+
+    def level(body: bytes, headers: dict[str, str] | None = None) -> int:
+        return _level(make_mocked_request("POST", "/v2/models/m/infer", headers=headers), body)
+
+    tensor = {"name": "x", "shape": [1, 2000], "datatype": "FP32", "data": [0.25] * 2000}
+    after = json.dumps({"inputs": [tensor], "parameters": {"priority": 2}}).encode()
+    before = json.dumps({"parameters": {"priority": 3}, "inputs": [tensor]}).encode()
+    assert len(after) > 8192
+    assert level(after) == 2 and level(before) == 3
+    assert level(json.dumps({"inputs": [tensor]}).encode()) == DEFAULT_LEVEL
+    assert level(after, {"X-ModelFleet-Priority": "1"}) == 1  # the header wins
+    head = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 16}}],
+                       "parameters": {"priority": 4}}).encode()  # fmt: skip
+    binary = head + b'"priority": 1 '.ljust(16)  # tensor bytes that look like JSON
+    assert level(binary, {"Inference-Header-Content-Length": str(len(head))}) == 4
+    assert level(binary[: len(head)].replace(b'"priority": 4', b'"other": 4') + binary[len(head) :],
+                 {"Inference-Header-Content-Length": str(len(head))}) == DEFAULT_LEVEL  # fmt: skip

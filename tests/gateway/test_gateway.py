@@ -320,7 +320,8 @@ async def test_a_lower_priority_model_is_held_back_to_keep_headroom_on_a_shared_
     (priority 100). Once the runtime reports more than ``holdback_wait_ms`` of queue
     wait for ``low``, the gateway refuses further ``low`` requests itself (503,
     reason ``holdback``, in milliseconds, never sent), while every ``mlp`` request is
-    answered and none is held back; ``low`` is sent again once its backlog is gone."""
+    answered and none is held back; ``low`` is sent again once its backlog is gone. A
+    ``low`` request of Triton's priority 1 is never held back."""
     low = {**SLOW, "name": "low", "priority": 0, "queue": {"max_size": 400, "timeout_ms": 30000}}
     runtime = procs.runtime([low, mlp("1", priority=100)])
     gw = procs.gateway(
@@ -379,6 +380,13 @@ async def test_a_lower_priority_model_is_held_back_to_keep_headroom_on_a_shared_
             counts = await resp.json()  # what the operator adds to the models' shed rate
         assert counts["low"]["1"] == sum(v for k, v in shed.items() if k.startswith("low/"))
         assert "mlp" not in counts, counts
+        # Triton's priority 1 for 'low' itself, after its tensor as tritonclient writes it:
+        # not judged by the wait of the default level, whose queue it goes before.
+        urgent = SLOW_BODY[:-1] + b',"parameters":{"priority":1}}'
+        t0 = time.perf_counter()
+        status, text = await call(session, low_url, urgent)
+        assert status == 200, text
+        assert (time.perf_counter() - t0) * 1000 < 500, "it waited behind the backlog"
         assert {s for s, _ in await asyncio.gather(*backlog)} <= {200, 503}
         await asyncio.sleep(0.6)  # the backlog is gone and the report stale: sent again
         status, _ = await call(session, low_url, SLOW_BODY)

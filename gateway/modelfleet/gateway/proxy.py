@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -13,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelfleet.api import headers as contract
+from modelfleet.api.request_parameters import HEADER_LENGTH, peek_parameters
 from modelfleet.gateway.admission import Admission
 from modelfleet.gateway.balancer import Endpoint, least_wait, open_to, pick
 from modelfleet.gateway.cold import ColdStart
@@ -40,8 +40,7 @@ QUEUE_DEPTH_HEADER = contract.QUEUE_DEPTH.lower()  # read from a dict of lower-c
 EXPECTED_WAIT_HEADER = contract.EXPECTED_WAIT_MS.lower()
 DEFAULT_LEVEL = 5
 """Priority level of a request that names none (or 0, Triton's 'the default')."""
-_PRIORITY_IN_BODY = re.compile(rb'"priority"\s*:\s*(\d+)')
-_PASSED_HEADERS = ("Content-Type", "Inference-Header-Content-Length", PRIORITY_HEADER)
+_PASSED_HEADERS = ("Content-Type", HEADER_LENGTH, PRIORITY_HEADER)
 _RETURNED_HEADERS = {
     "content-type": "Content-Type",
     "inference-header-content-length": "Inference-Header-Content-Length",
@@ -246,8 +245,12 @@ class Gateway:
     ) -> None:
         """Lets a request in, or sheds it (``Unavailable``, counted): the hold-back,
         then the model's admission gate (``gate``; None for metadata and readiness,
-        which take no slot). The caller releases the gate once the request is done."""
-        self.hold_back(model, route, version, level, deadline)
+        which take no slot). The caller releases the gate once the request is done.
+        The hold-back judges by the wait the runtimes report for the model's default
+        level, so a request of a higher level (Triton's ``priority``), which goes
+        before that queue there, skips it."""
+        if level >= DEFAULT_LEVEL:
+            self.hold_back(model, route, version, level, deadline)
         if gate is not None:
             try:
                 await gate.acquire(level, route.timeout_ms / 1000)
@@ -448,9 +451,8 @@ def _level(request: web.Request, body: bytes | None) -> int:
     value = None
     if header is not None and header.isdigit():
         value = int(header)
-    elif body:
-        found = _PRIORITY_IN_BODY.search(body, 0, 4096)
-        value = int(found.group(1)) if found else None
+    elif body:  # where the runtime looks too: tritonclient writes it after the tensors
+        value, _ = peek_parameters(body, request.headers.get(HEADER_LENGTH))
     return value or DEFAULT_LEVEL
 
 

@@ -8,7 +8,6 @@ input, what was sent and what is expected.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from modelfleet.api.request_parameters import HEADER_LENGTH
 from modelfleet.runtime.config import TensorSpec
 from modelfleet.runtime.wire import deserialize_bytes, serialize_bytes
 from modelfleet.serving.errors import BadRequest
@@ -38,7 +38,6 @@ NP_DTYPES: dict[str, np.dtype[Any]] = {
 }
 """OIP datatype -> numpy dtype; BYTES tensors are object arrays of ``bytes``."""
 OIP_DATATYPES = {dtype: name for name, dtype in NP_DTYPES.items()}
-HEADER_LENGTH = "Inference-Header-Content-Length"
 
 Array = npt.NDArray[Any]
 
@@ -70,29 +69,6 @@ def int_param(params: Mapping[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BadRequest(f"parameter '{key}' must be a non-negative integer, got {value!r}")
     return value
-
-
-_PARAMETER = re.compile(rb'"(priority|timeout)"\s*:\s*(\d+)')
-PEEK_BYTES = 4096
-"""How far from each end of the JSON the request parameters are looked for
-(clients write ``parameters`` before or after the tensors)."""
-
-
-def peek_parameters(body: bytes, header_length: str | None) -> tuple[int | None, int | None]:
-    """Triton's ``priority`` and ``timeout`` request parameters, read from the raw
-    body without decoding it (admission decides before the tensors are parsed);
-    ``decode_request`` reads them properly afterwards."""
-    end = len(body)
-    if header_length is not None and header_length.isdigit():
-        end = min(end, int(header_length))
-    found: dict[bytes, int] = {}
-    spans = [(0, min(end, PEEK_BYTES))]
-    if end > PEEK_BYTES:
-        spans.append((max(PEEK_BYTES, end - PEEK_BYTES), end))
-    for lo, hi in spans:
-        for match in _PARAMETER.finditer(body, lo, hi):
-            found.setdefault(match.group(1), int(match.group(2)))
-    return found.get(b"priority"), found.get(b"timeout")
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:

@@ -9,15 +9,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelfleet.api import headers as contract
+from modelfleet.api.request_parameters import HEADER_LENGTH, peek_parameters
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.infer import Arrival, Infer, expected_wait_ms
 from modelfleet.runtime.protocol import (
-    HEADER_LENGTH,
     Array,
     InferRequest,
     decode_request,
     encode_response,
-    peek_parameters,
     tensor_metadata,
 )
 from modelfleet.runtime.runtime import Runtime
