@@ -108,6 +108,43 @@ async def test_the_lane_runs_at_the_event_loops_cpu_priority(
 
 
 @EXECUTORS
+async def test_an_urgent_request_takes_the_lane_without_the_default_rows_queued_with_it(
+    start_runtime: StartRuntime, executor: str
+) -> None:
+    """Batches of up to 4: while a ``LONG_MS`` batch runs, three default-level requests
+    wait behind it; an urgent one (priority 1) of the same model then runs beside it,
+    alone. Had those queued joined its express batch, they would be answered with it,
+    ahead of their turn and behind nothing."""
+    model = tiny_model(
+        "long", "slow", priority=10, architecture_kwargs={"delay_ms": LONG_MS},
+        batching={"max_batch_size": 4, "max_queue_delay_ms": 0},
+    )  # fmt: skip
+    client, runtime = await start_runtime([model], executor=executor)
+    worker: Any = runtime.worker
+    running = asyncio.ensure_future(client.post("/v2/models/long/infer", json=BODY))
+    await wait_until("the long batch to start", lambda: worker._busy_batches >= 1, 5.0)
+
+    async def answered_at() -> float:
+        resp = await client.post("/v2/models/long/infer", json=BODY)
+        assert resp.status == 200, await resp.text()
+        return time.perf_counter()
+
+    queued = [asyncio.ensure_future(answered_at()) for _ in range(3)]
+    hosted = runtime.repository.models[("long", "1")]
+    behind = 3 if executor == "thread" else 2  # the process's second slot takes one
+    await wait_until("the requests queued", lambda: len(hosted.queue) == behind, 5.0)
+    urgent = await client.post(
+        "/v2/models/long/infer", json={**BODY, "parameters": {"priority": 1}}
+    )
+    assert urgent.status == 200, await urgent.text()
+    urgent_at = time.perf_counter()
+    # Theirs come a batch later, after the long batch, not with the urgent one.
+    first_ms = (min(await asyncio.gather(*queued)) - urgent_at) * 1000
+    assert first_ms > LONG_MS / 2, f"default-level rows rode the express batch ({first_ms:.0f} ms)"
+    assert (await running).status == 200
+
+
+@EXECUTORS
 async def test_an_equal_class_does_not_take_the_lane(
     start_runtime: StartRuntime, executor: str
 ) -> None:

@@ -232,15 +232,21 @@ async def test_a_dead_forward_process_fails_every_queued_request_with_500(
     assert len(model.queue) == 0
 
 
-async def test_a_strictly_higher_class_takes_the_express_lane_beside_the_running_batch() -> None:
-    """With ``express``: a high batch goes down the express lane at once, even with both
-    main slots taken; one at a time; an equal class waits its turn on the main lane."""
+def express_dispatcher() -> tuple[LoopDispatcher, FakeProcess]:
+    """A started dispatcher with the express lane, no aging, over a fake process."""
     process = FakeProcess()
     dispatcher = LoopDispatcher(
         torch.device("cpu"), RuntimeMetrics(), aging_ms=0, express=True,
         spawn=lambda loop: process,  # type: ignore[arg-type,return-value]
     )  # fmt: skip
     dispatcher.start()
+    return dispatcher, process
+
+
+async def test_a_strictly_higher_class_takes_the_express_lane_beside_the_running_batch() -> None:
+    """With ``express``: a high batch goes down the express lane at once, even with both
+    main slots taken; one at a time; an equal class waits its turn on the main lane."""
+    dispatcher, process = express_dispatcher()
     low = make(dispatcher, process, name="low", priority=10, batching={"max_batch_size": 1})
     peer = make(dispatcher, process, name="peer", priority=10, batching={"max_batch_size": 1})
     high = make(dispatcher, process, name="high", priority=100, batching={"max_batch_size": 1})
@@ -261,6 +267,23 @@ async def test_a_strictly_higher_class_takes_the_express_lane_beside_the_running
     assert (await lows[0].future)[0][0, 0] == 2.0
     assert [h for h, _, _ in process.sent] == [1, 2]  # the second low, then the peer
     assert not process.express
+
+
+async def test_an_urgent_request_takes_the_express_lane_without_the_rows_behind_it() -> None:
+    """Triton's priority 1 beside a running batch of the same model: its express batch
+    holds the urgent rows only; the default-level rows queued with it wait for the
+    main lane, as they would have without it."""
+    dispatcher, process = express_dispatcher()
+    model = make(dispatcher, process, name="cnn", batching={"max_batch_size": 8})
+    request(dispatcher, model, 1.0)  # runs; the next ones queue behind it
+    request(dispatcher, model, 2.0)  # the second slot
+    waiting = [request(dispatcher, model, v) for v in (3.0, 4.0)]
+    assert len(process.sent) == 2 and len(model.queue) == 2
+    urgent = request(dispatcher, model, 9.0, level=1)
+    assert [[float(x) for x in a[0][:, 0]] for _, a, _ in process.express] == [[9.0]]
+    process.answer(express=True)
+    assert (await urgent.future)[0][0, 0] == 18.0
+    assert len(model.queue) == 2 and not any(w.future.done() for w in waiting)
 
 
 async def test_without_the_express_lane_a_high_batch_waits_on_the_main_lane(

@@ -10,7 +10,7 @@ from typing import Any
 from modelfleet.runtime.batcher import ModelQueue, Pending
 from modelfleet.runtime.config import Batching
 from modelfleet.runtime.dispatch import Dispatch
-from modelfleet.runtime.scheduler import pick
+from modelfleet.runtime.scheduler import express_level, pick, rank
 from modelfleet.runtime.service import Arrivals
 
 AGING_S = 0.1
@@ -154,3 +154,27 @@ def test_a_lower_batch_is_cut_to_the_yield_time_while_a_higher_model_is_active()
     assert Dispatch.batch_rows(yielding([hosted(10, 0.01), high]), hosted(10, 0.01), 30.0) == 1
     assert Dispatch.batch_rows(yielding([low, high], None), low, 30.0) is None
     assert Dispatch.batch_rows(dispatch, hosted(10, 0.0), 30.0) is None
+
+
+def test_an_express_batch_carries_only_rows_of_a_strictly_higher_class() -> None:
+    """Beside a running batch of class (5, model priority 10): a request of level 1 of the
+    same model goes express with the other rows of level 1 to 4, not those of level 5
+    (they belong behind the running batch); a model of higher priority takes level 5
+    too. The first request goes whatever its level."""
+    same, higher = queue("cnn", priority=10), queue("mlp", priority=100)
+    running = rank(_with(queue("cnn", priority=10), 5), 0.0, AGING_S)[:2]
+    assert express_level(same, running) == 4 and express_level(higher, running) == 5
+    for level in (5, 1, 5, 3, 5):
+        add(same, 0.0, level=level)
+    batch, _ = same.take_batch(0.0, None, express_level(same, running))
+    assert [p.level for p in batch] == [1, 3]
+    batch, _ = same.take_batch(0.0)  # the main lane: no cap
+    assert [p.level for p in batch] == [5, 5, 5]
+    add(same, 0.0, level=5)
+    batch, _ = same.take_batch(0.0, None, 1)
+    assert [p.level for p in batch] == [5]  # the first one goes whatever its level
+
+
+def _with(q: ModelQueue, level: int) -> ModelQueue:
+    add(q, 0.0, level=level)
+    return q

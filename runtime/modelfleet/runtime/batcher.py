@@ -181,12 +181,14 @@ class ModelQueue:
         return oldest.enqueued_at + self.batching.max_queue_delay_ms / 1000.0
 
     def take_batch(
-        self, now: float, max_rows: int | None = None
+        self, now: float, max_rows: int | None = None, max_level: int | None = None
     ) -> tuple[list[Pending], list[Pending]]:
         """Pops requests in order (level, then arrival) until the batch is full
         (``max_batch_size`` rows, or ``max_rows`` when smaller; the first request is
         taken whatever its rows), from the group of the request that goes first:
-        requests of other shapes keep their places and lead later batches.
+        requests of other shapes keep their places and lead later batches. With
+        ``max_level``, no request of a lower level (a larger number) than that joins
+        the first one: an express batch carries only the class it runs for.
 
         Returns the batch and the requests found past their deadline: those are
         marked expired and never executed.
@@ -222,6 +224,8 @@ class ModelQueue:
                 continue
             if batch and rows + item.rows > limit:
                 break  # does not fit: it leads the next batch
+            if batch and max_level is not None and item.level > max_level:
+                break  # a lower class: it waits for a batch of its own
             heapq.heappop(heap)
             self._leave(item, RUNNING)
             batch.append(item)

@@ -40,7 +40,7 @@ from modelfleet.runtime.hosted import HostedModel
 from modelfleet.runtime.loader import load_module, module_bytes
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import Array
-from modelfleet.runtime.scheduler import pick, rank
+from modelfleet.runtime.scheduler import express_level, pick, rank
 
 log = logging.getLogger("modelfleet.runtime")
 T = TypeVar("T")
@@ -352,7 +352,7 @@ class DeviceWorker(Dispatch):
                 chosen, wake = pick(queues, now, self.aging_s) if queues else (None, None)
                 if chosen is not None:
                     model = next(m for m in self.models if m.queue is chosen)
-                    batch, expired = chosen.take_batch(now, None)
+                    batch, expired = chosen.take_batch(now, None, express_level(chosen, running))
                     return model, batch, expired, now
             self._lane_wake.wait(None if wake is None else max(0.0, wake - self.clock()))
 

@@ -44,7 +44,7 @@ from modelfleet.runtime.forward_process import ForwardProcess, RemoteModel
 from modelfleet.runtime.hosted import HostedModel
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import Array
-from modelfleet.runtime.scheduler import pick, rank
+from modelfleet.runtime.scheduler import express_level, pick, rank
 
 Spawn = Callable[[asyncio.AbstractEventLoop], ForwardProcess]
 """Starts the forward process, its pipe read by the given event loop."""
@@ -199,7 +199,8 @@ class LoopDispatcher(Dispatch):
                         return
                     if process.busy() and self.higher_active(model, now):
                         return  # the slot stays free for the higher class (refilled at the answer)
-                batch, expired = chosen.take_batch(now, self.batch_rows(model, now))
+                cap = express_level(chosen, self._classes[0]) if express else None
+                batch, expired = chosen.take_batch(now, self.batch_rows(model, now), cap)
             if expired:
                 model.fail_expired_all(expired)
             if batch:

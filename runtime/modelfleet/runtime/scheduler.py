@@ -43,3 +43,13 @@ def pick(
         if best_rank is None or r < best_rank:
             best, best_rank = queue, r
     return best, (None if best is not None else wake)
+
+
+def express_level(queue: ModelQueue, running: tuple[float, int]) -> int:
+    """The lowest request level (the largest number) that a batch of ``queue`` may carry
+    on the express lane beside a batch of class ``running`` (``rank(...)[:2]``): only
+    rows of a strictly higher class. Lower rows would run beside the batch they belong
+    behind, and make the higher ones wait for their forward pass (at 2x, one urgent
+    image of the CNN went with 8 of its default level)."""
+    level, neg_priority = int(running[0]), running[1]
+    return level if -queue.priority < neg_priority else level - 1
