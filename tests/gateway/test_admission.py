@@ -100,3 +100,36 @@ def test_the_gateway_finds_tritons_priority_where_the_runtime_does() -> None:
     assert level(binary, {"Inference-Header-Content-Length": str(len(head))}) == 4
     assert level(binary[: len(head)].replace(b'"priority": 4', b'"other": 4') + binary[len(head) :],
                  {"Inference-Header-Content-Length": str(len(head))}) == DEFAULT_LEVEL  # fmt: skip
+
+
+async def test_a_request_above_the_default_level_goes_past_the_limit_up_to_twice_it() -> None:
+    """``urgent_below=5``: with every slot taken and low requests waiting, priority 1-4
+    goes at once (the runtime runs it before what is in flight), up to twice the limit;
+    past that it waits as before, ahead of the low waiters. Its slot, given back while
+    the gate is over its limit, goes to nobody."""
+    gate = Admission("m", limit=2, max_waiting=8, urgent_below=5)
+    for _ in range(2):
+        await gate.acquire(5, 1)
+    low = asyncio.ensure_future(gate.acquire(5, 1))
+    await asyncio.sleep(0)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await asyncio.shield(low)
+    await gate.acquire(1, 1)  # at once, though a low request waits
+    await gate.acquire(4, 1)
+    assert gate.in_flight == 4
+    third = asyncio.ensure_future(gate.acquire(2, 1))  # twice the limit: it waits
+    await asyncio.sleep(0)
+    assert not third.done()
+    gate.release()  # over the limit: the slot goes to nobody
+    assert gate.in_flight == 3 and not third.done() and not low.done()
+    gate.release()
+    gate.release()  # back at the limit: the best waiter, the urgent one
+    await third
+    assert not low.done()
+    gate.release()
+    await low
+    other = Admission("n", limit=1, max_waiting=0, urgent_below=5)
+    await other.acquire(5, 1)
+    with pytest.raises(Unavailable):  # the default level does not go past the limit
+        await other.acquire(5, 1)

@@ -91,7 +91,7 @@ class Gateway:
         for name, route in document.models.items():
             gate = old.admission.get(name)
             if gate is None:
-                gate = Admission(name, route.max_concurrency, route.max_waiting)
+                gate = Admission(name, route.max_concurrency, route.max_waiting, DEFAULT_LEVEL)
             else:
                 gate.resize(route.max_concurrency, route.max_waiting)
             admission[name] = gate
