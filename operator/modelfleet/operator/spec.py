@@ -479,7 +479,8 @@ class GatewaySpec(_Spec):
     replicas: int = Field(default=1, ge=1, le=100)
     """Gateway pods."""
     max_concurrency: int = Field(default=64, ge=1)
-    """Requests in flight per model at each gateway pod; beyond it, low priority is shed first."""
+    """Requests in flight per model at each gateway pod; beyond it, low priority is shed first
+    (a request of priority 1-4 may go up to twice it)."""
 
 
 class RuntimeSettings(_Spec):
