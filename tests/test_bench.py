@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -600,38 +601,56 @@ def test_the_overload_requests_decode_in_the_runtime_alike_in_either_encoding() 
 
 
 async def test_both_load_generators_keep_their_heap_out_of_the_collector_while_they_measure(
-    aiohttp_server: Any,
+    aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full collection of the bench process (torch imported) paused it for about 100 ms
     inside a window: requests in flight looked that much slower, and the arrivals due
-    meanwhile went out at once. The handler runs in the generator's process here, so it
-    sees what the generator's collector sees; afterwards nothing stays frozen."""
+    meanwhile went out at once. The handler runs in the generator's process here: every
+    request is served while the generator's heap is frozen (``gc.freeze`` before its
+    clock starts, ``gc.unfreeze`` after). ``gc.get_freeze_count`` walks the frozen
+    objects, tens of milliseconds in a test process, so it is read once a run."""
     import gc
 
     from aiohttp import web
 
+    import bench.loadgen
     from bench.loadgen import closed_loop
     from bench.overload import Traffic, run_classes
 
-    frozen: list[int] = []
+    state = {"frozen": False}
+
+    def freeze() -> None:
+        gc.freeze()
+        state["frozen"] = True
+
+    def unfreeze() -> None:
+        state["frozen"] = False
+        gc.unfreeze()
+
+    spy = SimpleNamespace(collect=gc.collect, freeze=freeze, unfreeze=unfreeze)
+    monkeypatch.setattr(bench.loadgen, "gc", spy)
+    seen_frozen: list[bool] = []
+    counts: list[int] = []
 
     async def handle(request: web.Request) -> web.Response:
         await request.read()
-        frozen.append(gc.get_freeze_count())
+        seen_frozen.append(state["frozen"])
+        if not counts:
+            counts.append(gc.get_freeze_count())
         return web.Response(text="ok")
 
     app = web.Application()
     app.router.add_post("/", handle)
     server = await aiohttp_server(app)
     url = str(server.make_url("/"))
-    kept = [object() for _ in range(1000)]  # what existed before: frozen while measuring
-    point = await closed_loop(url, b"x", {}, 2, 0.2, warmup_s=0.05)
-    assert point.requests > 0 and frozen and min(frozen) >= len(kept), frozen[:5]
-    assert gc.get_freeze_count() == 0
-    frozen.clear()
-    seen = await run_classes([Traffic("low", 50.0, [b"x"], {}, url)], 0.2, warmup_s=0.05)
-    assert seen["low"].ok > 0 and frozen and min(frozen) >= len(kept), frozen[:5]
-    assert gc.get_freeze_count() == 0
+    point = await closed_loop(url, b"x", {}, 2, 0.5, warmup_s=0.1)
+    assert point.requests > 0 and seen_frozen and all(seen_frozen), seen_frozen[:5]
+    assert counts[0] > 0 and not state["frozen"] and gc.get_freeze_count() == 0
+    seen_frozen.clear()
+    counts.clear()
+    seen = await run_classes([Traffic("low", 50.0, [b"x"], {}, url)], 0.5, warmup_s=0.1)
+    assert seen["low"].ok > 0 and seen_frozen and all(seen_frozen), seen_frozen[:5]
+    assert counts[0] > 0 and not state["frozen"] and gc.get_freeze_count() == 0
 
 
 def test_the_overload_benchs_urgent_cnn_requests_carry_tritons_priority_1_in_either_encoding() -> (
