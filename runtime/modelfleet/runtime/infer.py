@@ -71,20 +71,41 @@ class Infer(Generic[Body, Answer]):
         if refused is not None:
             raise self._counted(refused)
 
+    def refusal(self, body: Body) -> ServingError | None:
+        """The refusal (counted) that ``run`` would answer before decoding ``body``, or
+        None: the runtime's front door asks before a handler exists."""
+        if self.arrival.level is not None:  # the headers decide it all, as in admit_early
+            try:
+                self.admit_early()
+            except ServingError as exc:
+                return exc
+            return None
+        try:
+            self._admission(body)  # the one check that the body's parameters complete
+        except ServingError as exc:
+            return self._counted(exc)
+        return None
+
+    def _admission(self, body: Body) -> tuple[int | None, float]:
+        """The request's level (None: the model's default) and budget once its body is
+        read; raises (uncounted) what admission refuses at that level."""
+        model, arrival = self.model, self.arrival
+        if arrival.level is not None:
+            return arrival.level, model.budget_s(arrival.timeout_us)
+        level, timeout_param = self.wire.peek(body)
+        budget = model.budget_s(arrival.timeout_us, timeout_param)
+        refused = model.refusal(level or 0, budget)
+        if refused is not None:
+            raise refused
+        return level, budget
+
     async def run(self, read: Callable[[], Awaitable[Body]]) -> Answer:
         model, arrival = self.model, self.arrival
-        level = arrival.level
         try:
             model.worker.arriving(model, +1)  # tells eager batching more work is on its way
             try:
                 body = await read()
-                budget = model.budget_s(arrival.timeout_us)
-                if level is None:
-                    level, timeout_param = self.wire.peek(body)
-                    budget = model.budget_s(arrival.timeout_us, timeout_param)
-                    refused = model.refusal(level or 0, budget)
-                    if refused is not None:
-                        raise refused
+                level, budget = self._admission(body)
                 decoded = self.wire.decode(body, model)
             finally:
                 model.worker.arriving(model, -1)

@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import logging
 import sys
+from functools import partial
 
 from modelfleet.runtime.admin import build_admin_app
 from modelfleet.runtime.config import ConfigError, RuntimeDocument, load_document
+from modelfleet.runtime.front_door import FrontDoor
 from modelfleet.runtime.grpc_server import build_grpc_server
 from modelfleet.runtime.runtime import Runtime
-from modelfleet.runtime.server import build_data_app
+from modelfleet.runtime.server import build_data_app, door
 from modelfleet.serving.auth import read_token
 from modelfleet.serving.eventloop import run
 from modelfleet.serving.flags import with_flags
@@ -24,7 +26,8 @@ async def serve(document: RuntimeDocument) -> int:
     config = document.server
     runtime = Runtime(document)
     async with serving(config.host, log) as sites:
-        await sites.listen(build_data_app(runtime), config.port, "data API")
+        front = partial(FrontDoor, door=door(runtime), max_body_bytes=config.max_body_bytes)
+        await sites.listen(build_data_app(runtime), config.port, "data API", front=front)
         token = read_token(config.admin_token_file)
         if config.grpc_port is not None:
             grpc_api = build_grpc_server(runtime, token)

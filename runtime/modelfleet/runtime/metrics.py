@@ -206,6 +206,8 @@ class ModelMetrics:
         self.expected_wait = metrics.expected_wait.labels(model, version)
         self.out_of_memory = metrics.out_of_memory.labels(model, version)
         self._admitted: dict[int, Counter] = {}
+        self._failed: dict[tuple[int, str], Counter] = {}
+        self._shed: dict[tuple[str, int], Counter] = {}
 
     def memory(self, footprint: Footprint) -> None:
         """Publishes a version's measured footprint (nothing where it is not measured)."""
@@ -222,10 +224,19 @@ class ModelMetrics:
         latency.observe(seconds)
 
     def failed(self, status: int, protocol: str = "rest") -> None:
-        self._metrics.requests.labels(*self._labels, protocol, str(status)).inc()
+        child = self._failed.get((status, protocol))
+        if child is None:  # a labels() lookup costs more than the rest of a refusal's counting
+            child = self._metrics.requests.labels(*self._labels, protocol, str(status))
+            self._failed[(status, protocol)] = child
+        child.inc()
 
     def shed(self, reason: str, level: int) -> None:
-        self._metrics.shed.labels(*self._labels, str(level), reason).inc()
+        child = self._shed.get((reason, level))
+        if child is None:
+            child = self._shed[(reason, level)] = self._metrics.shed.labels(
+                *self._labels, str(level), reason
+            )
+        child.inc()
 
     def admitted(self, level: int) -> None:
         child = self._admitted.get(level)

@@ -9,6 +9,7 @@ then unloads what was removed. Requests keep flowing to everything else.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -28,8 +29,10 @@ log = logging.getLogger("modelfleet.runtime")
 MiB = 1024 * 1024
 
 
+@functools.lru_cache(maxsize=1024)
 def version_order(version: str) -> tuple[Any, ...]:
-    """Natural order: "10" after "9", "v2" after "v1"."""
+    """Natural order: "10" after "9", "v2" after "v1" (memoized: every request that
+    names no version asks it of each version of its model)."""
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", version) if p)
 
 

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelfleet.api import headers as contract
 from modelfleet.api.request_parameters import HEADER_LENGTH, peek_parameters
+from modelfleet.runtime.front_door import Door, Head
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.infer import Arrival, Infer, expected_wait_ms
 from modelfleet.runtime.protocol import (
@@ -20,7 +21,12 @@ from modelfleet.runtime.protocol import (
     tensor_metadata,
 )
 from modelfleet.runtime.runtime import Runtime
-from modelfleet.serving.errors import PayloadTooLarge, Unavailable, errors_as_json
+from modelfleet.serving.errors import (
+    PayloadTooLarge,
+    ServingError,
+    Unavailable,
+    errors_as_json,
+)
 
 log = logging.getLogger("modelfleet.runtime")
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -112,6 +118,31 @@ class RestWire:
         )  # fmt: skip
 
 
+def _arrival(priority: str, timeout_us: str | None) -> Arrival:
+    """The gateway's (or a client's) priority and timeout headers."""
+    return Arrival(
+        level=int(priority) if priority.isdigit() else None,
+        timeout_us=int(timeout_us) if timeout_us and timeout_us.isdigit() else None,
+    )
+
+
+def door(runtime: Runtime) -> Door:
+    """The front door's admission: the handler's own (``Infer.refusal``), for a
+    request of a ready model; anything else is the handler's to answer."""
+
+    def refusal(head: Head, body: bytes) -> ServingError | None:
+        if runtime.draining:
+            return None
+        try:
+            model = runtime.repository.resolve(head.model, head.version)
+        except ServingError:
+            return None
+        arrival = _arrival(head.priority, head.timeout_us)
+        return Infer(model, arrival, RestWire(head.header_length)).refusal(body)
+
+    return refusal
+
+
 async def infer(request: web.Request) -> web.Response:
     runtime = _runtime(request)
     if runtime.draining:
@@ -121,11 +152,8 @@ async def infer(request: web.Request) -> web.Response:
     # headers give the priority and timeout, else once it is read (the parameters
     # found in the raw bytes) and before its tensors are parsed. A request refused
     # here costs little, so refusing does not eat the capacity it protects.
-    header = request.headers.get(PRIORITY_HEADER, "")
-    timeout_header = request.headers.get(TIMEOUT_HEADER)
-    arrival = Arrival(
-        level=int(header) if header.isdigit() else None,
-        timeout_us=int(timeout_header) if timeout_header and timeout_header.isdigit() else None,
+    arrival = _arrival(
+        request.headers.get(PRIORITY_HEADER, ""), request.headers.get(TIMEOUT_HEADER)
     )
     serve = Infer(model, arrival, RestWire(request.headers.get(HEADER_LENGTH)))
     serve.admit_early()

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import grpc
 from aiohttp import web
+
+Front = Callable[[Callable[[], asyncio.Protocol]], asyncio.Protocol]
+"""A connection's first protocol, given the factory of aiohttp's handler."""
 
 
 class Sites:
@@ -23,16 +26,30 @@ class Sites:
         self.stop = asyncio.Event()
         """Set by SIGTERM or SIGINT (or by an admin API that drains): time to shut down."""
         self._runners: list[web.AppRunner] = []
+        self._fronts: list[asyncio.AbstractServer] = []
         self._grpc: list[grpc.aio.Server] = []
 
-    async def listen(self, app: web.Application, port: int, what: str) -> None:
-        """Serves ``app`` on ``host:port`` and logs "<what> listening on http://host:port"."""
+    async def listen(
+        self, app: web.Application, port: int, what: str, *, front: Front | None = None
+    ) -> None:
+        """Serves ``app`` on ``host:port`` and logs "<what> listening on http://host:port".
+        ``front``: each connection's protocol until it hands the connection to
+        aiohttp's handler (made by the factory it is given)."""
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout_s
         )
         await runner.setup()
         self._runners.append(runner)
-        await web.TCPSite(runner, self.host, port, backlog=1024, reuse_address=True).start()
+        if front is None:
+            await web.TCPSite(runner, self.host, port, backlog=1024, reuse_address=True).start()
+        else:
+            handler = runner.server
+            assert handler is not None
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(
+                lambda: front(handler), self.host, port, backlog=1024, reuse_address=True
+            )
+            self._fronts.append(server)
         self.log.info("%s listening on http://%s:%d", what, self.host, port)
 
     async def listen_grpc(self, server: grpc.aio.Server, port: int, what: str) -> int:
@@ -52,6 +69,9 @@ class Sites:
         for server in self._grpc:
             await server.stop(self.shutdown_timeout_s)
         self._grpc.clear()
+        for front in self._fronts:  # the listening sockets; handlers drain below
+            front.close()
+        self._fronts.clear()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

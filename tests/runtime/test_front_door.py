@@ -1,0 +1,226 @@
+"""The data port's front door: a request that admission refuses is answered before
+aiohttp makes a handler for it (the same answer the handler gives), cheaply; every
+other request, and every byte of it, reaches aiohttp."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelfleet.runtime.front_door import Head, parse_head
+from tests.runtime.conftest import tiny_model
+
+BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+PLAIN = json.dumps(BODY).encode()
+HURRIED = json.dumps({**BODY, "parameters": {"timeout": 1}}).encode()
+"""Triton's timeout of 1 µs: refused once the body is read (the model's measured
+service time is longer)."""
+
+
+def request(body: bytes, path: str = "/v2/models/m/infer", extra: str = "") -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    return head.encode() + body
+
+
+class Answer:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def read_answer(sock: socket.socket, buffer: bytearray) -> Answer:
+    """One response from ``sock`` (``buffer``: bytes already read past the last one)."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed; read {bytes(buffer)!r}"
+        buffer += chunk
+    end = buffer.index(b"\r\n\r\n")
+    lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+    del buffer[: end + 4]
+    headers = {
+        k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+    }
+    length = int(headers.get("content-length", "0"))
+    while len(buffer) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside a body"
+        buffer += chunk
+    body = bytes(buffer[:length])
+    del buffer[:length]
+    return Answer(int(lines[0].split(" ")[1]), headers, body)
+
+
+def connect(server: Any) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+@pytest.fixture
+def runtime(serve: Any) -> Any:
+    """A runtime serving ``m`` (identity), its service time measured by one answer."""
+    server = serve([tiny_model("m", "identity")])
+    with connect(server) as sock:
+        sock.sendall(request(PLAIN))
+        assert read_answer(sock, bytearray()).status == 200
+    return server
+
+
+def by_door(answer: Answer) -> bool:
+    """aiohttp names itself in ``Server``; the door's answers carry no such header."""
+    return "server" not in answer.headers
+
+
+def shed(server: Any) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{server.url}/metrics", timeout=5).read().decode()
+    found = re.search(r'modelfleet_shed_total\{model="m",priority="5",reason="deadline",version="1"\} (\S+)', text)  # fmt: skip
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.integration
+def test_a_refused_request_is_answered_at_the_door_as_the_handler_would_and_counted(
+    runtime: Any,
+) -> None:
+    with connect(runtime) as sock:
+        buffer = bytearray()
+        sock.sendall(request(HURRIED))
+        refused = read_answer(sock, buffer)
+        assert refused.status == 503 and by_door(refused), refused.headers
+        assert "cannot answer within the request's deadline" in refused.json()["error"]
+        assert int(refused.headers["retry-after"]) >= 1
+        assert float(refused.headers["x-modelfleet-expected-wait-ms"]) >= 0
+        assert refused.headers["content-type"].startswith("application/json")
+        # The connection stays open and serves the next request (through aiohttp).
+        sock.sendall(request(PLAIN))
+        served = read_answer(sock, buffer)
+        assert served.status == 200 and not by_door(served)
+        assert served.json()["outputs"][0]["data"] == [1, 2, 3, 4]
+    assert shed(runtime) == 1
+    # The same refusal through the handler (after a request that the door let in).
+    with connect(runtime) as sock:
+        buffer = bytearray()
+        sock.sendall(request(PLAIN) + request(HURRIED))
+        assert read_answer(sock, buffer).status == 200
+        late = read_answer(sock, buffer)
+        assert late.status == 503 and not by_door(late)
+        prefix = "model 'm' version '1' cannot answer within the request's deadline"
+        assert late.json()["error"].startswith(prefix)
+        assert refused.json()["error"].startswith(prefix)
+    assert shed(runtime) == 2
+
+
+@pytest.mark.integration
+def test_pipelined_and_trickled_requests_are_answered_in_order(runtime: Any) -> None:
+    versioned = "/v2/models/m/versions/1/infer"
+    with connect(runtime) as sock:
+        buffer = bytearray()
+        sock.sendall(
+            request(HURRIED) + request(HURRIED, versioned) + request(PLAIN) + request(HURRIED)
+        )
+        statuses = [read_answer(sock, buffer) for _ in range(4)]
+        assert [a.status for a in statuses] == [503, 503, 200, 503]
+        assert [by_door(a) for a in statuses] == [True, True, False, False]
+    with connect(runtime) as sock:  # a byte at a time: head and body split anywhere
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for byte in request(HURRIED):
+            sock.sendall(bytes([byte]))
+        assert read_answer(sock, bytearray()).status == 503
+    with connect(runtime) as sock:  # the client closes: the door closes too
+        sock.sendall(request(HURRIED, extra="Connection: close\r\n"))
+        buffer = bytearray()
+        answer = read_answer(sock, buffer)
+        assert answer.status == 503 and answer.headers["connection"] == "close"
+        assert sock.recv(100) == b""
+
+
+@pytest.mark.integration
+def test_what_the_door_does_not_frame_reaches_aiohttp_whole(runtime: Any) -> None:
+    cases = {
+        "chunked": (chunked(HURRIED), 503),
+        "unknown model": (request(PLAIN, "/v2/models/nope/infer"), 404),
+        "health": (b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n", 200),
+        "bad json": (request(b"{not json"), 400),
+        "query": (request(PLAIN, "/v2/models/m/infer?x=1"), 200),
+    }
+    for name, (raw, status) in cases.items():
+        with connect(runtime) as sock:
+            sock.sendall(raw)
+            answer = read_answer(sock, bytearray())
+            assert answer.status == status and not by_door(answer), (name, answer.body)
+    with connect(runtime) as sock:  # Expect: 100-continue is aiohttp's to answer
+        sock.sendall(request(PLAIN, extra="Expect: 100-continue\r\n")[: -len(PLAIN)])
+        buffer = bytearray()
+        assert read_answer(sock, buffer).status == 100
+        sock.sendall(PLAIN)
+        assert read_answer(sock, buffer).status == 200
+
+
+def test_the_door_reads_only_infer_posts_it_can_frame() -> None:
+    head = b"POST /v2/models/m-1.b_c/versions/7/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 12"
+    assert parse_head(head + b"\r\nX-ModelFleet-Priority: 1\r\nx-modelfleet-timeout-us: 500") == Head(
+        model="m-1.b_c", version="7", length=12, priority="1", timeout_us="500",
+        header_length=None, keep_alive=True,
+    )  # fmt: skip
+    binary = parse_head(head + b"\r\nInference-Header-Content-Length: 9\r\nConnection: Close")
+    assert binary is not None and binary.header_length == "9" and not binary.keep_alive
+    for other in [
+        head.replace(b"POST", b"GET"),
+        head.replace(b"HTTP/1.1", b"HTTP/1.0"),
+        head.replace(b"/infer", b"/infer?x=1"),
+        head.replace(b"/infer", b"/ready"),
+        head.replace(b"m-1.b_c", b"m%20x"),
+        head.replace(b"Content-Length: 12", b"Content-Length: -1"),
+        head.replace(b"\r\nContent-Length: 12", b""),
+        head + b"\r\nContent-Length: 12",
+        head + b"\r\nTransfer-Encoding: chunked",
+        head + b"\r\nExpect: 100-continue",
+        head + b"\r\n folded",
+        head + b"\r\nHost : y",
+    ]:
+        assert parse_head(other) is None, other
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request_ms(server: Any, raw: bytes, count: int) -> float:
+    """The runtime's CPU per refusal of ``raw``, one connection each, ``count`` in turn."""
+    before = cpu_s(server.proc.pid)
+    for _ in range(count):
+        with connect(server) as sock:
+            sock.sendall(raw)
+            assert read_answer(sock, bytearray()).status == 503
+    return (cpu_s(server.proc.pid) - before) * 1000 / count
+
+
+def chunked(body: bytes) -> bytes:
+    """``body`` in one chunk: a framing the door leaves to aiohttp."""
+    head = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+
+
+@pytest.mark.integration
+def test_a_refusal_at_the_door_costs_less_cpu_than_the_same_refusal_through_aiohttp(
+    runtime: Any,
+) -> None:
+    """What keeps shedding from eating the capacity it protects (docs/benchmarks.md):
+    the runtime's CPU for a refused 64 KB request, a connection each, answered at the
+    door, against the same request chunked (which the door hands to aiohttp, whose
+    handler refuses it the same way)."""
+    padded = json.dumps({**BODY, "parameters": {"timeout": 1}, "padding": "x" * 65536}).encode()
+    costs: dict[str, list[float]] = {"door": [], "aiohttp": []}
+    for _ in range(2):  # alternating, so that a busy moment of the host hits both
+        costs["door"].append(cpu_per_request_ms(runtime, request(padded), 600))
+        costs["aiohttp"].append(cpu_per_request_ms(runtime, chunked(padded), 600))
+    print(costs)
+    assert min(costs["door"]) < 0.8 * min(costs["aiohttp"]), costs
