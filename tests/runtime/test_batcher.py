@@ -69,6 +69,14 @@ def test_full_queue_rejects_with_503_and_keeps_earlier_requests() -> None:
     assert [p.payload for p in batch] == ["a", "b"]
 
 
+def test_requests_on_their_way_take_the_free_places_of_the_queue() -> None:
+    q = make_queue(max_size=3)
+    q.push(item(0, level=5, tag="queued"))
+    assert not q.would_refuse(5, inbound=1)
+    assert q.would_refuse(5, inbound=2), "two let in take the two free places"
+    assert not q.would_refuse(1, inbound=2), "a higher level can still displace the low one"
+
+
 def test_full_queue_lets_a_higher_priority_request_displace_the_lowest() -> None:
     q = make_queue(max_size=3)
     for tag, level in [("low-old", 5), ("mid", 3), ("low-new", 5)]:

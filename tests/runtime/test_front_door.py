@@ -4,6 +4,7 @@ other request, and every byte of it, reaches aiohttp."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 
 from modelfleet.runtime.front_door import Head, parse_head
-from tests.runtime.conftest import tiny_model
+from modelfleet.runtime.server import door
+from tests.runtime.conftest import StartRuntime, tiny_model
+from tests.support.waiting import wait_until
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 PLAIN = json.dumps(BODY).encode()
@@ -224,3 +227,36 @@ def test_a_refusal_at_the_door_costs_less_cpu_than_the_same_refusal_through_aioh
         costs["aiohttp"].append(cpu_per_request_ms(runtime, chunked(padded), 600))
     print(costs)
     assert min(costs["door"]) < 0.8 * min(costs["aiohttp"]), costs
+
+
+@pytest.mark.integration
+async def test_the_door_lets_in_no_more_than_the_free_places_of_a_queue(
+    start_runtime: StartRuntime,
+) -> None:
+    """The door decides before the handler queues the request, a few loop iterations
+    later: the requests it let in hold their places meanwhile, so that it refuses the
+    next ones itself instead of letting the handlers refuse them at aiohttp's cost."""
+    config = tiny_model(
+        "m", "slow", architecture_kwargs={"delay_ms": 300},
+        batching={"max_batch_size": 1, "max_queue_delay_ms": 0},
+        queue={"max_size": 2, "timeout_ms": 30_000},
+    )  # fmt: skip
+    client, runtime = await start_runtime([config])
+    model = runtime.repository.models[("m", "1")]
+    running = [
+        asyncio.ensure_future(client.post("/v2/models/m/infer", json=BODY)) for _ in range(2)
+    ]
+    await wait_until("one request running, one queued", lambda: len(model.queue) == 1, 5.0)
+    head = parse_head(request(PLAIN).split(b"\r\n\r\n")[0])
+    assert head is not None
+    at_the_door = door(runtime)
+    assert at_the_door(head, PLAIN) is None, "the last free place"
+    refused = at_the_door(head, PLAIN)
+    assert refused is not None and refused.status == 503, "the place is taken"
+    assert "is full" in refused.message
+    # Its handler starts: the request takes its place in the queue.
+    last = asyncio.ensure_future(client.post("/v2/models/m/infer", json=BODY))
+    await wait_until("the request let in queued", lambda: len(model.queue) == 2, 5.0)
+    assert model.inbound.count() == 0
+    answers = await asyncio.gather(*running, last)
+    assert [a.status for a in answers] == [200, 200, 200]

@@ -83,10 +83,11 @@ class ModelQueue:
         live = [p for _, _, p in self._heap if p.state == QUEUED]
         return max(live, key=lambda p: (p.level, p.seq)) if live else None
 
-    def would_refuse(self, level: int) -> bool:
+    def would_refuse(self, level: int, inbound: int = 0) -> bool:
         """Whether a request of ``level`` would be refused now (checked before its
-        body is even read, so that shedding costs little)."""
-        if self._live < self.max_size:
+        body is even read, so that shedding costs little); ``inbound``: requests
+        already let in that are not queued yet (their places are taken)."""
+        if self._live + inbound < self.max_size:
             return False
         # The lowest level queued, from the rows kept per level: no scan of the queue,
         # which is full (and long) exactly when this is asked most often.

@@ -82,9 +82,9 @@ class Dispatch(ABC):
             if model in self.models:
                 self.models.remove(model)
 
-    def would_refuse(self, model: HostedModel, level: int) -> bool:
+    def would_refuse(self, model: HostedModel, level: int, inbound: int = 0) -> bool:
         with self.cond:
-            return model.queue.would_refuse(level)
+            return model.queue.would_refuse(level, inbound)
 
     def expected_wait(self, model: HostedModel, level: int) -> float:
         """Seconds a request of ``level`` for ``model`` can expect to wait now before

@@ -17,6 +17,7 @@ from modelfleet.runtime.cache import ResultCache, cache_key
 from modelfleet.runtime.config import ModelConfig, Warmup
 from modelfleet.runtime.devicemem import Footprint
 from modelfleet.runtime.errors import expired_error
+from modelfleet.runtime.inbound import Inbound
 from modelfleet.runtime.metrics import RuntimeMetrics
 from modelfleet.runtime.protocol import NP_DTYPES, Array, InferRequest
 from modelfleet.runtime.ratelimit import TokenBucket
@@ -63,8 +64,9 @@ class ModelQueues(Protocol):
         queue (raises ``Unavailable`` when it displaces none)."""
         ...
 
-    def would_refuse(self, model: HostedModel, level: int) -> bool:
-        """Whether ``model``'s queue is full for a request of ``level``."""
+    def would_refuse(self, model: HostedModel, level: int, inbound: int = 0) -> bool:
+        """Whether ``model``'s queue is full for a request of ``level`` (``inbound``
+        more requests on their way to it)."""
         ...
 
     def expected_wait(self, model: HostedModel, level: int) -> float:
@@ -109,6 +111,8 @@ class HostedModel:
         self.served = 0
         self.errors = 0
         self.shed = 0
+        self.inbound = Inbound()
+        """Requests the front door let in whose REST handler has not started."""
         self.objective_met = 0
         self.objective_missed = 0
         """Answered requests within / past the latency objective (when one is set)."""
@@ -160,11 +164,19 @@ class HostedModel:
         return budget
 
     def refusal(
-        self, level: int | None, budget_s: float, *, rows: int = 1, wait: bool = True
+        self,
+        level: int | None,
+        budget_s: float,
+        *,
+        rows: int = 1,
+        wait: bool = True,
+        door: bool = False,
     ) -> Unavailable | None:
         """Why a request of ``level`` (None: not known yet, assume the highest) with
         ``budget_s`` to its deadline cannot be served, or None. Cheap: called before
-        the body is read, and again once its priority and timeout are known."""
+        the body is read, and again once its priority and timeout are known.
+        ``door``: asked by the front door, which counts the requests it let in that
+        are not queued yet (``inbound``)."""
         name, version = self.key
         if self.state is not State.READY:
             return self._shed(
@@ -172,7 +184,7 @@ class HostedModel:
                 Unavailable(f"model '{name}' version '{version}' is {self.state}", retry_after_s=1),
             )  # fmt: skip
         effective = 1 if level is None else level or self.default_level
-        if self.worker.would_refuse(self, effective):
+        if self.worker.would_refuse(self, effective, self.inbound.count() if door else 0):
             return self._shed("queue_full", level, self.queue.full_error())
         if not wait:
             return None

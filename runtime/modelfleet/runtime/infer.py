@@ -63,30 +63,33 @@ class Infer(Generic[Body, Answer]):
     wire: Wire[Body, Answer]
     started: float = field(default_factory=time.perf_counter)
 
-    def admit_early(self) -> None:
+    def admit_early(self, *, door: bool = False) -> None:
         """Refuses, before the body is read, what the arrival already rules out."""
         model, arrival = self.model, self.arrival
         budget = model.budget_s(arrival.timeout_us)
-        refused = model.refusal(arrival.level, budget, wait=arrival.level is not None)
+        known = arrival.level is not None
+        refused = model.refusal(arrival.level, budget, wait=known, door=door)
         if refused is not None:
             raise self._counted(refused)
 
     def refusal(self, body: Body) -> ServingError | None:
         """The refusal (counted) that ``run`` would answer before decoding ``body``, or
-        None: the runtime's front door asks before a handler exists."""
+        None: the runtime's front door asks before a handler exists. A request let in
+        counts as ``inbound`` to its model until its handler claims it."""
         if self.arrival.level is not None:  # the headers decide it all, as in admit_early
             try:
-                self.admit_early()
+                self.admit_early(door=True)
             except ServingError as exc:
                 return exc
-            return None
-        try:
-            self._admission(body)  # the one check that the body's parameters complete
-        except ServingError as exc:
-            return self._counted(exc)
+        else:
+            try:
+                self._admission(body, door=True)  # the check the body's parameters complete
+            except ServingError as exc:
+                return self._counted(exc)
+        self.model.inbound.add()
         return None
 
-    def _admission(self, body: Body) -> tuple[int | None, float]:
+    def _admission(self, body: Body, *, door: bool = False) -> tuple[int | None, float]:
         """The request's level (None: the model's default) and budget once its body is
         read; raises (uncounted) what admission refuses at that level."""
         model, arrival = self.model, self.arrival
@@ -94,7 +97,7 @@ class Infer(Generic[Body, Answer]):
             return arrival.level, model.budget_s(arrival.timeout_us)
         level, timeout_param = self.wire.peek(body)
         budget = model.budget_s(arrival.timeout_us, timeout_param)
-        refused = model.refusal(level or 0, budget)
+        refused = model.refusal(level or 0, budget, door=door)
         if refused is not None:
             raise refused
         return level, budget

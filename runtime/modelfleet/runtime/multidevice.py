@@ -134,9 +134,9 @@ class DeviceWorkers:
     def submit(self, model: HostedModel, item: Pending) -> Pending | None:
         return self._of(model).submit(model, item)
 
-    def would_refuse(self, model: HostedModel, level: int) -> bool:
+    def would_refuse(self, model: HostedModel, level: int, inbound: int = 0) -> bool:
         worker = self._placed.get(model)
-        return worker.would_refuse(model, level) if worker else False
+        return worker.would_refuse(model, level, inbound) if worker else False
 
     def expected_wait(self, model: HostedModel, level: int) -> float:
         worker = self._placed.get(model)

@@ -156,6 +156,7 @@ async def infer(request: web.Request) -> web.Response:
         request.headers.get(PRIORITY_HEADER, ""), request.headers.get(TIMEOUT_HEADER)
     )
     serve = Infer(model, arrival, RestWire(request.headers.get(HEADER_LENGTH)))
+    model.inbound.claim()  # this request's place, if the front door let it in
     serve.admit_early()
 
     async def read() -> bytes:
