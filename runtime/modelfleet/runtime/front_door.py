@@ -10,8 +10,9 @@ runtime's code ran; read here (the head parsed with a few byte searches, the bod
 only buffered) it costs what the kernel and the event loop charge for it.
 
 Each connection starts here. The door reads the head of ``POST .../infer`` with a
-``Content-Length``, then its body, and asks ``door`` (the same admission as the
-handler's, ``Infer.refusal``) whether to refuse it. A refusal is answered here
+``Content-Length``. While the model has room for it (``Door.lets_in``), it goes to
+aiohttp at once; otherwise the door reads its body and asks ``door`` (the same
+admission as the handler's, ``Infer.refusal``) whether to refuse it. A refusal is answered here
 (the same JSON error, status and headers as the handler's) and the door reads the
 connection's next request; anything else (a request admitted, another method or
 path, ``Expect``, chunked bodies, a body over the limit) goes to aiohttp's own
@@ -26,7 +27,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import cast
+from typing import Protocol, cast
 
 from modelfleet.serving.errors import ServingError
 
@@ -104,8 +105,18 @@ def answer(error: ServingError, keep_alive: bool) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-Door = Callable[[Head, bytes], ServingError | None]
-"""Whether to refuse a request, from its head and body (None: let it in)."""
+class Door(Protocol):
+    """The admission the door asks."""
+
+    def lets_in(self, head: Head) -> bool:
+        """True: the request goes to aiohttp at once, its body unread here (its model
+        has room for it whatever its body says). The cheap check that keeps the door
+        from costing a request anything when nothing is refused."""
+        ...
+
+    def refusal(self, head: Head, body: bytes) -> ServingError | None:
+        """Whether to refuse the request, from its head and body (None: let it in)."""
+        ...
 
 
 class FrontDoor(asyncio.Protocol):
@@ -166,7 +177,7 @@ class FrontDoor(asyncio.Protocol):
                     self._hand_over()
                 return False
             head = parse_head(buffered[:end])
-            if head is None or head.length > self._max_body:
+            if head is None or head.length > self._max_body or self._door.lets_in(head):
                 self._hand_over()
                 return False
             self._head, self._body_at = head, end + 4
@@ -174,7 +185,7 @@ class FrontDoor(asyncio.Protocol):
         if self._size < complete:
             return False
         buffered = self._buffered()
-        refused = self._door(self._head, buffered[self._body_at : complete])
+        refused = self._door.refusal(self._head, buffered[self._body_at : complete])
         if refused is None:
             self._hand_over()
             return False

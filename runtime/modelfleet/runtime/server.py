@@ -126,21 +126,43 @@ def _arrival(priority: str, timeout_us: str | None) -> Arrival:
     )
 
 
-def door(runtime: Runtime) -> Door:
+class RuntimeDoor:
     """The front door's admission: the handler's own (``Infer.refusal``), for a
     request of a ready model; anything else is the handler's to answer."""
 
-    def refusal(head: Head, body: bytes) -> ServingError | None:
-        if runtime.draining:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def _model(self, head: Head) -> HostedModel | None:
+        if self.runtime.draining:
             return None
         try:
-            model = runtime.repository.resolve(head.model, head.version)
+            model = self.runtime.repository.resolve(head.model, head.version)
         except ServingError:
+            return None
+        return model if model.state is State.READY else None
+
+    def lets_in(self, head: Head) -> bool:
+        model = self._model(head)
+        if model is None:
+            return True
+        level = int(head.priority) if head.priority.isdigit() else model.default_level
+        if model.worker.would_refuse(model, level, model.inbound.count()):
+            return False  # full for it: the body decides (it may name a higher level)
+        model.inbound.add()
+        return True
+
+    def refusal(self, head: Head, body: bytes) -> ServingError | None:
+        model = self._model(head)
+        if model is None:
             return None
         arrival = _arrival(head.priority, head.timeout_us)
         return Infer(model, arrival, RestWire(head.header_length)).refusal(body)
 
-    return refusal
+
+def door(runtime: Runtime) -> Door:
+    """The front door of ``runtime``'s data port."""
+    return RuntimeDoor(runtime)
 
 
 async def infer(request: web.Request) -> web.Response:
