@@ -292,3 +292,82 @@ async def test_the_door_lets_in_no_more_than_the_free_places_of_a_queue(
     assert model.inbound.count() == 1, "the urgent request let in, its handler not started"
     answers = await asyncio.gather(*running, last)
     assert [a.status for a in answers] == [200, 200, 200]
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.protocol: Any = None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+
+class Inner(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+
+class FullQueue:
+    """A door for which every queue is full and every body but ``b"urgent"`` refused."""
+
+    def lets_in(self, head: Head) -> bool:
+        return False
+
+    def refusal(self, head: Head, body: bytes) -> Any:
+        from modelfleet.serving.errors import Unavailable
+
+        return None if body == b"urgent" else Unavailable("full", retry_after_s=2)
+
+
+async def test_the_door_closes_a_connection_left_idle_and_hands_the_rest_over_whole() -> None:
+    from modelfleet.runtime.front_door import FrontDoor
+
+    inners: list[Inner] = []
+
+    def inner() -> Inner:
+        inners.append(Inner())
+        return inners[-1]
+
+    idle = FakeTransport()
+    FrontDoor(inner, FullQueue(), 1 << 20, idle_s=0.05).connection_made(idle)  # type: ignore[arg-type]
+    await asyncio.sleep(0.15)
+    assert idle.closed and not idle.written, "a connection that never sent a request"
+
+    transport = FakeTransport()
+    door_ = FrontDoor(inner, FullQueue(), 1 << 20, idle_s=0.05)
+    door_.connection_made(transport)  # type: ignore[arg-type]
+    door_.data_received(request(b"x", FULL)[:30])
+    await asyncio.sleep(0.15)
+    assert not transport.closed, "a request under way is not idle"
+    door_.data_received(request(b"x", FULL)[30:])
+    assert transport.written.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"Retry-After: 2\r\n" in transport.written and transport.written.endswith(
+        b'{"error": "full"}'
+    )
+    await asyncio.sleep(0.15)
+    assert transport.closed, "idle again after its refusal"
+
+    transport = FakeTransport()
+    door_ = FrontDoor(inner, FullQueue(), 1 << 20, idle_s=0.05)
+    door_.connection_made(transport)  # type: ignore[arg-type]
+    let_in = request(b"urgent", FULL) + request(b"next", FULL)
+    door_.data_received(let_in[:-3])
+    assert transport.protocol is inners[-1] and inners[-1].transport is transport
+    assert bytes(inners[-1].received) == let_in[:-3], "every byte read so far, once"
+    await asyncio.sleep(0.15)
+    assert not transport.closed, "the connection is aiohttp's now"

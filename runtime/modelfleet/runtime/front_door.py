@@ -31,6 +31,9 @@ from typing import Protocol, cast
 
 from modelfleet.serving.errors import ServingError
 
+IDLE_S = 75.0
+"""A connection the door holds with no request under way is closed after this long
+(aiohttp's own keep-alive timeout, which holds once the connection is aiohttp's)."""
 HEAD_LIMIT = 16384
 """A longer head goes to aiohttp as it is (which answers 431 past its own limit)."""
 
@@ -127,6 +130,8 @@ class FrontDoor(asyncio.Protocol):
         "_chunks",
         "_door",
         "_head",
+        "_idle",
+        "_idle_s",
         "_inner",
         "_max_body",
         "_size",
@@ -134,7 +139,11 @@ class FrontDoor(asyncio.Protocol):
     )  # fmt: skip
 
     def __init__(
-        self, inner: Callable[[], asyncio.Protocol], door: Door, max_body_bytes: int
+        self,
+        inner: Callable[[], asyncio.Protocol],
+        door: Door,
+        max_body_bytes: int,
+        idle_s: float = IDLE_S,
     ) -> None:
         self._inner = inner
         self._door = door
@@ -144,11 +153,26 @@ class FrontDoor(asyncio.Protocol):
         self._size = 0
         self._head: Head | None = None
         self._body_at = 0
+        self._idle_s = idle_s
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._wait_idle()
+
+    def _wait_idle(self) -> None:
+        self._idle = asyncio.get_running_loop().call_later(self._idle_s, self._close_idle)
+
+    def _close_idle(self) -> None:
+        self._idle = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
 
     def data_received(self, data: bytes) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         self._chunks.append(data)
         self._size += len(data)
         while self._transport is not None and self._chunks:
@@ -159,6 +183,9 @@ class FrontDoor(asyncio.Protocol):
         return False  # the client is done: the transport closes (a partial request too)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         self._transport = None
         self._chunks.clear()
 
@@ -198,6 +225,8 @@ class FrontDoor(asyncio.Protocol):
         rest = buffered[complete:]
         self._chunks[:] = [rest] if rest else []
         self._size, self._head = len(rest), None
+        if not rest:
+            self._wait_idle()
         return True
 
     def _hand_over(self) -> None:
