@@ -514,7 +514,12 @@ rate must fall in: 4 threads calling every 80 ms each answer in a few ms here. 5
 second is not asserted: 8 Python client threads, the gateway and the runtimes share the
 2 CPUs, and the test prints what it achieved instead."""
 MEASURED = {"steps": [{"weight": 20, "minRequests": 100, "maxSeconds": 300},
-                      {"weight": 50, "minRequests": 100, "maxSeconds": 300}]}  # fmt: skip
+                      {"weight": 50, "minRequests": 100, "maxSeconds": 300}],
+            "p99ToleranceMs": 25}  # fmt: skip
+"""Latency is not what these cases judge (the slow canary test does, at the defaults):
+at the fastest rate the two pods' p99 is this busy 2-CPU host's noise, and one
+clean-clone CI run rolled back an identical canary on it (23.9 ms, past the default 5
+ms of tolerance and 1.5x the stable one's)."""
 
 
 @pytest.mark.parametrize("rate", list(RATES))
