@@ -153,7 +153,9 @@ async def test_at_twice_its_capacity_low_keeps_its_goodput_and_high_its_latency(
     first, closed loop (below the 100 requests/s of 10 ms sleeps: each batch also
     costs the device thread its hand-offs). One stall of a busy 2-CPU host can put two
     of the ~125 high requests past the bound (seen once in ten runs: 190 ms against 49):
-    the loaded run is repeated once then, and a real regression fails both."""
+    the loaded run is repeated once then, and a real regression fails both. The same
+    for the refusals' p99 (90.6 ms once in three clean-clone CI runs of one day, with
+    every other property held)."""
     from bench.loadgen import closed_loop
     from bench.overload import Traffic, run_classes
 
@@ -172,9 +174,10 @@ async def test_at_twice_its_capacity_low_keeps_its_goodput_and_high_its_latency(
     for attempt in range(2):  # a second run only when a stall of the host broke the first
         seen = await run_classes([high, low], 5.0, warmup_s=2.0, seed=attempt)
         h, lo = seen["high"], seen["low"]
-        if h.p(99) <= bound:
+        if h.p(99) <= bound and lo.shed_p(99) < 50:
             break
-        print(f"high p99 {h.p(99):.1f} ms > {bound:.1f} ms in run {attempt + 1}: once more")
+        print(f"high p99 {h.p(99):.1f} ms (bound {bound:.1f}), refusals p99 "
+              f"{lo.shed_p(99):.1f} ms (bound 50) in run {attempt + 1}: once more")  # fmt: skip
     assert h.ok == h.sent and h.sent > 60, (h.sent, h.ok, h.shed, h.errors, h.timeouts)
     assert h.p(99) <= bound, f"high p99 {h.p(99):.1f} ms > {bound:.1f} (unloaded {alone.p(99):.1f})"
     assert lo.shed > 0.3 * lo.sent and lo.errors == 0 and lo.timeouts == 0, vars(lo)
