@@ -87,11 +87,11 @@ def runtime(serve: Any) -> Iterator[Any]:
         sock.close()
 
 
-def queued(server: Any) -> float:
+def queued(server: Any, model: str = "full") -> float:
     import urllib.request
 
     text = urllib.request.urlopen(f"{server.url}/metrics", timeout=5).read().decode()
-    found = re.search(r'modelfleet_queue_depth\{model="full",version="1"\} (\S+)', text)
+    found = re.search(rf'modelfleet_queue_depth\{{model="{model}",version="1"\}} (\S+)', text)
     return float(found.group(1)) if found else 0.0
 
 
@@ -147,6 +147,50 @@ def test_a_refused_request_is_answered_at_the_door_as_the_handler_would_and_coun
         assert late.json() == refused.json()
         assert late.headers["retry-after"] == refused.headers["retry-after"]
     assert shed(runtime) == 2
+
+
+@pytest.mark.integration
+def test_a_request_its_deadline_rules_out_is_refused_at_the_door(serve: Any) -> None:
+    """A queue with room, but more work ahead than a request's deadline leaves (the
+    gateway's timeout header, or the model's own ``queue.timeout_ms``): the door
+    refuses it, as the handler would once the body is read, without aiohttp. A request
+    whose deadline the wait fits still goes in."""
+    busy = tiny_model(
+        "busy", "slow", architecture_kwargs={"delay_ms": 1500},
+        batching={"max_batch_size": 1, "max_queue_delay_ms": 0},
+        queue={"max_size": 8, "timeout_ms": 60_000},
+    )  # fmt: skip
+    hurried = {**busy, "name": "hurried", "queue": {"max_size": 8, "timeout_ms": 1000}}
+    server = serve([busy, hurried])
+    path = {name: f"/v2/models/{name}/infer" for name in ("busy", "hurried")}
+    backlog = [connect(server) for _ in range(2)]
+    try:
+        for sock in backlog:
+            sock.sendall(request(PLAIN, path["busy"]))
+        # One batch running, one queued: 1.5-3 s ahead of any request on the device
+        # (the two models share it).
+        wait_until_sync("a request queued for 'busy'", lambda: queued(server, "busy") >= 1)
+        with connect(server) as sock:
+            buffer = bytearray()
+            cases = [request(PLAIN, path["busy"], "X-ModelFleet-Timeout-Us: 500000\r\n"),
+                     request(PLAIN, path["busy"], "X-ModelFleet-Timeout-Us: 500000\r\n"
+                             "X-ModelFleet-Priority: 5\r\n"),
+                     request(PLAIN, path["hurried"])]  # fmt: skip
+            for raw in cases:
+                sock.sendall(raw)
+                refused = read_answer(sock, buffer)
+                assert refused.status == 503 and by_door(refused), (refused.headers, refused.body)
+                assert "cannot answer within the request's deadline" in refused.json()["error"]
+                assert int(refused.headers["retry-after"]) >= 1
+            # A deadline of a minute fits: the request is let in, and served.
+            sock.sendall(request(PLAIN, path["busy"]))
+            served = read_answer(sock, buffer)
+            assert served.status == 200 and not by_door(served)
+        for sock in backlog:
+            assert read_answer(sock, bytearray()).status == 200
+    finally:
+        for sock in backlog:
+            sock.close()
 
 
 @pytest.mark.integration

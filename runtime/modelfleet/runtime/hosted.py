@@ -163,6 +163,14 @@ class HostedModel:
                 budget = min(budget, us / 1e6)
         return budget
 
+    def wait_ahead(self, level: int, budget_s: float, rows: int = 1) -> tuple[float, bool]:
+        """The wait a request of ``level`` can expect now before its batch starts, and
+        whether that and its own ``rows`` would end past ``budget_s`` (with the
+        admission margin, ``ADMIT_WITHIN``). Counts nothing."""
+        expected = self.worker.expected_wait(self, level)
+        late = expected + rows * self.service.seconds_per_row > budget_s * ADMIT_WITHIN
+        return expected, late
+
     def refusal(
         self,
         level: int | None,
@@ -188,10 +196,9 @@ class HostedModel:
             return self._shed("queue_full", level, self.queue.full_error())
         if not wait:
             return None
-        expected = self.worker.expected_wait(self, effective)
-        own = rows * self.service.seconds_per_row
+        expected, late = self.wait_ahead(effective, budget_s, rows)
         self.metrics.expected_wait.set(expected)
-        if expected + own > budget_s * ADMIT_WITHIN:
+        if late:
             return self._shed(
                 "deadline", level,
                 DeadlineExceeded(

@@ -146,9 +146,12 @@ class RuntimeDoor:
         model = self._model(head)
         if model is None:
             return True
-        level = int(head.priority) if head.priority.isdigit() else model.default_level
+        arrival = _arrival(head.priority, head.timeout_us)
+        level = arrival.level or model.default_level
         if model.worker.would_refuse(model, level, model.inbound.count()):
             return False  # full for it: the body decides (it may name a higher level)
+        if model.wait_ahead(level, model.budget_s(arrival.timeout_us))[1]:
+            return False  # too late at its level: the same (a higher one may wait less)
         model.inbound.add()
         return True
 
