@@ -18,49 +18,15 @@ from typing import Any
 
 import pytest
 
-from modelfleet.runtime.front_door import Head, parse_head
 from modelfleet.runtime.server import door
+from modelfleet.serving.front_door import Head, parse_head
 from tests.runtime.conftest import StartRuntime, tiny_model
+from tests.support.rawhttp import Answer, read_answer, request
 from tests.support.waiting import wait_until
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 PLAIN = json.dumps(BODY).encode()
 FULL = "/v2/models/full/infer"
-
-
-def request(body: bytes, path: str = "/v2/models/m/infer", extra: str = "") -> bytes:
-    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
-    return head.encode() + body
-
-
-class Answer:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status, self.headers, self.body = status, headers, body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def read_answer(sock: socket.socket, buffer: bytearray) -> Answer:
-    """One response from ``sock`` (``buffer``: bytes already read past the last one)."""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed; read {bytes(buffer)!r}"
-        buffer += chunk
-    end = buffer.index(b"\r\n\r\n")
-    lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-    del buffer[: end + 4]
-    headers = {
-        k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
-    }
-    length = int(headers.get("content-length", "0"))
-    while len(buffer) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed inside a body"
-        buffer += chunk
-    body = bytes(buffer[:length])
-    del buffer[:length]
-    return Answer(int(lines[0].split(" ")[1]), headers, body)
 
 
 def connect(server: Any) -> socket.socket:
@@ -379,7 +345,7 @@ class FullQueue:
 
 
 async def test_the_door_closes_a_connection_left_idle_and_hands_the_rest_over_whole() -> None:
-    from modelfleet.runtime.front_door import FrontDoor
+    from modelfleet.serving.front_door import FrontDoor
 
     inners: list[Inner] = []
 

@@ -47,15 +47,27 @@ class Admission:
         )
         return error
 
+    def _passes(self, level: int) -> bool:
+        """Whether a request of ``level`` takes a slot at once."""
+        if self.in_flight < self.limit and not self.waiting:
+            return True
+        urgent = self.urgent_below is not None and level < self.urgent_below
+        return urgent and self.in_flight < 2 * self.limit  # past the limit: no waiter gets it
+
+    def refusal(self, level: int) -> Unavailable | None:
+        """The 503 that :meth:`acquire` would raise at once for a request of ``level``
+        (every place taken, none by a lower level), or None: it would pass, wait or
+        displace a waiter. Changes nothing (the gateway's front door asks)."""
+        if self._passes(level) or self.waiting < self.max_waiting:
+            return None
+        worst = self._worst()
+        return self._shed_error() if worst is None or worst[0] <= level else None
+
     async def acquire(self, level: int, timeout_s: float) -> None:
         """Returns once the request holds a slot (then call :meth:`release` exactly once);
         raises :class:`Unavailable` (503) when it is shed or waited ``timeout_s``."""
-        if self.in_flight < self.limit and not self.waiting:
+        if self._passes(level):
             self.in_flight += 1
-            return
-        urgent = self.urgent_below is not None and level < self.urgent_below
-        if urgent and self.in_flight < 2 * self.limit:
-            self.in_flight += 1  # released as any other: past the limit, no waiter gets it
             return
         if self.waiting >= self.max_waiting:
             worst = self._worst()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from functools import partial
 
 from modelfleet.gateway.admin import build_admin_app
+from modelfleet.gateway.door import door
 from modelfleet.gateway.grpc_proxy import build_grpc_proxy
 from modelfleet.gateway.proxy import Gateway, build_gateway_app
 from modelfleet.gateway.routes import RoutesDocument, RoutesError, load_routes
@@ -14,6 +16,7 @@ from modelfleet.serving import heap
 from modelfleet.serving.auth import read_token
 from modelfleet.serving.eventloop import run
 from modelfleet.serving.flags import with_flags
+from modelfleet.serving.front_door import FrontDoor
 from modelfleet.serving.sites import serving
 
 log = logging.getLogger("modelfleet.gateway")
@@ -27,7 +30,8 @@ async def serve(document: RoutesDocument) -> int:
     gateway = Gateway(document)
     try:
         async with serving(config.host, log, shutdown_timeout_s=config.drain_grace_s) as sites:
-            await sites.listen(build_gateway_app(gateway), config.port, "gateway")
+            front = partial(FrontDoor, door=door(gateway), max_body_bytes=config.max_body_bytes)
+            await sites.listen(build_gateway_app(gateway), config.port, "gateway", front=front)
             if config.grpc_port is not None:
                 await sites.listen_grpc(build_grpc_proxy(gateway), config.grpc_port, "gateway gRPC")
             token = read_token(config.admin_token_file)

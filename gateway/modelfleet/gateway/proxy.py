@@ -266,24 +266,34 @@ class Gateway:
     def hold_back(
         self, model: str, route: ModelRoute, version: VersionRoute, level: int, deadline: float
     ) -> None:
+        """Raises the hold-back's refusal (``held_back``), counted, if there is one."""
+        refused = self.held_back(model, route, version, deadline)
+        if refused is not None:
+            self.count_shed(model, version.version, level, refused.reason)
+            raise refused
+
+    def held_back(
+        self, model: str, route: ModelRoute, version: VersionRoute, deadline: float
+    ) -> Unavailable | None:
         """Refuses at once, by what the runtimes last reported, a request that no
         endpoint of the version could start within its ``deadline`` (the earlier of
         the gateway's and the client's), or that only endpoints whose backlog for the
         model exceeds the headroom kept for their higher-priority models could take
         (``holdback_wait_ms``): the client is told now rather than after a round trip,
-        and the runtimes keep their CPU and connections for what they can serve."""
+        and the runtimes keep their CPU and connections for what they can serve.
+        Counts nothing (the front door asks too)."""
         now = time.monotonic()
         table = self.table
         endpoints = [table.endpoints[u] for u in version.endpoints if u in table.endpoints]
         if not endpoints:
-            return
+            return None
         fresh, left = self.config.wait_report_s, deadline - now
         holdback_ms = self.config.holdback_wait_ms
         headroom = {e.url: holdback_ms / 1000 for e in endpoints if holdback_ms is not None
                     and table.top.get(e.url, route.priority) > route.priority}  # fmt: skip
         for reason, limits in (("deadline", {}), ("holdback", headroom)):
             if reason == "holdback" and not headroom:
-                return
+                return None
             if open_to(endpoints, model, now, fresh, left, limits):
                 continue
             wait = least_wait(endpoints, model, now, fresh)
@@ -296,8 +306,10 @@ class Gateway:
                 f"{wait * 1000:.0f} ms of queue wait for it, more than the "
                 f"{holdback_ms:g} ms of headroom kept there for higher-priority models"
             )
-            self.count_shed(model, version.version, level, reason)
-            raise Unavailable(f"model '{model}' {why}", retry_after_s=max(1.0, wait), reason=reason)
+            return Unavailable(
+                f"model '{model}' {why}", retry_after_s=max(1.0, wait), reason=reason
+            )
+        return None
 
     async def _attempts(
         self,

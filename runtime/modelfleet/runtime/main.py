@@ -10,13 +10,13 @@ from functools import partial
 
 from modelfleet.runtime.admin import build_admin_app
 from modelfleet.runtime.config import ConfigError, RuntimeDocument, load_document
-from modelfleet.runtime.front_door import FrontDoor
 from modelfleet.runtime.grpc_server import build_grpc_server
 from modelfleet.runtime.runtime import Runtime
 from modelfleet.runtime.server import build_data_app, door
 from modelfleet.serving.auth import read_token
 from modelfleet.serving.eventloop import run
 from modelfleet.serving.flags import with_flags
+from modelfleet.serving.front_door import FrontDoor
 from modelfleet.serving.sites import serving
 
 log = logging.getLogger("modelfleet.runtime")

@@ -10,7 +10,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelfleet.api import headers as contract
 from modelfleet.api.request_parameters import HEADER_LENGTH, peek_parameters
-from modelfleet.runtime.front_door import Door, Head
 from modelfleet.runtime.hosted import HostedModel, State
 from modelfleet.runtime.infer import Arrival, Infer, expected_wait_ms
 from modelfleet.runtime.protocol import (
@@ -27,6 +26,7 @@ from modelfleet.serving.errors import (
     Unavailable,
     errors_as_json,
 )
+from modelfleet.serving.front_door import Door, Head
 
 log = logging.getLogger("modelfleet.runtime")
 RUNTIME = web.AppKey("runtime", Runtime)

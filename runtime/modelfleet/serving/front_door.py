@@ -1,19 +1,23 @@
-"""The data port's front door: refuses an infer request that admission rules out
-before aiohttp spends a request object, a task and a handler on it.
+"""A data port's front door: refuses an infer request that admission rules out
+before aiohttp spends a request object, a task and a handler on it. The runtime and
+the gateway each put one in front of their data port, with their own admission
+(``Door``): the runtime's queues (``modelfleet.runtime.server.RuntimeDoor``), the
+gateway's hold-back and concurrency gate (``modelfleet.gateway.door.GatewayDoor``).
 
-Under a low-priority surge most connections end in a refusal, and on one CPU each
-refusal takes CPU from the forward pass that admitted requests wait for: if an
-admitted request costs ``c`` of the CPU and a refusal ``r``, twice the saturation
-rate serves ``(c - 2r) / (c - r)`` of it, so keeping 90% needs ``r <= c / 11``. Going
-through aiohttp, a refused connection cost about 0.4-0.5 ms of CPU before any of the
-runtime's code ran; read here (the head parsed with a few byte searches, the body
-only buffered) it costs what the kernel and the event loop charge for it.
+Under a low-priority surge most connections end in a refusal, and each refusal takes
+CPU from the work the admitted requests wait for: in the runtime, if an admitted
+request costs ``c`` of its CPU and a refusal ``r``, twice the saturation rate serves
+``(c - 2r) / (c - r)`` of it, so keeping 90% needs ``r <= c / 11``; in the gateway,
+the refusals of a 10x surge must fit in its CPU beside the requests it forwards.
+Going through aiohttp, a refused connection cost about 0.4-0.7 ms of CPU before any
+of the server's own code ran; read here (the head parsed with a few byte searches,
+the body only buffered) it costs what the kernel and the event loop charge for it.
 
 Each connection starts here. The door reads the head of ``POST .../infer`` with a
 ``Content-Length``. While the model has room for it (``Door.lets_in``), it goes to
 aiohttp at once; otherwise the door reads its body and asks ``door`` (the same
-admission as the handler's, ``Infer.refusal``) whether to refuse it. A refusal is answered here
-(the same JSON error, status and headers as the handler's) and the door reads the
+admission as the handler's) whether to refuse it. A refusal is answered here (the
+same JSON error, status and headers as the handler's) and the door reads the
 connection's next request; anything else (a request admitted, another method or
 path, ``Expect``, chunked bodies, a body over the limit) goes to aiohttp's own
 handler with every byte read so far, and the connection is aiohttp's from then on.
@@ -24,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Protocol, cast
 
@@ -57,6 +62,11 @@ class Head:
     header_length: str | None
     """``Inference-Header-Content-Length`` (binary tensors follow the JSON head)."""
     keep_alive: bool
+    fields: Mapping[bytes, bytes] = field(default_factory=dict, compare=False, repr=False)
+    """Every field of the head, by lower-cased name (what else a door reads: the
+    gateway's version and session headers)."""
+    at: float = field(default_factory=time.perf_counter, compare=False, repr=False)
+    """When the door read the head (``time.perf_counter``): a refusal's latency."""
 
 
 def parse_head(raw: bytes) -> Head | None:
@@ -91,6 +101,7 @@ def parse_head(raw: bytes) -> Head | None:
         timeout_us=None if timeout is None else timeout.decode("latin-1"),
         header_length=None if header_length is None else header_length.decode("latin-1"),
         keep_alive=b"close" not in fields.get(b"connection", b"").lower(),
+        fields=fields,
     )  # fmt: skip
 
 
