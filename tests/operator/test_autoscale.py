@@ -248,13 +248,27 @@ def test_the_crd_validates_the_autoscaling_block() -> None:
 
 def test_the_load_window_averages_in_flight_and_gives_the_rate() -> None:
     w = LoadWindow()
-    assert w.add(0.0, 4, 10.0, 100) is None
-    assert w.add(0.5, 4, 10.0, 110) is None  # less than a second
-    load = w.add(2.0, 1, 40.0, 140)
+    assert w.add(0.0, 4, 10.0, {"gpu-0": 100}) is None
+    assert w.add(0.5, 4, 10.0, {"gpu-0": 110}) is None  # less than a second
+    load = w.add(2.0, 1, 40.0, {"gpu-0": 140})
     assert load == Load(in_flight=3.0, queue_ms=20.0, request_rate=20.0)
-    load = w.add(13.0, 0, 0.0, 140)  # the first samples leave the window
+    load = w.add(13.0, 0, 0.0, {"gpu-0": 140})  # the first samples leave the window
     assert load is not None and load.in_flight == pytest.approx(0.5)
-    assert w.add(14.0, 0, 0.0, 3) is None  # a counter drop starts afresh
+    assert load.request_rate == 0.0
+
+
+def test_a_copy_that_leaves_or_restarts_keeps_the_window_and_the_rate() -> None:
+    """A scale-down removes a copy and its counter from the sum: the window goes on
+    (an empty one would read NoLoadSample right after every scale-down), and the rate
+    counts only what each pod answered since the last sample."""
+    w = LoadWindow()
+    w.add(0.0, 2, 5.0, {"gpu-0": 100, "gpu-1": 50})
+    load = w.add(1.0, 2, 5.0, {"gpu-0": 110, "gpu-1": 60})
+    assert load is not None and load.request_rate == 20.0
+    load = w.add(2.0, 1, 5.0, {"gpu-0": 120})  # gpu-1's copy left
+    assert load is not None and load.request_rate == 15.0  # (10 + 10 + 10) / 2 s
+    load = w.add(3.0, 1, 5.0, {"gpu-0": 4, "gpu-2": 6})  # gpu-0 restarted; gpu-2 joined
+    assert load is not None and load.request_rate == pytest.approx(40.0 / 3, abs=1e-3)  # 40 / 3 s
 
 
 def busy_pod(
@@ -274,7 +288,7 @@ def busy_pod(
 def test_sample_sums_in_flight_and_takes_the_highest_queue_time() -> None:
     pods = [busy_pod("gpu-0", "127.1.0.2", {("mlp", "1"): ("ready", 3, 12.0)}),
             busy_pod("gpu-1", "127.1.0.3", {("mlp", "1"): ("ready", 2, 30.0)})]  # fmt: skip
-    assert sample(pods, ("mlp", "1")) == (5, 30.0, 20)
+    assert sample(pods, ("mlp", "1")) == (5, 30.0, {"gpu-0": 10, "gpu-1": 10})
 
 
 # -- the plan -----------------------------------------------------------------------

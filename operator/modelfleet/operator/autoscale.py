@@ -192,33 +192,44 @@ def _from_zero(inputs: Inputs, hi: int) -> Decision:
                     "places a copy", None, None)  # fmt: skip
 
 
-def sample(pods: list[PodView], key: Key) -> tuple[int, float, int]:
+def sample(pods: list[PodView], key: Key) -> tuple[int, float, dict[str, int]]:
     """(requests in flight summed over the pods, the highest expected queue time (ms),
-    requests answered or failed summed over the pods) of one version, as the pods report."""
-    in_flight, queue_ms, count = 0, 0.0, 0
+    each pod's count of requests answered or failed) of one version, as the pods report."""
+    in_flight, queue_ms, counts = 0, 0.0, {}
     for pod in pods:
         seen = pod.observed().get(key)
         if seen is None:
             continue
         in_flight += seen.inflight
         queue_ms = max(queue_ms, seen.queue_wait_ms)
-        count += seen.served + seen.errors
-    return in_flight, queue_ms, count
+        counts[pod.name] = seen.served + seen.errors
+    return in_flight, queue_ms, counts
 
 
 class LoadWindow:
     """The samples of one version over the last ``LOAD_WINDOW_S`` (the operator keeps
-    them in memory; after a restart the window fills again within seconds)."""
+    them in memory; after a restart the window fills again within seconds).
+
+    The request rate comes from each pod's own counter: a copy that leaves takes its
+    count with it without the rate (or the window) starting afresh, a copy that joins
+    counts from zero, and a pod whose counter drops (it restarted) counts from zero again."""
 
     def __init__(self) -> None:
         self._samples: deque[tuple[float, int, float, int]] = deque()
+        self._counts: dict[str, int] = {}
+        self._total = 0
 
-    def add(self, now: float, in_flight: int, queue_ms: float, count: int) -> Load | None:
+    def add(
+        self, now: float, in_flight: int, queue_ms: float, counts: dict[str, int]
+    ) -> Load | None:
         """Records a sample; the load over the window, or None until it holds two
-        samples a second apart. A counter that drops (a pod restarted) starts afresh."""
-        if self._samples and count < self._samples[-1][3]:
-            self._samples.clear()
-        self._samples.append((now, in_flight, queue_ms, count))
+        samples a second apart."""
+        if self._samples:
+            for pod, count in counts.items():
+                before = self._counts.get(pod, 0)
+                self._total += count - before if count >= before else count
+        self._counts = dict(counts)
+        self._samples.append((now, in_flight, queue_ms, self._total))
         while len(self._samples) > 2 and now - self._samples[0][0] > LOAD_WINDOW_S:
             self._samples.popleft()
         first = self._samples[0]
@@ -229,5 +240,5 @@ class LoadWindow:
         return Load(
             in_flight=round(sum(s[1] for s in self._samples) / n, 3),
             queue_ms=round(sum(s[2] for s in self._samples) / n, 3),
-            request_rate=round((count - first[3]) / span, 3),
+            request_rate=round((self._total - first[3]) / span, 3),
         )
