@@ -72,6 +72,7 @@ bench: venv
 	@$(PYTHON) -m bench.runtime_bench --cases cnn/binary,cnn/grpc --profiles thread --via-gateway --out bench-results
 	@$(PYTHON) -m bench.gateway_bench --out bench-results
 	@$(PYTHON) -m bench.overload_bench --out bench-results
+	@$(PYTHON) -m bench.overload_bench --keepalive --out bench-results
 
 bench-peers: venv
 	@$(PYTHON) -m bench.peers_bench --out bench-results
