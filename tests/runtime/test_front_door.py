@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from modelfleet.runtime.server import door
-from modelfleet.serving.front_door import Head, parse_head
+from modelfleet.serving.front_door import Head, Pressure, parse_head
 from tests.runtime.conftest import StartRuntime, tiny_model
 from tests.support.rawhttp import Answer, read_answer, request
 from tests.support.waiting import wait_until
@@ -113,6 +113,39 @@ def test_a_refused_request_is_answered_at_the_door_as_the_handler_would_and_coun
         assert late.json() == refused.json()
         assert late.headers["retry-after"] == refused.headers["retry-after"]
     assert shed(runtime) == 2
+
+
+@pytest.mark.integration
+def test_a_kept_alive_connection_is_the_doors_again_once_aiohttp_has_answered(
+    runtime: Any,
+) -> None:
+    """A pooled client (``tritonclient.http``, the gateway) sends most requests on a
+    connection that carried a served one: while the server refuses, their refusals are
+    the door's too. Before the first refusal, a connection is aiohttp's for good."""
+    with connect(runtime) as sock:
+        buffer = bytearray()
+        sock.sendall(request(PLAIN))  # nothing refused yet: aiohttp's for good
+        assert read_answer(sock, buffer).status == 200
+        sock.sendall(request(PLAIN, FULL))
+        refused = read_answer(sock, buffer)
+        assert refused.status == 503 and not by_door(refused)
+    with connect(runtime) as sock:  # the door refuses: the server is under pressure
+        sock.sendall(request(PLAIN, FULL))
+        assert by_door(read_answer(sock, bytearray()))
+    with connect(runtime) as sock:
+        buffer = bytearray()
+        for through_aiohttp in [request(PLAIN)] * 3 + [
+            b"GET /v2/models/m HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n\r\n",
+        ]:
+            sock.sendall(through_aiohttp)
+            served = read_answer(sock, buffer)
+            assert served.status == 200 and not by_door(served), served.body
+            sock.sendall(request(PLAIN, FULL))
+            refused = read_answer(sock, buffer)
+            assert refused.status == 503 and by_door(refused), refused.headers
+            assert "is full" in refused.json()["error"]
+    assert shed(runtime) == 7
 
 
 @pytest.mark.integration
@@ -313,6 +346,10 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         self.written += data
 
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.written += chunk
+
     def close(self) -> None:
         self.closed = True
 
@@ -321,15 +358,21 @@ class FakeTransport:
 
 
 class Inner(asyncio.Protocol):
+    """aiohttp's handler, as the door sees it."""
+
     def __init__(self) -> None:
         self.received = bytearray()
         self.transport: Any = None
+        self.lost = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.received += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
 
 
 class FullQueue:
@@ -344,22 +387,16 @@ class FullQueue:
         return None if body == b"urgent" else Unavailable("full", retry_after_s=2)
 
 
-async def test_the_door_closes_a_connection_left_idle_and_hands_the_rest_over_whole() -> None:
+async def test_the_door_closes_a_connection_left_idle() -> None:
     from modelfleet.serving.front_door import FrontDoor
 
-    inners: list[Inner] = []
-
-    def inner() -> Inner:
-        inners.append(Inner())
-        return inners[-1]
-
     idle = FakeTransport()
-    FrontDoor(inner, FullQueue(), 1 << 20, idle_s=0.05).connection_made(idle)  # type: ignore[arg-type]
+    FrontDoor(Inner, FullQueue(), 1 << 20, idle_s=0.05).connection_made(idle)  # type: ignore[arg-type]
     await asyncio.sleep(0.15)
     assert idle.closed and not idle.written, "a connection that never sent a request"
 
     transport = FakeTransport()
-    door_ = FrontDoor(inner, FullQueue(), 1 << 20, idle_s=0.05)
+    door_ = FrontDoor(Inner, FullQueue(), 1 << 20, idle_s=0.05)
     door_.connection_made(transport)  # type: ignore[arg-type]
     door_.data_received(request(b"x", FULL)[:30])
     await asyncio.sleep(0.15)
@@ -372,12 +409,158 @@ async def test_the_door_closes_a_connection_left_idle_and_hands_the_rest_over_wh
     await asyncio.sleep(0.15)
     assert transport.closed, "idle again after its refusal"
 
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def door_and_inner() -> tuple[Any, FakeTransport, list[Inner]]:
+    from modelfleet.serving.front_door import FrontDoor
+
+    inners: list[Inner] = []
+
+    def inner() -> Inner:
+        inners.append(Inner())
+        return inners[-1]
+
+    pressure = Pressure(window_s=60)
+    pressure.refused()  # the server refuses: the door stays in front
     transport = FakeTransport()
-    door_ = FrontDoor(inner, FullQueue(), 1 << 20, idle_s=0.05)
+    door_ = FrontDoor(inner, FullQueue(), 1 << 20, idle_s=60, pressure=pressure)
     door_.connection_made(transport)  # type: ignore[arg-type]
-    let_in = request(b"urgent", FULL) + request(b"next", FULL)
-    door_.data_received(let_in[:-3])
+    return door_, transport, inners
+
+
+async def test_a_connection_let_in_while_nothing_is_refused_is_aiohttps_for_good() -> None:
+    """Staying in between costs every request: the door does it only under pressure,
+    and leaves once nothing has been refused for ``window_s``."""
+    from modelfleet.serving.front_door import FrontDoor
+
+    inners: list[Inner] = []
+
+    def inner() -> Inner:
+        inners.append(Inner())
+        return inners[-1]
+
+    for pressure in (None, Pressure()):
+        transport = FakeTransport()
+        door_ = FrontDoor(inner, FullQueue(), 1 << 20, pressure=pressure)
+        door_.connection_made(transport)  # type: ignore[arg-type]
+        let_in = request(b"urgent", FULL) + request(b"next", FULL)
+        door_.data_received(let_in[:-3])
+        assert transport.protocol is inners[-1] and inners[-1].transport is transport
+        assert bytes(inners[-1].received) == let_in[:-3], "every byte read so far, once"
+
+    pressure = Pressure(window_s=0.1)
+    pressure.refused()
+    transport = FakeTransport()
+    door_ = FrontDoor(inner, FullQueue(), 1 << 20, pressure=pressure)
+    door_.connection_made(transport)  # type: ignore[arg-type]
+    door_.data_received(request(b"next", FULL))  # refused at the door: pressure stays on
+    assert transport.written.startswith(b"HTTP/1.1 503")
+    door_.data_received(request(b"urgent", FULL))
+    assert transport.protocol is None, "let in under pressure: the door stays"
+    await asyncio.sleep(0.15)  # nothing refused since
+    inners[-1].transport.write(OK)
+    await asyncio.sleep(0)  # the hand-over waits for aiohttp's write to end
+    assert transport.protocol is inners[-1], "answered, no pressure: aiohttp's for good"
+    assert transport.written.endswith(OK)
+
+
+async def test_a_kept_alive_connection_comes_back_to_the_door_once_aiohttp_has_answered() -> None:
+    """Clients that pool connections send most requests on a connection that carried an
+    earlier one: the door refuses those too, once aiohttp has answered what it was given.
+    aiohttp gets each request's bytes exactly, and every request that follows one it
+    has not answered (pipelined), in order."""
+    door_, transport, inners = door_and_inner()
+    urgent, refused = request(b"urgent", FULL), request(b"next", FULL)
+    door_.data_received(urgent)
+    assert len(inners) == 1 and transport.protocol is None, "the door stays in front"
+    aiohttp = inners[0]
+    assert bytes(aiohttp.received) == urgent, "exactly the request let in"
+    door_.data_received(refused[:-3])
+    door_.data_received(refused[-3:])
+    assert bytes(aiohttp.received) == urgent + refused, "pipelined behind an unanswered one"
+    assert not transport.written
+    aiohttp.transport.write(OK[:20])  # its answers, in pieces, through the connection
+    aiohttp.transport.writelines([OK[20:], OK[:5]])
+    assert transport.written == OK + OK[:5]
+    door_.data_received(refused)  # aiohttp still owes one answer: its request
+    assert bytes(aiohttp.received) == urgent + refused * 2
+    aiohttp.transport.write(OK[5:] + OK)
+    transport.written.clear()
+    door_.data_received(refused)  # all answered: the door's again
+    assert transport.written.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert bytes(aiohttp.received) == urgent + refused * 2
+    # A request split anywhere: the door reads its body before it decides.
+    door_.data_received(urgent[:10])
+    door_.data_received(urgent[10:-2])
+    assert bytes(aiohttp.received) == urgent + refused * 2
+    door_.data_received(urgent[-2:])
+    assert bytes(aiohttp.received).endswith(urgent) and len(inners) == 1
+    aiohttp.transport.write(OK)
+    transport.written.clear()
+    door_.data_received(refused)
+    assert transport.written.startswith(b"HTTP/1.1 503"), "answered: the door's again"
+    # An answer the door cannot count (chunked): the connection is aiohttp's for good.
+    door_.data_received(urgent)
+    aiohttp.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    aiohttp.transport.write(b"2\r\nok\r\n0\r\n\r\n")
+    transport.written.clear()
+    before = len(aiohttp.received)
+    door_.data_received(refused)
+    assert bytes(aiohttp.received[before:]) == refused and not transport.written
+    door_.connection_lost(None)
+    assert aiohttp.lost, "the end of the connection reaches aiohttp"
+
+
+async def test_what_the_door_cannot_frame_makes_the_connection_aiohttps_with_every_byte() -> None:
+    door_, transport, inners = door_and_inner()
+    rest = chunked(b"x")
+    door_.data_received(rest[:-3])  # a first request the door cannot frame
     assert transport.protocol is inners[-1] and inners[-1].transport is transport
-    assert bytes(inners[-1].received) == let_in[:-3], "every byte read so far, once"
-    await asyncio.sleep(0.15)
-    assert not transport.closed, "the connection is aiohttp's now"
+    assert bytes(inners[-1].received) == rest[:-3], "every byte read so far, once"
+
+    door_, transport, inners = door_and_inner()
+    head = b"HEAD /v2/models/m HTTP/1.1\r\nHost: t\r\n\r\n"
+    door_.data_received(request(b"urgent", FULL) + head + request(b"next", FULL))
+    assert transport.protocol is inners[0] and len(inners) == 1, "HEAD: aiohttp's for good"
+    assert bytes(inners[0].received) == request(b"urgent", FULL) + head + request(b"next", FULL)
+    inners[0].transport.write(OK)
+    door_.data_received(request(b"next", FULL))
+    assert bytes(inners[0].received).endswith(head + request(b"next", FULL) * 2)
+    assert transport.written == OK, "HEAD: an answer with a length and no body"
+
+    # aiohttp answers before the whole body arrived (a 413, say): aiohttp's for good.
+    door_, transport, inners = door_and_inner()
+    other = request(b"0123456789", "/v2/repository/index")  # let in on its head
+    door_.data_received(other[:-2])
+    assert bytes(inners[0].received) == other[:-2]
+    inners[0].transport.write(OK)
+    door_.data_received(other[-2:] + request(b"next", FULL))
+    assert bytes(inners[0].received) == other + request(b"next", FULL)
+    assert transport.written == OK
+
+
+def test_the_door_frames_requests_and_answers_it_can_count() -> None:
+    from modelfleet.serving.front_door import answer_length, body_length
+
+    cases: list[tuple[Any, bytes, int | None]] = [
+        (body_length, b"GET /v2/health/ready HTTP/1.1\r\nHost: t", 0),
+        (body_length, b"POST /x HTTP/1.1\r\nHost: t\r\ncontent-length: 12", 12),
+        (body_length, b"GET / HTTP/1.0\r\nHost: t", None),
+        (body_length, b"HEAD / HTTP/1.1\r\nHost: t", None),
+        (body_length, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked", None),
+        (body_length, b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1", None),
+        (body_length, b"POST / HTTP/1.1\r\nContent-Length: x", None),
+        (body_length, b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1", None),
+        (body_length, b"GET / HTTP/1.1\r\nUpgrade: websocket", None),
+        (answer_length, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 17", 17),
+        (answer_length, b"HTTP/1.1 204 No Content\r\nServer: x", 0),
+        (answer_length, b"HTTP/1.1 100 Continue", None),
+        (answer_length, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked", None),
+        (answer_length, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close", None),
+        (answer_length, b"HTTP/1.1 200 OK\r\nServer: x", None),
+        (answer_length, b"HTTP/1.0 200 OK\r\nContent-Length: 2", None),
+    ]
+    for frame, head, length in cases:
+        assert frame(head) == length, head

@@ -16,7 +16,7 @@ from modelfleet.serving import heap
 from modelfleet.serving.auth import read_token
 from modelfleet.serving.eventloop import run
 from modelfleet.serving.flags import with_flags
-from modelfleet.serving.front_door import FrontDoor
+from modelfleet.serving.front_door import FrontDoor, Pressure
 from modelfleet.serving.sites import serving
 
 log = logging.getLogger("modelfleet.gateway")
@@ -30,7 +30,12 @@ async def serve(document: RoutesDocument) -> int:
     gateway = Gateway(document)
     try:
         async with serving(config.host, log, shutdown_timeout_s=config.drain_grace_s) as sites:
-            front = partial(FrontDoor, door=door(gateway), max_body_bytes=config.max_body_bytes)
+            front = partial(
+                FrontDoor,
+                door=door(gateway),
+                max_body_bytes=config.max_body_bytes,
+                pressure=Pressure(),
+            )
             await sites.listen(build_gateway_app(gateway), config.port, "gateway", front=front)
             if config.grpc_port is not None:
                 await sites.listen_grpc(build_grpc_proxy(gateway), config.grpc_port, "gateway gRPC")

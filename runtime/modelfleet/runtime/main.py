@@ -16,7 +16,7 @@ from modelfleet.runtime.server import build_data_app, door
 from modelfleet.serving.auth import read_token
 from modelfleet.serving.eventloop import run
 from modelfleet.serving.flags import with_flags
-from modelfleet.serving.front_door import FrontDoor
+from modelfleet.serving.front_door import FrontDoor, Pressure
 from modelfleet.serving.sites import serving
 
 log = logging.getLogger("modelfleet.runtime")
@@ -26,7 +26,9 @@ async def serve(document: RuntimeDocument) -> int:
     config = document.server
     runtime = Runtime(document)
     async with serving(config.host, log) as sites:
-        front = partial(FrontDoor, door=door(runtime), max_body_bytes=config.max_body_bytes)
+        front = partial(
+            FrontDoor, door=door(runtime), max_body_bytes=config.max_body_bytes, pressure=Pressure()
+        )
         await sites.listen(build_data_app(runtime), config.port, "data API", front=front)
         token = read_token(config.admin_token_file)
         if config.grpc_port is not None:
