@@ -364,6 +364,16 @@ def test_a_quiet_model_does_not_promote_before_its_minimum_and_shows_it_holding(
     delete(fleet, "quiet")
 
 
+def counting(fleet: Fleet, name: str, step: int) -> dict[str, Any]:
+    """The analysis once ``step`` counts canary requests; until then an AssertionError
+    that shows it and where the versions' pods are (a timeout then says which)."""
+    a = analysis(fleet, name)
+    versions = fleet.status(name).get("versions")
+    assert a.get("step") == step and a.get("canaryWindow", {}).get("requests", 0) > 0, (
+        a, versions)  # fmt: skip
+    return a
+
+
 def test_the_operator_killed_mid_analysis_resumes_the_same_step_without_counting_twice(
     fleet: Fleet,
 ) -> None:
@@ -377,8 +387,7 @@ def test_the_operator_killed_mid_analysis_resumes_the_same_step_without_counting
     with Stream(fleet, "resume", pause=0.04) as stream:
         patch(fleet, "resume", {"canary": {"version": "2", "source": V2, "replicas": 1,
                                            "analysis": steps}})  # fmt: skip
-        before = wait_for("step 2 counting", lambda: (a := analysis(fleet, "resume")).get(
-            "step") == 2 and a["canaryWindow"]["requests"] > 0 and a, 120, interval=0.2)  # fmt: skip
+        before = wait_for("step 2 counting", lambda: counting(fleet, "resume", 2), 180, 0.2)
         fleet.stop_operator()
         time.sleep(5)  # the traffic goes on: the gateway keeps its routes
         at_restart = canary_counters(fleet, "resume", "2")
