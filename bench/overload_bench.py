@@ -18,6 +18,12 @@ the refusals, and the low class's goodput as a share of what it achieves alone a
 saturation with the same kind of client (closed loop, 16 at once, a connection a
 request unless ``--keepalive``; measured before each set-up's rows, "goodput/sat").
 
+With ``--device-cpu`` (process executor, runtime alone) the forward process gets CPU
+1 of its own, the way a GPU is a device of its own, and the serving process shares CPU
+0 with the load generator: the CNN's capacity is then the device's, and the goodput
+at 2x says whether shedding takes any of it (on one CPU, every refusal's CPU is
+taken from the forward pass too). Writes ``overload-device-cpu.json`` / ``.png``.
+
 Each loaded row is checked against the issue's properties, in a ``holds``
 column: the high class's p99 within 2x its unloaded p99 plus the service time of
 one full CNN batch (the raw forward pass of ``max_batch_size`` rows, measured in
@@ -105,6 +111,24 @@ def on_cpu(cpu: int) -> Any:
             os.sched_setaffinity(0, {cpu})
 
     return pin
+
+
+def pin_descendants(pid: int, cpu: int) -> list[int]:
+    """Moves every thread of every process below ``pid`` (children, theirs, ...) to
+    ``cpu``; returns the processes moved. ``--device-cpu``: the runtime's forward
+    process gets a CPU of its own."""
+    moved: list[int] = []
+    parents = [pid]
+    while parents:
+        parent = parents.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            children = (task / "children").read_text().split()
+            for child in map(int, children):
+                for thread in Path(f"/proc/{child}/task").iterdir():
+                    os.sched_setaffinity(int(thread.name), {cpu})
+                moved.append(child)
+                parents.append(child)
+    return moved
 
 
 def start(command: str, flag: str, document: dict[str, Any], tmp: Path, cpu: int) -> Any:
@@ -299,6 +323,12 @@ async def measure(args: argparse.Namespace, tmp: Path, executor: str) -> dict[st
     }  # fmt: skip
     proc, url = start("serve", "--config", document, tmp, 0)
     try:
+        if args.device_cpu:
+            moved = pin_descendants(proc.pid, 1)
+            if not moved:
+                raise SystemExit("--device-cpu: the runtime started no forward process")
+            print(f"  [{executor}] forward process {moved} on CPU 1 of its own; the serving "
+                  "process and the load generator on CPU 0", flush=True)  # fmt: skip
         low = requests("cnn", args.low_rows, args.encoding)
         point = await closed_loop(f"{url}/v2/models/cnn/infer", *low, 16, 3.0)
         capacity = point.throughput
@@ -386,11 +416,21 @@ def main() -> int:
     parser.add_argument("--server", action="append", default=[], help="KEY=VALUE server setting")
     parser.add_argument("--gateway-setting", action="append", default=[],
                         help="KEY=VALUE gateway server setting (e.g. holdback_wait_ms=null)")  # fmt: skip
+    parser.add_argument("--device-cpu", action="store_true",
+                        help="the forward process on CPU 1 of its own, as a GPU is a device "
+                             "of its own; the serving process and the load generator on "
+                             "CPU 0 (needs --executors process --no-gateway)")  # fmt: skip
     args = parser.parse_args()
+    if args.device_cpu and (args.executors != ["process"] or args.gateway):
+        parser.error("--device-cpu needs --executors process --no-gateway (a thread "
+                     "executor's forward pass is a thread of the serving process; the "
+                     "gateway would share the device's CPU)")  # fmt: skip
+    if args.device_cpu and (os.cpu_count() or 1) < 2:
+        parser.error("--device-cpu needs two CPUs")
     if not 1 <= args.low_rows <= MODELS[1]["batching"]["max_batch_size"]:
         parser.error(f"--low-rows {args.low_rows}: from 1 to the CNN's max_batch_size, "
                      f"{MODELS[1]['batching']['max_batch_size']}")  # fmt: skip
-    on_cpu(1)()
+    on_cpu(0 if args.device_cpu else 1)()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
@@ -402,7 +442,8 @@ def main() -> int:
         for executor in args.executors:
             results[executor] = uvloop.run(measure(args, Path(tmp), executor))
     for executor, result in results.items():
-        print(f"\n== overload, runtime alone, executor: {executor} "
+        where = ", forward process on CPU 1" if args.device_cpu else ""
+        print(f"\n== overload, runtime alone, executor: {executor}{where} "
               f"(cnn capacity {result['capacity']:.0f} requests/s)")  # fmt: skip
         print(f"high-class bound: 2 x unloaded p99 + {args.batch_ms:.1f} ms = "
               f"{result['runtime']['bound_ms']:.1f} ms")  # fmt: skip
@@ -411,8 +452,10 @@ def main() -> int:
             print(f"\n== overload through the gateway, executor: {executor} (high-class "
                   f"bound {result['gateway']['bound_ms']:.1f} ms)")  # fmt: skip
             print(table(result["gateway_rows"], HEADER))
-    document = {"batch_service_ms": args.batch_ms, "setups": results}
+    document = {"batch_service_ms": args.batch_ms, "device_cpu": args.device_cpu,
+                "setups": results}  # fmt: skip
     stem = "overload-keepalive" if args.keepalive else "overload"
+    stem += "-device-cpu" if args.device_cpu else ""
     (out / f"{stem}.json").write_text(json.dumps(document, indent=1, default=str))
     plot(results, out / f"{stem}.png")
     print(f"\nwrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")

@@ -691,3 +691,66 @@ def test_the_overload_bench_refuses_a_low_request_larger_than_a_batch() -> None:
         )  # fmt: skip
         assert done.returncode == 2, done.stderr
         assert f"--low-rows {rows}: from 1 to the CNN's max_batch_size, 16" in done.stderr
+
+
+def test_the_overload_bench_refuses_device_cpu_where_it_has_no_meaning() -> None:
+    """``--device-cpu`` gives the forward process a CPU of its own: a thread executor
+    has no such process, and a gateway would share that CPU."""
+    import subprocess
+    import sys
+
+    from bench.sources import pythonpath
+
+    for extra in (["--executors", "thread", "--no-gateway"], ["--executors", "process"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.overload_bench", "--device-cpu", *extra],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": pythonpath()},
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "--device-cpu needs --executors process --no-gateway" in done.stderr
+
+
+def test_pin_descendants_moves_every_thread_below_a_process_and_not_the_process() -> None:
+    """``--device-cpu``: the runtime's forward process (a child, or a grandchild through
+    a fork server) is moved to the device's CPU, every thread of it; the serving process
+    itself stays where it is."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.overload_bench import pin_descendants
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.fail(f"this test needs two CPUs to move a process between; it has {cpus}")
+    grandchild = (
+        "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); "
+        "time.sleep(60)"
+    )
+    script = (
+        "import subprocess, sys, time; "
+        f"subprocess.Popen([sys.executable, '-c', {grandchild!r}]); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 30
+        below: list[int] = []
+        while time.monotonic() < deadline:
+            kids = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+            if kids and len(list(Path(f"/proc/{kids[0]}/task").iterdir())) >= 2:
+                below = [int(kids[0])]
+                break
+            time.sleep(0.05)
+        assert below, "the grandchild and its thread did not start"
+        target = cpus[-1]
+        assert pin_descendants(parent.pid, target) == below
+        threads = [int(t.name) for t in Path(f"/proc/{below[0]}/task").iterdir()]
+        assert len(threads) >= 2
+        assert all(os.sched_getaffinity(t) == {target} for t in threads)
+        assert os.sched_getaffinity(parent.pid) == set(cpus)
+    finally:
+        for pid in below:
+            os.kill(pid, 9)
+        parent.kill()
+        parent.wait()
