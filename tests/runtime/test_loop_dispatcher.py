@@ -295,3 +295,36 @@ async def test_without_the_express_lane_a_high_batch_waits_on_the_main_lane(
     request(dispatcher, low, 1.0)
     request(dispatcher, high, 2.0)
     assert not process.express and [h for h, _, _ in process.sent] == [1, 2]
+
+
+async def test_with_the_express_lane_both_slots_stay_filled_while_a_higher_model_is_active() -> (
+    None
+):
+    """With ``express``, a lower model's next batch waits in the pipe even while a
+    higher model has requests arriving (the child does not idle between two of its
+    batches); the high requests go down the express lane, and while it is busy the
+    next one waits for it, not in a main slot behind a lower batch."""
+    dispatcher, process = express_dispatcher()
+    low = make(dispatcher, process, name="low", priority=10, batching={"max_batch_size": 1})
+    high = make(dispatcher, process, name="high", priority=100, batching={"max_batch_size": 1})
+    now = time.monotonic()
+    for i in range(5):  # the high model's recent arrivals: several a second
+        high.arrivals.add(5, 1, now - i * 0.1)
+    assert dispatcher.higher_active(low, now)
+    lows = [request(dispatcher, low, v) for v in (1.0, 2.0, 3.0)]
+    assert [h for h, _, _ in process.sent] == [1, 1] and len(low.queue) == 1  # both slots
+    first = request(dispatcher, high, 4.0)
+    assert [h for h, _, _ in process.express] == [2]
+    second = request(dispatcher, high, 5.0)
+    assert len(high.queue) == 1  # the express lane is busy: it waits for it
+    process.answer()  # a main slot frees while the express batch still runs
+    assert [float(a[0][0, 0]) for _, a, _ in process.sent] == [2.0, 3.0]  # not the high one
+    assert len(high.queue) == 1
+    process.answer(express=True)
+    await first.future
+    assert [float(a[0][0, 0]) for _, a, _ in process.express] == [5.0]
+    process.answer(express=True)
+    assert (await second.future)[0][0, 0] == 10.0
+    while process.sent:
+        process.answer()
+    assert [(await item.future)[0][0, 0] for item in lows] == [2.0, 4.0, 6.0]
