@@ -16,7 +16,8 @@ client is a process of its own (``--shared-client``: the load generator's). Per
 class: sent, ok, shed (503/429), timeouts, errors, p50/p99 of the answers, p99 of
 the refusals, and the low class's goodput as a share of what it achieves alone at
 saturation with the same kind of client (closed loop, 16 at once, a connection a
-request unless ``--keepalive``; measured before each set-up's rows, "goodput/sat").
+request unless ``--keepalive``; measured for ``--reference-s``, 10 s, before each
+set-up's rows, "goodput/sat").
 
 With ``--device-cpu`` (process executor, runtime alone) the forward process gets CPU
 1 of its own, the way a GPU is a device of its own, and the serving process shares CPU
@@ -273,11 +274,11 @@ async def scenario(
     raw: dict[str, Any] = {}
     # What the low class achieves alone at saturation with the load's own kind of client
     # (a connection a request unless --keepalive): its goodput is judged against that.
-    point = await closed_loop(f"{url}/v2/models/cnn/infer", *low, 16, 3.0,
+    point = await closed_loop(f"{url}/v2/models/cnn/infer", *low, 16, args.reference_s,
                               reconnect=not args.keepalive)  # fmt: skip
     saturation = point.throughput
     raw["saturation"] = saturation
-    print(f"  [{label}] cnn alone at saturation, closed loop c=16, "
+    print(f"  [{label}] cnn alone at saturation, closed loop c=16, {args.reference_s:g} s, "
           f"{'kept-alive connections' if args.keepalive else 'a connection a request'}: "
           f"{saturation:.0f} requests/s", flush=True)  # fmt: skip
     alone = await run_classes([high_traffic(url, args)], args.duration, keepalive=args.keepalive)
@@ -390,6 +391,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="bench-results")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per load level")
+    parser.add_argument("--reference-s", type=float, default=10.0,
+                        help="seconds the low class runs alone at saturation for its goodput's "
+                             "reference (3 s windows moved by up to 25%% from one to the next "
+                             "on one runtime; 10 s ones by 2%%)")  # fmt: skip
     parser.add_argument("--high-rate", type=float, default=50.0)
     parser.add_argument("--high", choices=["mlp", "cnn"], default="mlp",
                         help="the high class: the MLP (priority 100; default), or the CNN's "
@@ -425,6 +430,8 @@ def main() -> int:
         parser.error("--device-cpu needs --executors process --no-gateway (a thread "
                      "executor's forward pass is a thread of the serving process; the "
                      "gateway would share the device's CPU)")  # fmt: skip
+    if not args.reference_s > 0:
+        parser.error(f"--reference-s {args.reference_s:g}: a number of seconds above 0")
     if args.device_cpu and (os.cpu_count() or 1) < 2:
         parser.error("--device-cpu needs two CPUs")
     if not 1 <= args.low_rows <= MODELS[1]["batching"]["max_batch_size"]:

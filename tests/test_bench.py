@@ -693,6 +693,23 @@ def test_the_overload_bench_refuses_a_low_request_larger_than_a_batch() -> None:
         assert f"--low-rows {rows}: from 1 to the CNN's max_batch_size, 16" in done.stderr
 
 
+def test_the_overload_bench_refuses_a_reference_window_of_no_time() -> None:
+    """``--reference-s``: the low class's saturation reference needs a window to count in."""
+    import subprocess
+    import sys
+
+    from bench.sources import pythonpath
+
+    for seconds in ("0", "-3"):
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.overload_bench", f"--reference-s={seconds}"],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": pythonpath()},
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert f"--reference-s {seconds}: a number of seconds above 0" in done.stderr
+
+
 def test_the_overload_bench_refuses_device_cpu_where_it_has_no_meaning() -> None:
     """``--device-cpu`` gives the forward process a CPU of its own: a thread executor
     has no such process, and a gateway would share that CPU."""
