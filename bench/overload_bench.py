@@ -31,6 +31,15 @@ one full CNN batch (the raw forward pass of ``max_batch_size`` rows, measured in
 the same run on one thread), and at least 99.9% of it answered; the low class's
 refusals in under 50 ms (p99) and its goodput at least 90% of what it asked for,
 at most its saturation.
+
+On a host whose speed drifts, a reference taken once before the rows can be
+far from the speed at the 2x row. ``--pairs N`` then runs the 2x load N more
+times, each window between two references of the same length (the low class
+alone at saturation, as above), and judges each window against the mean of the
+two beside it: "paired 2x goodput", its median and range (2026-12-04, five
+pairs: medians of 88% and 85% for the thread and process executors alone on one
+CPU, 98% and 103% through the gateway, where single references had given
+59-120% on the same code).
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ import numpy as np
 import uvloop
 import yaml
 
+from bench.ceiling import paired_ratios
 from bench.loadgen import closed_loop, table
 from bench.overload import Seen, Traffic, run_classes
 from bench.sources import pythonpath
@@ -293,7 +303,56 @@ async def scenario(
                         factor * capacity))  # fmt: skip
         raw[f"{factor:g}x"] = {k: vars_of(v) for k, v in seen.items()}
         print(f"  [{label}] {factor:g}x done", flush=True)
+    if args.pairs:
+        raw["pairs"] = await paired_goodput(url, capacity, args, low, label)
     return rows, raw
+
+
+async def paired_goodput(
+    url: str,
+    capacity: float,
+    args: argparse.Namespace,
+    low: tuple[list[bytes], dict[str, str]],
+    label: str,
+) -> dict[str, Any]:
+    """``--pairs``: the low class's goodput at 2x in ``args.pairs`` windows, each
+    between two windows of it alone at saturation, each over the mean of those two."""
+    infer = f"{url}/v2/models/cnn/infer"
+
+    async def reference() -> float:
+        point = await closed_loop(infer, *low, 16, args.duration, reconnect=not args.keepalive)
+        return float(point.throughput)
+
+    references = [await reference()]
+    served: list[float] = []
+    high_p99: list[float] = []
+    for i in range(args.pairs):
+        seen = await both_classes(url, args, 2 * capacity, low)
+        served.append(seen["low"].goodput)
+        high_p99.append(seen["high"].p(99))
+        references.append(await reference())
+        ratio = paired_ratios(served[-1:], references[-2:])[0]
+        print(f"  [{label}] pair {i + 1}/{args.pairs}: 2x goodput {served[-1]:.0f}/s, "
+              f"alone {references[-2]:.0f} and {references[-1]:.0f}/s: {ratio:.0%}; "
+              f"high p99 {high_p99[-1]:.1f} ms", flush=True)  # fmt: skip
+    return paired_summary(served, references, high_p99)
+
+
+def paired_summary(
+    served: list[float], references: list[float], high_p99: list[float]
+) -> dict[str, Any]:
+    """What ``--pairs`` measured: each 2x window's goodput over the mean of the
+    references beside it, and their median and range."""
+    ratios = paired_ratios(served, references)
+    return {"goodput_per_s": served, "references_per_s": references, "ratios": ratios,
+            "median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios),
+            "high_p99_ms": high_p99}  # fmt: skip
+
+
+def paired_line(pairs: dict[str, Any]) -> str:
+    return (f"paired 2x goodput ({len(pairs['ratios'])} windows, each against the low class "
+            f"alone just before and after it): median {pairs['median']:.0%}, "
+            f"{pairs['min']:.0%}-{pairs['max']:.0%}")  # fmt: skip
 
 
 def vars_of(s: Seen) -> dict[str, Any]:
@@ -421,6 +480,10 @@ def main() -> int:
     parser.add_argument("--server", action="append", default=[], help="KEY=VALUE server setting")
     parser.add_argument("--gateway-setting", action="append", default=[],
                         help="KEY=VALUE gateway server setting (e.g. holdback_wait_ms=null)")  # fmt: skip
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="after the rows, N more windows of 2x load, each judged "
+                             "against the low class alone just before and after it "
+                             "(a host's drift out of the goodput; default 0: none)")  # fmt: skip
     parser.add_argument("--device-cpu", action="store_true",
                         help="the forward process on CPU 1 of its own, as a GPU is a device "
                              "of its own; the serving process and the load generator on "
@@ -430,6 +493,8 @@ def main() -> int:
         parser.error("--device-cpu needs --executors process --no-gateway (a thread "
                      "executor's forward pass is a thread of the serving process; the "
                      "gateway would share the device's CPU)")  # fmt: skip
+    if args.pairs < 0:
+        parser.error(f"--pairs {args.pairs}: a number of windows, 0 or more")
     if not args.reference_s > 0:
         parser.error(f"--reference-s {args.reference_s:g}: a number of seconds above 0")
     if args.device_cpu and (os.cpu_count() or 1) < 2:
@@ -455,10 +520,14 @@ def main() -> int:
         print(f"high-class bound: 2 x unloaded p99 + {args.batch_ms:.1f} ms = "
               f"{result['runtime']['bound_ms']:.1f} ms")  # fmt: skip
         print(table(result["rows"], HEADER))
+        if "pairs" in result["runtime"]:
+            print(paired_line(result["runtime"]["pairs"]))
         if "gateway_rows" in result:
             print(f"\n== overload through the gateway, executor: {executor} (high-class "
                   f"bound {result['gateway']['bound_ms']:.1f} ms)")  # fmt: skip
             print(table(result["gateway_rows"], HEADER))
+            if "pairs" in result["gateway"]:
+                print(paired_line(result["gateway"]["pairs"]))
     document = {"batch_service_ms": args.batch_ms, "device_cpu": args.device_cpu,
                 "setups": results}  # fmt: skip
     stem = "overload-keepalive" if args.keepalive else "overload"

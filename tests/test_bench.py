@@ -675,57 +675,61 @@ def test_the_overload_benchs_urgent_cnn_requests_carry_tritons_priority_1_in_eit
         assert peek_parameters(mlp.bodies[0], mlp.headers.get(HEADER_LENGTH)) == (None, None)
 
 
-def test_the_overload_bench_refuses_a_low_request_larger_than_a_batch() -> None:
-    """``--low-rows``: a CNN request of more rows than its ``max_batch_size`` (16) could
-    never be batched; the bench says so before it starts anything."""
+def _overload_bench_refuses(*args: str) -> str:
+    """Runs ``bench.overload_bench`` with ``args``; it must stop with argparse's usage
+    error (exit 2) before it starts anything. Returns what it wrote to stderr."""
     import subprocess
     import sys
 
     from bench.sources import pythonpath
 
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.overload_bench", *args],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": pythonpath()},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    return done.stderr
+
+
+def test_the_overload_bench_refuses_a_low_request_larger_than_a_batch() -> None:
+    """``--low-rows``: a CNN request of more rows than its ``max_batch_size`` (16) could
+    never be batched; the bench says so before it starts anything."""
     for rows in ("0", "17"):
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.overload_bench", "--low-rows", rows],
-            capture_output=True, text=True, timeout=60,
-            env={**os.environ, "PYTHONPATH": pythonpath()},
-        )  # fmt: skip
-        assert done.returncode == 2, done.stderr
-        assert f"--low-rows {rows}: from 1 to the CNN's max_batch_size, 16" in done.stderr
+        stderr = _overload_bench_refuses("--low-rows", rows)
+        assert f"--low-rows {rows}: from 1 to the CNN's max_batch_size, 16" in stderr
 
 
 def test_the_overload_bench_refuses_a_reference_window_of_no_time() -> None:
     """``--reference-s``: the low class's saturation reference needs a window to count in."""
-    import subprocess
-    import sys
-
-    from bench.sources import pythonpath
-
     for seconds in ("0", "-3"):
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.overload_bench", f"--reference-s={seconds}"],
-            capture_output=True, text=True, timeout=60,
-            env={**os.environ, "PYTHONPATH": pythonpath()},
-        )  # fmt: skip
-        assert done.returncode == 2, done.stderr
-        assert f"--reference-s {seconds}: a number of seconds above 0" in done.stderr
+        stderr = _overload_bench_refuses(f"--reference-s={seconds}")
+        assert f"--reference-s {seconds}: a number of seconds above 0" in stderr
+
+
+def test_the_overload_bench_refuses_a_negative_number_of_pairs() -> None:
+    stderr = _overload_bench_refuses("--pairs=-1")
+    assert "--pairs -1: a number of windows, 0 or more" in stderr
+
+
+def test_paired_2x_goodput_judges_each_window_by_the_references_beside_it() -> None:
+    """``--pairs``: a host that slows down half-way; each 2x window is judged against the
+    references just before and after it, not against the fast first one."""
+    from bench.overload_bench import paired_line, paired_summary
+
+    summary = paired_summary([180, 90, 95], [200, 200, 100, 100], [5.0, 6.0, 7.0])
+    assert summary["ratios"] == [0.9, 0.6, 0.95]
+    assert (summary["median"], summary["min"], summary["max"]) == (0.9, 0.6, 0.95)
+    assert summary["high_p99_ms"] == [5.0, 6.0, 7.0]
+    assert "3 windows" in paired_line(summary) and "median 90%, 60%-95%" in paired_line(summary)
 
 
 def test_the_overload_bench_refuses_device_cpu_where_it_has_no_meaning() -> None:
     """``--device-cpu`` gives the forward process a CPU of its own: a thread executor
     has no such process, and a gateway would share that CPU."""
-    import subprocess
-    import sys
-
-    from bench.sources import pythonpath
-
     for extra in (["--executors", "thread", "--no-gateway"], ["--executors", "process"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.overload_bench", "--device-cpu", *extra],
-            capture_output=True, text=True, timeout=60,
-            env={**os.environ, "PYTHONPATH": pythonpath()},
-        )  # fmt: skip
-        assert done.returncode == 2, done.stderr
-        assert "--device-cpu needs --executors process --no-gateway" in done.stderr
+        stderr = _overload_bench_refuses("--device-cpu", *extra)
+        assert "--device-cpu needs --executors process --no-gateway" in stderr
 
 
 def test_pin_descendants_moves_every_thread_below_a_process_and_not_the_process() -> None:
