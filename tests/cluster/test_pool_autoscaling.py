@@ -38,7 +38,6 @@ UP_WITHIN_S = 60.0
 """How soon after the step to 3 clients 3 copies must be ready: 9.4 s on a quiet host;
 a clean-clone CI run on a slow day took 14 s to decide (the 10 s load window) and more
 than 15 s more to start two runtime processes, so the bound leaves room for both."""
-METRICS_PORT = free_port()
 STEPS = ((1, 8.0), (3, 20.0), (8, 15.0))
 """The stepped load on the hot model: (closed-loop clients, seconds)."""
 
@@ -138,11 +137,22 @@ class Load:
 
 
 @pytest.fixture(scope="module")
+def metrics_port() -> int:
+    """The operator's metrics port, chosen as the fleet starts. One chosen when the
+    module was collected, 15 minutes earlier in a whole run, had been taken by then
+    (clean-clone CI at 593fe30): the operator refused to start, and no pod came."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
 def fleet(
-    kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, model_store: Path
+    kube_cluster: Cluster,
+    tmp_path_factory: pytest.TempPathFactory,
+    model_store: Path,
+    metrics_port: int,
 ) -> Iterator[Fleet]:
     replicas = {"min": 1, "max": MAX_PODS, "scaleDownDelaySeconds": DELAY_S}
-    metrics = ("--metrics-port", str(METRICS_PORT), "--metrics-address", "127.0.0.1")
+    metrics = ("--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1")
     with running_fleet(kube_cluster, tmp_path_factory.mktemp("grow"), model_store, NS, POOL,
                        metrics, replicas=replicas) as f, Kubelet(f) as kubelet:  # fmt: skip
         yield f
@@ -167,12 +177,14 @@ def ready_copies(fleet: Fleet, name: str) -> int:
     return int(fleet.status(name).get("readyReplicas") or 0)
 
 
-def operator_metrics(fleet: Fleet) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as resp:
+def operator_metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         return resp.read().decode()  # type: ignore[no-any-return]
 
 
-def test_copies_then_pods_follow_a_stepped_load_and_come_back_down(fleet: Fleet) -> None:
+def test_copies_then_pods_follow_a_stepped_load_and_come_back_down(
+    fleet: Fleet, metrics_port: int
+) -> None:
     # Up to 6 copies: more than the pool's 3 pods can hold (one copy a pod).
     autoscaling = {"minReplicas": 1, "maxReplicas": 6, "targetInFlight": 1,
                    "scaleDownDelaySeconds": DELAY_S}  # fmt: skip
@@ -256,7 +268,7 @@ def test_copies_then_pods_follow_a_stepped_load_and_come_back_down(fleet: Fleet)
     assert max(r["pods"] or 0 for r in timeline) == MAX_PODS  # and never more
     assert [ready_copies(fleet, n) for n in ("hot", "calm-a", "calm-b")] == [1, 1, 1]
     assert any(r == "ScaledDown" for r, _ in events(fleet, POOL))
-    exposition = operator_metrics(fleet)
+    exposition = operator_metrics(metrics_port)
     assert (
         f'modelfleet_desired_copies{{model="hot",namespace="{NS}",pool="{POOL}"}} 1.0' in exposition
     )
